@@ -33,6 +33,20 @@ def cmd_train(args: argparse.Namespace) -> None:
     print(out)
 
 
+def cmd_demo(args: argparse.Namespace) -> None:
+    import time
+
+    from lib.train import train
+
+    timings = []
+    for preset in sorted(Path("configs").glob("*_demo.json")):
+        t0 = time.monotonic()
+        out = train(load_config(preset, args.set), out_root=args.out)
+        timings.append((preset.stem, time.monotonic() - t0, out))
+    for name, seconds, out in timings:
+        print(f"{name:<12} {seconds:6.1f} s  {out}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m lib", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -43,6 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="outputs", help="folder that receives the run folder")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
     p.set_defaults(func=cmd_train)
+    p = sub.add_parser("demo", help="train every configs/*_demo.json preset on embedded data")
+    p.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE")
+    p.add_argument("--out", default="outputs")
+    p.set_defaults(func=cmd_demo)
     return parser
 
 

@@ -53,7 +53,8 @@ def pick_device(name: str) -> torch.device:
         return torch.device("cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise DeviceError(f"trainer.device={name!r} but no CUDA GPU is visible; use 'auto' or 'cpu'")
+        raise DeviceError(
+            f"trainer.device={name!r} but no CUDA GPU is visible; use 'auto' or 'cpu'")
     return device
 
 
