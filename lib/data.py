@@ -268,8 +268,9 @@ def _decode(file: Path, size: int) -> np.ndarray:
     w, h = img.size
     s = min(w, h)
     left, top = (w - s) // 2, (h - s) // 2
+    # crop first: resize(box=...) would blend in pixels from outside the box.
     # Pillow's bilinear resize widens its kernel when shrinking, like resize_images' antialias
-    img = img.resize((size, size), Image.Resampling.BILINEAR, box=(left, top, left + s, top + s))
+    img = img.crop((left, top, left + s, top + s)).resize((size, size), Image.Resampling.BILINEAR)
     return np.asarray(img).transpose(2, 0, 1)  # (H, W, 3) -> (3, H, W)
 
 
@@ -398,8 +399,8 @@ def load_artbench(image_size: int, root: str | Path = "data", path: str | None =
     if style_root is None:
         raise _missing("artbench", looked_at, (
             "Expected style folders (" + ", ".join(ARTBENCH_STYLES) + ") holding JPEGs, "
-            f"possibly under train/. Get the 256x256 ImageFolder version from {ARTBENCH_URL} "
-            f"(artbench-10-imagefolder-split.tar) or the Kaggle dataset {ARTBENCH_KAGGLE}, "
+            f"possibly under train/. Get the '256x256 a-la-ImageFolder' archive listed at "
+            f"{ARTBENCH_URL} or the Kaggle dataset {ARTBENCH_KAGGLE}, "
             f"and extract it into {Path(root) / 'artbench'} or pass its folder as path=..."))
     # labels index the fixed style list, so they agree with artbench32 even if a style is absent
     dirs = {d.name.lower(): d for d in _subdirs(style_root)}
