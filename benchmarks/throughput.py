@@ -193,7 +193,8 @@ def main() -> None:
     device = pick_device("auto")
     amp = pick_amp_dtype("auto", device)
     dtype = amp or torch.float32
-    print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}), "
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(f"device {device} ({name}), "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads, autocast {dtype}")
     peak = matmul_peak(device, dtype)
     peak32 = peak if dtype == torch.float32 else matmul_peak(device, torch.float32)
@@ -230,7 +231,8 @@ def main() -> None:
                               ("project", Engine(device, amp, channels_last=True))):
             ips, flops = time_project(cfg, engine, data, max(4, args.iters // 2), 2)
             row[label] = ips
-            print(f"{family:<5} {label:<16} {ips:8.1f} images/s, {flops / 1e9:.1f} GFLOP/iteration, "
+            print(f"{family:<5} {label:<16} {ips:8.1f} images/s, "
+                  f"{flops / 1e9:.1f} GFLOP/iteration, "
                   f"{flops / BATCH * ips / peak:.0%} of peak")
         print(f"{family:<5} speedup {row['project'] / row['plain fp32 NCHW']:.2f}x")
         results[family] = row
