@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from lib import viz
 from lib.checkpoint import FORMAT_VERSION, atomic_save, build_model, load_checkpoint
 from lib.config import Config, ConfigError, ModelSpec, OptimizerConfig, SchedulerConfig
-from lib.data import ImageData, load_dataset
+from lib.data import ImageData, load_dataset, to_float
 from lib.device import Engine, make_optimizer, seed_everything, setup_engine
 from lib.tracking import Tracker, truncate_history
 
@@ -186,8 +186,89 @@ def dcgan_finish(parts: Parts, run_dir: Path) -> None:
                  scale=max(1, 256 // parts.fixed["noise"].shape[0]))
 
 
+# ---------------------------------------------------------------------------
+# CVAE
+
+CVAE_NOISE_PER_CLASS = 8  # columns of the generation grid: one fixed z each, for every class
+CVAE_RECON_IMAGES = 16  # fixed real images whose reconstructions are snapshotted
+
+
+def build_cvae(cfg: Config, data: ImageData, engine: Engine) -> Parts:
+    if data.labels is None:
+        raise ConfigError(f"model: the CVAE needs class labels but the {data.name} data has "
+                          "none; use a labelled dataset (digits, shapes, mnist, artbench, "
+                          "or a folder with one subfolder per class)")
+    models = {"model": resolve_model(cfg.model, data, "model")}
+    net = make_net(models["model"], engine)
+    opt, sched = make_opt_sched(net, cfg.optimizer, cfg.lr_scheduler, engine)
+    gen = fixed_generator(cfg.trainer.seed + 1)
+    noise = torch.randn(CVAE_NOISE_PER_CLASS, _unwrap(net).latent_dim, generator=gen)
+    idx = torch.randperm(len(data), generator=gen)[:CVAE_RECON_IMAGES]
+    fixed = {"noise": noise,
+             "recon_x": to_float(data.images[idx]), "recon_y": data.labels[idx]}
+    return Parts(nets={"model": net}, optimizers={"model": opt}, schedulers={"model": sched},
+                 models=models, fixed={k: v.to(engine.device) for k, v in fixed.items()})
+
+
+def cvae_step(parts: Parts, x: torch.Tensor, y, step: int, engine: Engine,
+              cfg: Config) -> dict[str, float]:
+    """One ELBO step; the KL weight follows the model's warm-up."""
+    net = parts.nets["model"]
+    kl_weight = _unwrap(net).kl_weight_at(step)
+    with engine.autocast():
+        out = net(x, y, kl_weight=kl_weight)
+    engine.backward_step("model", out["loss"], parts.optimizers["model"], cfg.trainer.grad_clip)
+    return {"loss": out["loss"].detach(), "recon": out["recon"].detach(),
+            "kl": out["kl"].detach(), "kl_weight": kl_weight}
+
+
+@torch.inference_mode()
+def cvae_sample(parts: Parts, n: int, labels=None, generator=None) -> torch.Tensor:
+    """n images; classes cycle 0, 1, ..., K-1, 0, ... unless `labels` (n,) are given."""
+    model = _unwrap(parts.net("model"))
+    if labels is None:
+        labels = torch.arange(n) % model.num_classes
+    z = torch.randn(n, model.latent_dim, generator=generator)
+    return torch.cat([model.sample(y, z=zc) for y, zc in zip(labels.split(256), z.split(256),
+                                                              strict=True)]).float()
+
+
+def cvae_generation_grid(parts: Parts) -> torch.Tensor:
+    """One row per class, one column per fixed noise vector: uint8 (3, H', W')."""
+    model = _unwrap(parts.net("model"))
+    noise = parts.fixed["noise"]  # (M, latent)
+    k, m = model.num_classes, noise.shape[0]
+    labels = torch.arange(k, device=noise.device).repeat_interleave(m)  # (K * M,)
+    return viz.make_grid(model.sample(labels, z=noise.repeat(k, 1)).float(), nrow=m)
+
+
+@torch.inference_mode()
+def cvae_snapshot(parts: Parts) -> dict[str, torch.Tensor]:
+    """`step`: generations (fixed noise x every class); `recon`: reconstructions, each row of
+    them above the row of the real images they came from."""
+    model = _unwrap(parts.net("model"))
+    x, y = parts.fixed["recon_x"], parts.fixed["recon_y"]
+    x_hat = model.reconstruct(x, y).float()
+    half = len(x) // 2
+    pairs = torch.cat([x_hat[:half], x[:half], x_hat[half:], x[half:]])  # (2N, C, H, W)
+    return {"step": cvae_generation_grid(parts), "recon": viz.make_grid(pairs, nrow=half)}
+
+
+def cvae_finish(parts: Parts, run_dir: Path) -> None:
+    samples = run_dir / "samples"
+    viz.save_gif(viz.snapshot_frames(samples, "recon_"), run_dir / "reconstruction.gif")
+    viz.save_gif(viz.snapshot_frames(samples, "step_"), run_dir / "generation.gif")
+    model = _unwrap(parts.net("model"))
+    names = parts.class_names or [str(k) for k in range(model.num_classes)]
+    with torch.inference_mode():
+        grid = cvae_generation_grid(parts)
+    viz.label_rows(grid, names[: model.num_classes], min_width=512).save(
+        run_dir / "final_grid.png")
+
+
 FAMILIES = {
     "dcgan": Family(build_dcgan, dcgan_step, dcgan_snapshot, dcgan_sample, dcgan_finish),
+    "cvae": Family(build_cvae, cvae_step, cvae_snapshot, cvae_sample, cvae_finish),
 }
 
 
