@@ -116,7 +116,7 @@ def test_sampling_is_conditional_and_reproducible():
     assert not torch.allclose(images[0], images[1])
 
 
-def train_briefly(kl_weight: float, steps: int = 120) -> float:
+def train_briefly(kl_weight: float, steps: int = 60) -> float:
     """Train on 16 px digits; return the mean KL of the last steps."""
     torch.manual_seed(0)
     data = load_dataset("digits", 16, cache=False, limit=512)
@@ -138,5 +138,5 @@ def train_briefly(kl_weight: float, steps: int = 120) -> float:
 def test_kl_weight_acts():
     """A huge weight pushes the posterior onto the prior; a small one lets z carry information."""
     collapsed, informative = train_briefly(100.0), train_briefly(0.01)
-    assert collapsed < 0.2
-    assert informative > 5.0
+    assert collapsed < 0.05  # measured 0.002 nats after 60 steps
+    assert informative > 10.0  # measured 32 nats

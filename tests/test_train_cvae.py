@@ -83,3 +83,10 @@ def test_cvae_learns_digits_and_generates_the_asked_class(tmp_path):
     # against shuffled labels; 0.5 is five times chance yet far below what a working model
     # reaches, so seeds and thread counts cannot flip it, while label-blind samples fail it.
     assert accuracy > 0.5, accuracy
+
+
+def test_cvae_presets_validate():
+    for name in ("demo", "mnist", "artbench32", "artbench64"):
+        cfg = load_config(f"configs/cvae_{name}.json")
+        assert cfg.family == "cvae" and cfg.model.type == "CVAE"
+    assert load_config("configs/cvae_artbench64.json").data.image_size == 64
