@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from lib import viz
@@ -52,7 +53,7 @@ class Parts:
     def net(self, name: str) -> nn.Module:
         """The weights to sample with: the EMA copy when there is one, never a DDP wrapper
         (its forward is a collective, and rank 0 samples alone)."""
-        return self.ema[name] if name in self.ema else _unwrap(self.nets[name])
+        return self.ema[name] if name in self.ema else _local(self.nets[name])
 
 
 @dataclass(frozen=True)
@@ -147,10 +148,10 @@ def dcgan_step(parts: Parts, x: torch.Tensor, y, step: int, engine: Engine,
     engine.backward_step("discriminator", loss_d, parts.optimizers["discriminator"], clip)
 
     # D's weight gradients are not needed for G's update: freezing them saves ~13%.
-    # Under DDP, D's plain module runs here: its wrapper would wait for D gradients.
+    # Under DDP, D runs without its wrapper here: the wrapper would wait for D gradients.
     D.requires_grad_(False)
     with engine.autocast():
-        out_g = _unwrap(D)(fake)
+        out_g = _local(D)(fake)
         loss_g = F.binary_cross_entropy_with_logits(out_g.float(), ones)
     engine.backward_step("generator", loss_g, parts.optimizers["generator"], clip)
     D.requires_grad_(True)
@@ -286,9 +287,16 @@ def _as_tuple(x):
     return tuple(_as_tuple(v) for v in x) if isinstance(x, list | tuple) else x
 
 
+def _local(net: nn.Module) -> nn.Module:
+    """The net without its DDP wrapper (still compiled if it was): a forward that involves
+    no other rank and expects no gradient all-reduce."""
+    return net.module if isinstance(net, DistributedDataParallel) else net
+
+
 def _unwrap(net: nn.Module) -> nn.Module:
-    net = getattr(net, "_orig_mod", net)  # torch.compile
-    return getattr(net, "module", net)  # DistributedDataParallel
+    """The plain module, without DDP and torch.compile wrappers: what state dicts hold."""
+    net = _local(net)
+    return getattr(net, "_orig_mod", net)  # torch.compile
 
 
 def make_checkpoint(cfg: Config, parts: Parts, sampler: BatchSampler, engine: Engine,
