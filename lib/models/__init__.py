@@ -1,14 +1,17 @@
 """Model families. `MODEL_TYPES` maps a config's `type` string to its class."""
 
 from lib.models.dcgan import Discriminator, Generator
+from lib.models.ddpm import DDPM
 
 MODEL_TYPES = {
     "Generator": Generator,
     "Discriminator": Discriminator,
+    "DDPM": DDPM,
 }
 
 # which training recipe in lib.train a config's model type belongs to
 MODEL_FAMILIES = {
     "Generator": "dcgan",
     "Discriminator": "dcgan",
+    "DDPM": "ddpm",
 }

@@ -39,7 +39,8 @@ def default(x, d):
 def linear_beta_schedule(timesteps: int) -> torch.Tensor:
     """Ho et al.'s 1e-4 -> 0.02, rescaled so that shorter chains still end near pure noise."""
     scale = 1000 / timesteps
-    return torch.linspace(scale * 1e-4, scale * 0.02, timesteps, dtype=torch.float64)
+    betas = torch.linspace(scale * 1e-4, scale * 0.02, timesteps, dtype=torch.float64)
+    return betas.clamp(max=0.999)  # below ~50 steps the rescaled betas would pass 1
 
 
 def cosine_beta_schedule(timesteps: int, s: float = 0.008) -> torch.Tensor:
@@ -227,7 +228,9 @@ class DDPM(nn.Module):
     `num_classes` > 0 the UNet is class-conditional and, with probability
     `cond_drop_prob`, sees the null class instead, so that one network learns
     both the conditional and the unconditional model that classifier-free
-    guidance mixes at sampling time.
+    guidance mixes at sampling time. `sampler`, `sample_steps`, `eta` and
+    `guidance_scale` are only the defaults of `sample`: they live here so
+    that a config (and a checkpoint) says how its images are drawn.
     """
 
     def __init__(
@@ -242,6 +245,10 @@ class DDPM(nn.Module):
         schedule: str = "cosine",
         cond_drop_prob: float = 0.1,
         dropout: float = 0.1,
+        sampler: str = "ddim",
+        sample_steps: int = 50,
+        eta: float = 0.0,
+        guidance_scale: float = 1.0,
     ):
         super().__init__()
         factor = 2 ** (len(channel_mults) - 1)
@@ -257,6 +264,11 @@ class DDPM(nn.Module):
             raise ValueError(f"DDPM: cond_drop_prob must be in [0, 1), got {cond_drop_prob}")
         self.image_size, self.n_channels, self.num_classes = image_size, n_channels, num_classes
         self.timesteps, self.cond_drop_prob = timesteps, cond_drop_prob
+        # How `sample` draws when not told otherwise (snapshots, grids, evaluation).
+        self.sampler, self.sample_steps, self.eta = sampler, sample_steps, eta
+        self.guidance_scale = guidance_scale
+        self._check_guidance(guidance_scale)
+        self.timestep_sequence(sampler, None)  # fails now, not at the first snapshot
         self.unet = UNet(n_channels, base_channels, list(channel_mults), num_res_blocks,
                          num_classes, dropout)
 
@@ -382,56 +394,63 @@ class DDPM(nn.Module):
         where = generator.device if exists(generator) else self.device
         return torch.randn(shape, generator=generator, device=where).to(self.device)
 
+    def timestep_sequence(self, sampler: str, steps: int | None) -> list[int]:
+        """The timesteps a sampler visits, from T - 1 down to -1 ("done"): steps + 1 entries.
+
+        "ddpm" walks all `timesteps`; "ddim" takes `steps` evenly spaced ones
+        (default: the model's `sample_steps`, at most `timesteps`).
+        """
+        if sampler == "ddpm":
+            if default(steps, self.timesteps) != self.timesteps:
+                raise ValueError(
+                    f"DDPM: the ancestral sampler takes all {self.timesteps} steps, got "
+                    f"steps={steps}; for fewer, use sampler='ddim' (eta=1.0 makes it stochastic)")
+            return list(range(self.timesteps - 1, -2, -1))
+        if sampler == "ddim":
+            steps = default(steps, min(self.sample_steps, self.timesteps))
+            if not 1 <= steps <= self.timesteps:
+                raise ValueError(f"DDPM: steps must be in [1, {self.timesteps}], got {steps}")
+            times = torch.linspace(-1, self.timesteps - 1, steps + 1).round().long()
+            return times.flip(0).tolist()
+        raise ValueError(f"unknown sampler {sampler!r}; choose one of {list(SAMPLERS)}")
+
     @torch.inference_mode()
     def sample(
         self,
         n: int,
         labels: torch.Tensor | None = None,
-        sampler: str = "ddim",
+        sampler: str | None = None,
         steps: int | None = None,
-        eta: float = 0.0,
-        guidance_scale: float = 1.0,
+        eta: float | None = None,
+        guidance_scale: float | None = None,
         noise: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
         return_trajectory: bool = False,
     ):
         """n images in [-1, 1], shape (n, C, H, W).
 
-        sampler: "ddpm" walks all `timesteps` ancestral steps; "ddim" takes
-        `steps` evenly spaced ones (default min(50, timesteps)), deterministic
-        at eta = 0. labels default to 0, 1, 2, ... cycling over the classes.
-        noise: the starting x_T (for fixed-noise snapshots). With
-        return_trajectory, also returns x_t before every step and the final
-        images, (steps + 1, n, C, H, W) on the CPU.
+        sampler, steps, eta, guidance_scale: default to the model's
+        `sampler`, `sample_steps`, `eta` and `guidance_scale`. eta is DDIM's
+        noise: 0 is deterministic, 1 the ancestral (DDPM) posterior; a short
+        training gives cleaner images at 1, as noise corrects earlier errors
+        that the deterministic path carries to the end. labels default to 0, 1, 2, ... cycling
+        over the classes. noise: the starting x_T (fixed-noise snapshots).
+        generator: every random draw, so a seed fixes the images.
+        With return_trajectory, also returns x_t before every step and the
+        final images, (steps + 1, n, C, H, W) on the CPU.
         """
-        if sampler == "ddpm":
-            steps = default(steps, self.timesteps)
-            if steps != self.timesteps:
-                raise ValueError(
-                    f"DDPM: the ancestral sampler takes all {self.timesteps} steps, got "
-                    f"steps={steps}; for fewer, use sampler='ddim' (with eta=1.0 for a "
-                    f"stochastic one)")
-            times = list(range(self.timesteps - 1, -2, -1))  # T - 1, ..., 0, -1 ("done")
-        elif sampler == "ddim":
-            steps = default(steps, min(50, self.timesteps))
-            if not 1 <= steps <= self.timesteps:
-                raise ValueError(f"DDPM: steps must be in [1, {self.timesteps}], got {steps}")
-            # steps + 1 evenly spaced points from T - 1 down to -1 ("done").
-            times = torch.linspace(-1, self.timesteps - 1, steps + 1).round().long().tolist()[::-1]
-        else:
-            raise ValueError(f"unknown sampler {sampler!r}; choose one of {list(SAMPLERS)}")
-        if guidance_scale != 1.0 and (self.num_classes == 0 or self.cond_drop_prob == 0):
-            raise ValueError(
-                "DDPM: guidance_scale != 1 needs a class-conditional model trained with "
-                f"cond_drop_prob > 0 (this one has num_classes={self.num_classes}, "
-                f"cond_drop_prob={self.cond_drop_prob}); use guidance_scale=1.0")
+        sampler = default(sampler, self.sampler)
+        guidance_scale = default(guidance_scale, self.guidance_scale)
+        eta = default(eta, self.eta)
+        times = self.timestep_sequence(sampler, steps)
+        self._check_guidance(guidance_scale)
         if self.num_classes > 0:
             labels = default(labels, torch.arange(n) % self.num_classes).to(self.device)
         labels = self._check_labels(labels, n)
 
         shape = (n, self.n_channels, self.image_size, self.image_size)
         x = noise.to(self.device) if exists(noise) else self._randn(shape, generator)
-        trajectory = [x.cpu()] if return_trajectory else None
+        trajectory = [x.cpu()] if return_trajectory else []
         for t, t_prev in zip(times[:-1], times[1:], strict=True):
             if sampler == "ddpm":
                 x = self.p_sample(x, t, labels, guidance_scale, generator)
@@ -439,7 +458,14 @@ class DDPM(nn.Module):
                 x = self.ddim_step(x, t, t_prev, labels, guidance_scale, eta, generator)
             if return_trajectory:
                 trajectory.append(x.cpu())
-        x = x.clamp(-1.0, 1.0)
+        x = x.clamp(-1.0, 1.0)  # the ancestral mean at t = 0 can overshoot by rounding
         if return_trajectory:
             return x, torch.stack(trajectory)
         return x
+
+    def _check_guidance(self, guidance_scale: float) -> None:
+        if guidance_scale != 1.0 and (self.num_classes == 0 or self.cond_drop_prob == 0):
+            raise ValueError(
+                f"DDPM: guidance_scale={guidance_scale} needs a class-conditional model trained "
+                f"with cond_drop_prob > 0 (this one has num_classes={self.num_classes}, "
+                f"cond_drop_prob={self.cond_drop_prob}); use guidance_scale=1.0")
