@@ -78,6 +78,8 @@ def test_unknown_schedule_and_sampler_name_the_choices():
         tiny(sampler="euler")
     with pytest.raises(ValueError, match="divisible"):
         tiny(image_size=28, channel_mults=[1, 2, 2, 2])
+    with pytest.raises(ValueError, match="eta"):
+        tiny(eta=1.5)
 
 
 @pytest.mark.parametrize("schedule", ["linear", "cosine"])

@@ -221,6 +221,13 @@ class UNet(nn.Module):
 # The diffusion model
 
 
+def _check_eta(eta: float) -> float:
+    if not 0.0 <= eta <= 1.0:
+        raise ValueError(f"DDPM: eta must be in [0, 1] (0 = deterministic DDIM, 1 = ancestral), "
+                         f"got {eta}")
+    return eta
+
+
 class DDPM(nn.Module):
     """Gaussian diffusion around a UNet: `forward` is the training loss, `sample` generates.
 
@@ -262,6 +269,7 @@ class DDPM(nn.Module):
             raise ValueError(f"DDPM: timesteps must be at least 1, got {timesteps}")
         if not 0.0 <= cond_drop_prob < 1.0:
             raise ValueError(f"DDPM: cond_drop_prob must be in [0, 1), got {cond_drop_prob}")
+        _check_eta(eta)
         self.image_size, self.n_channels, self.num_classes = image_size, n_channels, num_classes
         self.timesteps, self.cond_drop_prob = timesteps, cond_drop_prob
         # How `sample` draws when not told otherwise (snapshots, grids, evaluation).
@@ -284,12 +292,10 @@ class DDPM(nn.Module):
 
         buffer("betas", betas)
         buffer("alphas_cumprod", alphas_cumprod)
-        buffer("alphas_cumprod_prev", alphas_cumprod_prev)
         buffer("sqrt_alphas_cumprod", alphas_cumprod.sqrt())
         buffer("sqrt_one_minus_alphas_cumprod", (1.0 - alphas_cumprod).sqrt())
         buffer("sqrt_recip_alphas_cumprod", (1.0 / alphas_cumprod).sqrt())
         buffer("sqrt_recipm1_alphas_cumprod", (1.0 / alphas_cumprod - 1).sqrt())
-        buffer("posterior_variance", posterior_variance)
         # The variance is 0 at t = 0; its log is clipped there (that step adds no noise anyway).
         buffer("posterior_log_variance_clipped",
                posterior_variance.clamp(min=posterior_variance[min(1, timesteps - 1)]).log())
@@ -441,7 +447,7 @@ class DDPM(nn.Module):
         """
         sampler = default(sampler, self.sampler)
         guidance_scale = default(guidance_scale, self.guidance_scale)
-        eta = default(eta, self.eta)
+        eta = _check_eta(default(eta, self.eta))
         times = self.timestep_sequence(sampler, steps)
         self._check_guidance(guidance_scale)
         if self.num_classes > 0:
