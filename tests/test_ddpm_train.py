@@ -12,8 +12,10 @@ from sklearn.linear_model import LogisticRegression
 from lib.checkpoint import build_model, load_checkpoint, load_models
 from lib.config import Config, load_config
 from lib.data import load_dataset, to_float, to_uint8
+from lib.device import Engine
+from lib.distributed import launch
 from lib.models.ddpm import DDPM
-from lib.train import train
+from lib.train import FAMILIES, train
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
@@ -84,6 +86,43 @@ def test_resume_continues_exactly(tmp_path):
     for group in ("nets", "ema"):
         for key, value in a[group]["model"].items():
             assert torch.allclose(value, b[group]["model"][key], atol=1e-6), (group, key)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_step_under_autocast_keeps_a_float32_loss(tmp_path, dtype):
+    """fp16/bf16 runs: the loss is computed in float32 and the weights move.
+
+    fp16's grad scaler skips the first steps (their gradients overflow at the
+    initial scale of 2^16) until it has halved the scale enough: hence 20 steps.
+    """
+    cfg = tiny_config(tmp_path, 1)
+    data = load_dataset("digits", 8)
+    engine = Engine(torch.device("cpu"), dtype, channels_last=False)
+    parts = FAMILIES["ddpm"].build(cfg, data, engine)
+    before = [p.detach().clone() for p in parts.nets["model"].parameters()]
+    x, y = to_float(data.images[:8]), data.labels[:8]
+    for step in range(1, 21):
+        logs = FAMILIES["ddpm"].step(parts, x, y, step, engine, cfg)
+        assert logs["loss"].dtype == torch.float32 and torch.isfinite(logs["loss"])
+    after = list(parts.nets["model"].parameters())
+    assert all(torch.isfinite(p).all() for p in after)
+    assert any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
+
+
+def test_two_processes_train_one_ddpm_run_with_ema(tmp_path):
+    """DDP (gloo, two CPU processes): one run folder, the EMA copy updated, all media written."""
+    overrides = [f"data.root={tmp_path / 'data'}", "trainer.epochs=1",
+                 "trainer.iterations_per_epoch=4", "trainer.log_every_step=2",
+                 "trainer.batch_size=16", "trainer.ema_decay=0.5", "wandb.mode=disabled",
+                 "model.args.sample_steps=2"]
+    run = launch("configs/ddpm_demo.json", 2, overrides, out_root=tmp_path / "out")
+    for name in ("evolution.gif", "denoising.gif", "final_grid.png", "summary.json"):
+        assert (run / name).is_file(), name
+    assert history(run)[-1]["images_seen"] == 4 * 16 * 2
+    ckpt = load_checkpoint(run / "checkpoints" / "last.pt")
+    ema, net = ckpt["ema"]["model"], ckpt["nets"]["model"]
+    assert any(not torch.equal(ema[k], net[k]) for k in net)
+    assert json.loads((run / "summary.json").read_text())["world_size"] == 2
 
 
 # ---------------------------------------------------------------------------
