@@ -16,6 +16,7 @@ import inspect
 import json
 import math
 import random
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -269,9 +270,106 @@ def cvae_finish(parts: Parts, run_dir: Path) -> None:
         run_dir / "final_grid.png")
 
 
+# ---------------------------------------------------------------------------
+# DDPM
+
+SNAPSHOT_SEED = 2  # the noise a stochastic sampler adds during snapshots, the same every time
+
+
+def build_ddpm(cfg: Config, data: ImageData, engine: Engine) -> Parts:
+    """One denoising network; sampler, steps and guidance come from its model args."""
+    models = {"model": resolve_model(cfg.model, data, "model")}
+    net = make_net(models["model"], engine)
+    opt, sched = make_opt_sched(net, cfg.optimizer, cfg.lr_scheduler, engine)
+    args = models["model"]["args"]  # image_size, n_channels, num_classes filled from the data
+    gen = fixed_generator(cfg.trainer.seed + 1)
+    fixed = {}
+    if args["num_classes"] > 0:  # one row of 8 per class (at most 16 rows), names beside them
+        rows = min(args["num_classes"], 16)
+        fixed["labels"] = torch.arange(rows).repeat_interleave(8).to(engine.device)
+    n = len(fixed["labels"]) if "labels" in fixed else 64
+    shape = (n, args["n_channels"], args["image_size"], args["image_size"])
+    fixed["noise"] = torch.randn(shape, generator=gen).to(engine.device)  # x_T of every snapshot
+    return Parts(nets={"model": net}, optimizers={"model": opt}, schedulers={"model": sched},
+                 models=models, fixed=fixed)
+
+
+def ddpm_step(parts: Parts, x: torch.Tensor, y, step: int, engine: Engine,
+              cfg: Config) -> dict[str, float]:
+    """One denoising step: a random t per image, predict the added noise, MSE."""
+    with engine.autocast():
+        loss = parts.nets["model"](x, y)
+    engine.backward_step("model", loss, parts.optimizers["model"], cfg.trainer.grad_clip)
+    return {"loss": loss.detach()}
+
+
+def _ddpm_draw(parts: Parts, **kwargs):
+    """model.sample with the sampling weights (EMA) in eval mode (no dropout).
+
+    Snapshots pass their own generator: a stochastic sampler (eta > 0) then
+    redraws the same noise each time and never touches the training RNG.
+    """
+    model = parts.net("model")
+    was_training = model.training
+    model.eval()
+    out = _unwrap(model).sample(**kwargs)
+    model.train(was_training)
+    return out
+
+
+def ddpm_sample(parts: Parts, n: int, labels=None, generator=None) -> torch.Tensor:
+    num_classes = _unwrap(parts.net("model")).num_classes
+    if labels is None and num_classes > 0:
+        labels = torch.arange(n) % num_classes  # classes in equal shares
+    out = []
+    for start in range(0, n, 256):
+        chunk = labels[start : start + 256] if labels is not None else None
+        out.append(_ddpm_draw(parts, n=min(256, n - start), labels=chunk,
+                              generator=generator).float())
+    return torch.cat(out)
+
+
+def ddpm_snapshot(parts: Parts) -> dict[str, torch.Tensor]:
+    images = _ddpm_draw(parts, n=len(parts.fixed["noise"]), labels=parts.fixed.get("labels"),
+                        noise=parts.fixed["noise"], generator=fixed_generator(SNAPSHOT_SEED))
+    return {"step": viz.make_grid(images.float(), nrow=8)}
+
+
+def ddpm_finish(parts: Parts, run_dir: Path) -> None:
+    grid = ddpm_snapshot(parts)["step"]
+    labels = parts.fixed.get("labels")
+    if labels is not None and parts.class_names:
+        names = [parts.class_names[i] for i in labels[::8].tolist()]
+        viz.label_rows(grid, names).save(run_dir / "final_grid.png")
+    else:
+        viz.save_png(grid, run_dir / "final_grid.png", scale=max(1, 512 // grid.shape[-1]))
+    save_denoising_gif(parts, run_dir / "denoising.gif")
+
+
+def save_denoising_gif(parts: Parts, path: Path, max_frames: int = 40) -> None:
+    """One row of images (one per class when conditional) from x_T to x_0, frame by frame."""
+    model = _unwrap(parts.net("model"))
+    labels = parts.fixed.get("labels")
+    labels = labels[::8][:10] if labels is not None else None  # one image per class
+    n = len(labels) if labels is not None else 8
+    _, path_x = _ddpm_draw(parts, n=n, labels=labels, noise=parts.fixed["noise"][:n],
+                                generator=fixed_generator(SNAPSHOT_SEED), return_trajectory=True)
+    # path_x: (steps + 1, n, C, H, W), x_T first
+    times = model.timestep_sequence(model.sampler, None)
+    keep = torch.linspace(0, len(path_x) - 1, min(max_frames, len(path_x))).round().long()
+    with tempfile.TemporaryDirectory() as tmp:
+        frames, captions = [], []
+        for i in keep.unique().tolist():
+            frames.append(viz.save_png(viz.make_grid(path_x[i].float(), nrow=n),
+                                       Path(tmp) / f"{i:05d}.png"))
+            captions.append("x_0" if times[i] < 0 else f"t = {times[i]}")
+        viz.save_gif(frames, path, captions, duration_ms=150, final_hold_ms=2000)
+
+
 FAMILIES = {
     "dcgan": Family(build_dcgan, dcgan_step, dcgan_snapshot, dcgan_sample, dcgan_finish),
     "cvae": Family(build_cvae, cvae_step, cvae_snapshot, cvae_sample, cvae_finish),
+    "ddpm": Family(build_ddpm, ddpm_step, ddpm_snapshot, ddpm_sample, ddpm_finish),
 }
 
 
@@ -432,6 +530,19 @@ def _forget_after(run_dir: Path, step: int) -> None:
             png.unlink()
 
 
+def sampling_cost(family: Family, parts: Parts, engine: Engine, n: int = 64) -> float:
+    """Seconds per image of the family's own sampler: the inference side of the cost account."""
+    def sync():
+        if engine.device.type == "cuda":
+            torch.cuda.synchronize(engine.device)
+
+    sync()
+    t0 = time.perf_counter()
+    family.sample(parts, n, None, fixed_generator(0))
+    sync()
+    return (time.perf_counter() - t0) / n
+
+
 # ---------------------------------------------------------------------------
 # The loop
 
@@ -548,7 +659,8 @@ def train(cfg: Config, out_root: str | Path = "outputs", run_dir: str | Path | N
         family.finish(parts, run_dir)
         summary = {"step": step, "total_steps": total, "finished": not stopped_early,
                    "family": cfg.family, "precision": engine.precision,
-                   "device": str(engine.device), "world_size": engine.world_size, **counters}
+                   "device": str(engine.device), "world_size": engine.world_size, **counters,
+                   "sample_seconds_per_image": sampling_cost(family, parts, engine)}
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     tracker.finish()
     engine.close()

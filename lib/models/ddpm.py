@@ -1,0 +1,477 @@
+"""DDPM: a small UNet that predicts the noise, its schedules, and two samplers.
+
+Ho et al. 2020 ("Denoising Diffusion Probabilistic Models") for the training
+objective and the ancestral sampler, Nichol & Dhariwal 2021 for the cosine
+schedule, Song et al. 2021 (DDIM) for the strided sampler, Ho & Salimans 2021
+for classifier-free guidance. The layout follows lucidrains'
+denoising-diffusion-pytorch: the maths lives in short named functions and
+methods (`q_sample`, `q_posterior`, `p_sample`, `ddim_step`), the network in
+small modules, and the trainer (EMA, grids, GIFs) stays outside this file.
+
+Timesteps are 0-based: index t in [0, T) is diffusion step t + 1 of the paper,
+so `alphas_cumprod[0]` is already slightly below one.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+SCHEDULES = ("linear", "cosine")
+SAMPLERS = ("ddim", "ddpm")
+
+
+def exists(x) -> bool:
+    return x is not None
+
+
+def default(x, d):
+    return x if exists(x) else d
+
+
+# ---------------------------------------------------------------------------
+# Noise schedules (float64: the products over 1000 steps lose digits in float32)
+
+
+def linear_beta_schedule(timesteps: int) -> torch.Tensor:
+    """Ho et al.'s 1e-4 -> 0.02, rescaled so that shorter chains still end near pure noise."""
+    scale = 1000 / timesteps
+    betas = torch.linspace(scale * 1e-4, scale * 0.02, timesteps, dtype=torch.float64)
+    return betas.clamp(max=0.999)  # below ~50 steps the rescaled betas would pass 1
+
+
+def cosine_beta_schedule(timesteps: int, s: float = 0.008) -> torch.Tensor:
+    """alpha_bar(t) = cos^2(((t / T) + s) / (1 + s) * pi / 2), normalised to alpha_bar(0) = 1."""
+    x = torch.linspace(0, timesteps, timesteps + 1, dtype=torch.float64)
+    alphas_cumprod = torch.cos(((x / timesteps) + s) / (1 + s) * math.pi * 0.5) ** 2
+    alphas_cumprod = alphas_cumprod / alphas_cumprod[0]
+    betas = 1 - (alphas_cumprod[1:] / alphas_cumprod[:-1])
+    return betas.clamp(0, 0.999)  # the paper's clip: the last steps would otherwise reach beta = 1
+
+
+def beta_schedule(name: str, timesteps: int) -> torch.Tensor:
+    if name == "linear":
+        return linear_beta_schedule(timesteps)
+    if name == "cosine":
+        return cosine_beta_schedule(timesteps)
+    raise ValueError(f"unknown noise schedule {name!r}; choose one of {list(SCHEDULES)}")
+
+
+def extract(a: torch.Tensor, t: torch.Tensor, ndim: int) -> torch.Tensor:
+    """a[t] per batch element, shaped to broadcast over images: (B,) -> (B, 1, 1, 1)."""
+    return a.gather(-1, t).reshape(t.shape[0], *((1,) * (ndim - 1)))
+
+
+# ---------------------------------------------------------------------------
+# The UNet
+
+
+def group_norm(channels: int) -> nn.GroupNorm:
+    return nn.GroupNorm(math.gcd(8, channels), channels)  # 8 groups where the width allows
+
+
+class SinusoidalPosEmb(nn.Module):
+    """Transformer position encoding of the timestep index: (B,) -> (B, dim)."""
+
+    def __init__(self, dim: int, theta: float = 10000.0):
+        super().__init__()
+        self.dim, self.theta = dim, theta
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        half = self.dim // 2
+        freqs = torch.exp(-math.log(self.theta) * torch.arange(half, device=t.device) / half)
+        args = t.float()[:, None] * freqs[None]  # (B, half)
+        return torch.cat([args.sin(), args.cos()], dim=-1)  # (B, dim)
+
+
+class ResBlock(nn.Module):
+    """GroupNorm-SiLU-conv twice, with the time (+ class) embedding added in between."""
+
+    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float):
+        super().__init__()
+        self.norm1 = group_norm(in_ch)
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
+        self.emb = nn.Linear(emb_dim, out_ch)
+        self.norm2 = group_norm(out_ch)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
+        nn.init.zeros_(self.conv2.weight)  # each block starts as the identity (Ho et al.'s init)
+        nn.init.zeros_(self.conv2.bias)
+        self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = h + self.emb(F.silu(emb))[:, :, None, None]
+        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        return h + self.skip(x)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention over the pixels of a (small) feature map."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.heads = channels // 32 if channels % 32 == 0 else 1
+        self.norm = group_norm(channels)
+        self.qkv = nn.Conv2d(channels, channels * 3, 1)
+        self.out = nn.Conv2d(channels, channels, 1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        qkv = self.qkv(self.norm(x)).reshape(b, 3, self.heads, c // self.heads, h * w)
+        q, k, v = qkv.transpose(-1, -2).unbind(1)  # each (B, heads, HW, C / heads)
+        y = F.scaled_dot_product_attention(q, k, v)  # (B, heads, HW, C / heads)
+        y = y.transpose(-1, -2).reshape(b, c, h, w)
+        return x + self.out(y)
+
+
+class Downsample(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)  # (B, C, H, W) -> (B, C, H/2, W/2)
+
+
+class Upsample(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))  # (B, C, 2H, 2W)
+
+
+class UNet(nn.Module):
+    """eps_theta(x_t, t, y): residual levels down, attention at the bottom, levels up with skips.
+
+    Each level has `num_res_blocks` blocks at width base * mult; every level but
+    the last halves the resolution. `num_classes` > 0 adds a class embedding
+    (plus one "null" class for classifier-free guidance) to the time embedding.
+    """
+
+    def __init__(self, n_channels: int, base_channels: int, channel_mults: list[int],
+                 num_res_blocks: int, num_classes: int, dropout: float):
+        super().__init__()
+        emb_dim = base_channels * 4
+        self.time_mlp = nn.Sequential(
+            SinusoidalPosEmb(base_channels),
+            nn.Linear(base_channels, emb_dim),
+            nn.SiLU(),
+            nn.Linear(emb_dim, emb_dim),
+        )
+        self.class_emb = nn.Embedding(num_classes + 1, emb_dim) if num_classes > 0 else None
+        self.init_conv = nn.Conv2d(n_channels, base_channels, 3, padding=1)
+
+        widths = [base_channels * m for m in channel_mults]
+        self.down_blocks, self.downsamples = nn.ModuleList(), nn.ModuleList()
+        skip_widths, ch = [], base_channels
+        for level, width in enumerate(widths):
+            blocks = nn.ModuleList()
+            for _ in range(num_res_blocks):
+                blocks.append(ResBlock(ch, width, emb_dim, dropout))
+                ch = width
+                skip_widths.append(ch)
+            self.down_blocks.append(blocks)
+            last = level == len(widths) - 1
+            self.downsamples.append(nn.Identity() if last else Downsample(ch))
+
+        self.mid1 = ResBlock(ch, ch, emb_dim, dropout)
+        self.mid_attn = Attention(ch)
+        self.mid2 = ResBlock(ch, ch, emb_dim, dropout)
+
+        self.up_blocks, self.upsamples = nn.ModuleList(), nn.ModuleList()
+        for level, width in reversed(list(enumerate(widths))):
+            blocks = nn.ModuleList()
+            for _ in range(num_res_blocks):
+                blocks.append(ResBlock(ch + skip_widths.pop(), width, emb_dim, dropout))
+                ch = width
+            self.up_blocks.append(blocks)
+            self.upsamples.append(nn.Identity() if level == 0 else Upsample(ch))
+
+        self.out_norm = group_norm(ch)
+        self.out_conv = nn.Conv2d(ch, n_channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None):
+        emb = self.time_mlp(t)  # (B, 4 * base)
+        if exists(self.class_emb):
+            emb = emb + self.class_emb(labels)
+        h = self.init_conv(x)  # (B, base, H, W)
+        skips = []
+        for blocks, down in zip(self.down_blocks, self.downsamples, strict=True):
+            for block in blocks:
+                h = block(h, emb)
+                skips.append(h)
+            h = down(h)
+        h = self.mid2(self.mid_attn(self.mid1(h, emb)), emb)  # lowest resolution
+        for blocks, up in zip(self.up_blocks, self.upsamples, strict=True):
+            for block in blocks:
+                h = block(torch.cat([h, skips.pop()], dim=1), emb)
+            h = up(h)
+        return self.out_conv(F.silu(self.out_norm(h)))  # (B, C, H, W)
+
+
+# ---------------------------------------------------------------------------
+# The diffusion model
+
+
+def _check_eta(eta: float) -> float:
+    if not 0.0 <= eta <= 1.0:
+        raise ValueError(f"DDPM: eta must be in [0, 1] (0 = deterministic DDIM, 1 = ancestral), "
+                         f"got {eta}")
+    return eta
+
+
+class DDPM(nn.Module):
+    """Gaussian diffusion around a UNet: `forward` is the training loss, `sample` generates.
+
+    Trains by epsilon-prediction (the "simple" loss of Ho et al.). With
+    `num_classes` > 0 the UNet is class-conditional and, with probability
+    `cond_drop_prob`, sees the null class instead, so that one network learns
+    both the conditional and the unconditional model that classifier-free
+    guidance mixes at sampling time. `sampler`, `sample_steps`, `eta` and
+    `guidance_scale` are only the defaults of `sample`: they live here so
+    that a config (and a checkpoint) says how its images are drawn.
+    """
+
+    def __init__(
+        self,
+        image_size: int = 32,
+        n_channels: int = 3,
+        num_classes: int = 0,
+        base_channels: int = 64,
+        channel_mults: list[int] = (1, 2, 2),
+        num_res_blocks: int = 2,
+        timesteps: int = 1000,
+        schedule: str = "cosine",
+        cond_drop_prob: float = 0.1,
+        dropout: float = 0.1,
+        sampler: str = "ddim",
+        sample_steps: int = 50,
+        eta: float = 0.0,
+        guidance_scale: float = 1.0,
+    ):
+        super().__init__()
+        factor = 2 ** (len(channel_mults) - 1)
+        if image_size % factor:
+            raise ValueError(
+                f"DDPM: image_size={image_size} must be divisible by 2^(len(channel_mults) - 1)"
+                f" = {factor} for channel_mults={list(channel_mults)}; use fewer levels"
+                f" or another image size"
+            )
+        if timesteps < 1:
+            raise ValueError(f"DDPM: timesteps must be at least 1, got {timesteps}")
+        if not 0.0 <= cond_drop_prob < 1.0:
+            raise ValueError(f"DDPM: cond_drop_prob must be in [0, 1), got {cond_drop_prob}")
+        _check_eta(eta)
+        self.image_size, self.n_channels, self.num_classes = image_size, n_channels, num_classes
+        self.timesteps, self.cond_drop_prob = timesteps, cond_drop_prob
+        # How `sample` draws when not told otherwise (snapshots, grids, evaluation).
+        self.sampler, self.sample_steps, self.eta = sampler, sample_steps, eta
+        self.guidance_scale = guidance_scale
+        self._check_guidance(guidance_scale)
+        self.timestep_sequence(sampler, None)  # fails now, not at the first snapshot
+        self.unet = UNet(n_channels, base_channels, list(channel_mults), num_res_blocks,
+                         num_classes, dropout)
+
+        betas = beta_schedule(schedule, timesteps)  # (T,) float64
+        alphas = 1.0 - betas
+        alphas_cumprod = torch.cumprod(alphas, dim=0)
+        alphas_cumprod_prev = F.pad(alphas_cumprod[:-1], (1, 0), value=1.0)
+        posterior_variance = betas * (1.0 - alphas_cumprod_prev) / (1.0 - alphas_cumprod)
+
+        def buffer(name: str, value: torch.Tensor):
+            # Rebuilt from the config, so kept out of the state dict (and checkpoints).
+            self.register_buffer(name, value.float(), persistent=False)
+
+        buffer("betas", betas)
+        buffer("alphas_cumprod", alphas_cumprod)
+        buffer("sqrt_alphas_cumprod", alphas_cumprod.sqrt())
+        buffer("sqrt_one_minus_alphas_cumprod", (1.0 - alphas_cumprod).sqrt())
+        buffer("sqrt_recip_alphas_cumprod", (1.0 / alphas_cumprod).sqrt())
+        buffer("sqrt_recipm1_alphas_cumprod", (1.0 / alphas_cumprod - 1).sqrt())
+        # The variance is 0 at t = 0; its log is clipped there (that step adds no noise anyway).
+        buffer("posterior_log_variance_clipped",
+               posterior_variance.clamp(min=posterior_variance[min(1, timesteps - 1)]).log())
+        buffer("posterior_mean_coef1",
+               betas * alphas_cumprod_prev.sqrt() / (1.0 - alphas_cumprod))
+        buffer("posterior_mean_coef2",
+               (1.0 - alphas_cumprod_prev) * alphas.sqrt() / (1.0 - alphas_cumprod))
+
+    @property
+    def device(self) -> torch.device:
+        return self.betas.device
+
+    # -- the forward process q -------------------------------------------------
+
+    def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """x_t ~ q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I)."""
+        return (extract(self.sqrt_alphas_cumprod, t, x0.ndim) * x0
+                + extract(self.sqrt_one_minus_alphas_cumprod, t, x0.ndim) * noise)
+
+    def q_posterior(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor):
+        """Mean and log-variance of q(x_{t-1} | x_t, x_0)."""
+        mean = (extract(self.posterior_mean_coef1, t, x_t.ndim) * x0
+                + extract(self.posterior_mean_coef2, t, x_t.ndim) * x_t)
+        return mean, extract(self.posterior_log_variance_clipped, t, x_t.ndim)
+
+    def predict_x0_from_eps(self, x_t, t, eps):
+        return (extract(self.sqrt_recip_alphas_cumprod, t, x_t.ndim) * x_t
+                - extract(self.sqrt_recipm1_alphas_cumprod, t, x_t.ndim) * eps)
+
+    def predict_eps_from_x0(self, x_t, t, x0):
+        return ((extract(self.sqrt_recip_alphas_cumprod, t, x_t.ndim) * x_t - x0)
+                / extract(self.sqrt_recipm1_alphas_cumprod, t, x_t.ndim))
+
+    # -- training ----------------------------------------------------------------
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """The denoising loss: MSE between the added noise and the predicted noise. x in [-1, 1]."""
+        b = x.shape[0]
+        labels = self._check_labels(labels, b)
+        if exists(labels) and self.cond_drop_prob > 0:
+            drop = torch.rand(b, device=x.device) < self.cond_drop_prob
+            labels = labels.masked_fill(drop, self.num_classes)  # index num_classes = null class
+        t = torch.randint(0, self.timesteps, (b,), device=x.device)
+        noise = torch.randn_like(x)
+        return F.mse_loss(self.unet(self.q_sample(x, t, noise), t, labels), noise)
+
+    def _check_labels(self, labels: torch.Tensor | None, n: int) -> torch.Tensor | None:
+        if self.num_classes == 0:
+            return None  # an unconditional model ignores labels
+        if labels is None:
+            raise ValueError(f"DDPM was built with num_classes={self.num_classes}: pass labels "
+                             f"(int64, shape ({n},)), or build it with num_classes=0")
+        if labels.shape != (n,):
+            raise ValueError(f"DDPM: labels must have shape ({n},), got {tuple(labels.shape)}")
+        return labels
+
+    # -- the reverse process p ---------------------------------------------------
+
+    def model_predictions(self, x_t, t, labels, guidance_scale: float):
+        """(eps, x0) predicted at (x_t, t); x0 clipped to [-1, 1] and eps made consistent with it.
+
+        Classifier-free guidance: eps = eps_null + w (eps_cond - eps_null), both
+        halves in one batch; w = 1 is the plain conditional model.
+        """
+        if exists(labels) and guidance_scale != 1.0:
+            null = torch.full_like(labels, self.num_classes)
+            eps_cond, eps_null = self.unet(
+                torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([labels, null])
+            ).chunk(2)
+            eps = eps_null + guidance_scale * (eps_cond - eps_null)
+        else:
+            eps = self.unet(x_t, t, labels)
+        x0 = self.predict_x0_from_eps(x_t, t, eps).clamp(-1.0, 1.0)
+        return self.predict_eps_from_x0(x_t, t, x0), x0
+
+    def p_sample(self, x_t, t: int, labels, guidance_scale: float, generator=None):
+        """One ancestral step x_t -> x_{t-1} ~ p(x_{t-1} | x_t) = q(x_{t-1} | x_t, x0_hat)."""
+        tt = torch.full((x_t.shape[0],), t, device=x_t.device, dtype=torch.long)
+        _, x0 = self.model_predictions(x_t, tt, labels, guidance_scale)
+        mean, log_var = self.q_posterior(x0, x_t, tt)
+        if t == 0:
+            return mean  # the last step returns the mean: x0_hat itself
+        return mean + (0.5 * log_var).exp() * self._randn(x_t.shape, generator)
+
+    def ddim_step(self, x_t, t: int, t_prev: int, labels, guidance_scale: float, eta: float,
+                  generator=None):
+        """x_t -> x_{t_prev} (t_prev < t; -1 means "return x0"). eta = 0: deterministic DDIM;
+        eta = 1 with t_prev = t - 1 is exactly the ancestral DDPM step."""
+        tt = torch.full((x_t.shape[0],), t, device=x_t.device, dtype=torch.long)
+        eps, x0 = self.model_predictions(x_t, tt, labels, guidance_scale)
+        if t_prev < 0:
+            return x0
+        abar, abar_prev = self.alphas_cumprod[t], self.alphas_cumprod[t_prev]
+        sigma = eta * ((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev)).sqrt()
+        x_prev = abar_prev.sqrt() * x0 + (1 - abar_prev - sigma**2).sqrt() * eps
+        if eta > 0:
+            x_prev = x_prev + sigma * self._randn(x_t.shape, generator)
+        return x_prev
+
+    def _randn(self, shape, generator: torch.Generator | None) -> torch.Tensor:
+        # Drawn on the generator's device, so a CPU generator reproduces the same images on a GPU.
+        where = generator.device if exists(generator) else self.device
+        return torch.randn(shape, generator=generator, device=where).to(self.device)
+
+    def timestep_sequence(self, sampler: str, steps: int | None) -> list[int]:
+        """The timesteps a sampler visits, from T - 1 down to -1 ("done"): steps + 1 entries.
+
+        "ddpm" walks all `timesteps`; "ddim" takes `steps` evenly spaced ones
+        (default: the model's `sample_steps`, at most `timesteps`).
+        """
+        if sampler == "ddpm":
+            if default(steps, self.timesteps) != self.timesteps:
+                raise ValueError(
+                    f"DDPM: the ancestral sampler takes all {self.timesteps} steps, got "
+                    f"steps={steps}; for fewer, use sampler='ddim' (eta=1.0 makes it stochastic)")
+            return list(range(self.timesteps - 1, -2, -1))
+        if sampler == "ddim":
+            steps = default(steps, min(self.sample_steps, self.timesteps))
+            if not 1 <= steps <= self.timesteps:
+                raise ValueError(f"DDPM: steps must be in [1, {self.timesteps}], got {steps}")
+            times = torch.linspace(-1, self.timesteps - 1, steps + 1).round().long()
+            return times.flip(0).tolist()
+        raise ValueError(f"unknown sampler {sampler!r}; choose one of {list(SAMPLERS)}")
+
+    @torch.inference_mode()
+    def sample(
+        self,
+        n: int,
+        labels: torch.Tensor | None = None,
+        sampler: str | None = None,
+        steps: int | None = None,
+        eta: float | None = None,
+        guidance_scale: float | None = None,
+        noise: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        return_trajectory: bool = False,
+    ):
+        """n images in [-1, 1], shape (n, C, H, W).
+
+        sampler, steps, eta, guidance_scale: default to the model's
+        `sampler`, `sample_steps`, `eta` and `guidance_scale`. eta is DDIM's
+        noise: 0 is deterministic, 1 the ancestral (DDPM) posterior; a short
+        training gives cleaner images at 1, as noise corrects earlier errors
+        that the deterministic path carries to the end. labels default to 0, 1, 2, ... cycling
+        over the classes. noise: the starting x_T (fixed-noise snapshots).
+        generator: every random draw, so a seed fixes the images.
+        With return_trajectory, also returns x_t before every step and the
+        final images, (steps + 1, n, C, H, W) on the CPU.
+        """
+        sampler = default(sampler, self.sampler)
+        guidance_scale = default(guidance_scale, self.guidance_scale)
+        eta = _check_eta(default(eta, self.eta))
+        times = self.timestep_sequence(sampler, steps)
+        self._check_guidance(guidance_scale)
+        if self.num_classes > 0:
+            labels = default(labels, torch.arange(n) % self.num_classes).to(self.device)
+        labels = self._check_labels(labels, n)
+
+        shape = (n, self.n_channels, self.image_size, self.image_size)
+        x = noise.to(self.device) if exists(noise) else self._randn(shape, generator)
+        trajectory = [x.cpu()] if return_trajectory else []
+        for t, t_prev in zip(times[:-1], times[1:], strict=True):
+            if sampler == "ddpm":
+                x = self.p_sample(x, t, labels, guidance_scale, generator)
+            else:
+                x = self.ddim_step(x, t, t_prev, labels, guidance_scale, eta, generator)
+            if return_trajectory:
+                trajectory.append(x.cpu())
+        x = x.clamp(-1.0, 1.0)  # the ancestral mean at t = 0 can overshoot by rounding
+        if return_trajectory:
+            return x, torch.stack(trajectory)
+        return x
+
+    def _check_guidance(self, guidance_scale: float) -> None:
+        if guidance_scale != 1.0 and (self.num_classes == 0 or self.cond_drop_prob == 0):
+            raise ValueError(
+                f"DDPM: guidance_scale={guidance_scale} needs a class-conditional model trained "
+                f"with cond_drop_prob > 0 (this one has num_classes={self.num_classes}, "
+                f"cond_drop_prob={self.cond_drop_prob}); use guidance_scale=1.0")
