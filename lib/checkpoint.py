@@ -1,0 +1,92 @@
+"""Checkpoints: plain dicts, written atomically, loaded without running code.
+
+A checkpoint holds a format version, the run's config, the resolved model
+arguments (enough to rebuild every network without the code that trained it),
+and the full training state for an exact resume.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+FORMAT_VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, corrupt, of another format, or carries code."""
+
+
+def atomic_save(obj: dict, path: str | Path) -> Path:
+    """Write to a temp file in the same folder, fsync, then rename over `path`.
+
+    A crash at any moment leaves either the old file or the new one, never half of one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    try:  # make the rename itself durable
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
+    """Load with `weights_only=True`: tensors and plain containers only, never code."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"{path}: refused - the file holds objects other than tensors and plain data "
+            f"(loading it could run code). Only load checkpoints you trust; details: {e}"
+        ) from None
+    except (RuntimeError, EOFError, OSError) as e:
+        raise CheckpointError(f"{path}: unreadable or truncated checkpoint ({e})") from None
+    if not isinstance(ckpt, dict) or "format_version" not in ckpt:
+        raise CheckpointError(f"{path}: not a checkpoint of this project (no format_version)")
+    if ckpt["format_version"] > FORMAT_VERSION:
+        raise CheckpointError(f"{path}: format {ckpt['format_version']} is newer than this "
+                              f"code understands ({FORMAT_VERSION}); update the project")
+    return ckpt
+
+
+def build_model(type_name: str, args: dict) -> nn.Module:
+    from lib.models import MODEL_TYPES
+
+    if type_name not in MODEL_TYPES:
+        raise CheckpointError(f"unknown model type {type_name!r}; known: {sorted(MODEL_TYPES)}")
+    return MODEL_TYPES[type_name](**args)
+
+
+def load_models(path: str | Path, use_ema: bool = True, map_location="cpu") -> dict[str, nn.Module]:
+    """Rebuild every network of a checkpoint in eval mode (EMA weights when present)."""
+    ckpt = load_checkpoint(path, map_location)
+    nets = {}
+    for name, spec in ckpt["models"].items():
+        net = build_model(spec["type"], spec["args"])
+        state = ckpt["ema"].get(name) if use_ema and ckpt.get("ema") else None
+        net.load_state_dict(state or ckpt["nets"][name])
+        nets[name] = net.eval()
+    return nets

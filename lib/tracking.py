@@ -1,0 +1,146 @@
+"""Experiment tracking: a local history.jsonl always, wandb when it can.
+
+wandb is decided before `wandb.init` is ever called (a notebook would otherwise
+hang at a login prompt): `WANDB_MODE` wins, then the config's `wandb.mode`;
+"auto" means online when an API key is available (environment, ~/.netrc or a
+Kaggle secret) and offline otherwise. Any wandb failure becomes one warning and
+tracking carries on locally: wandb is never a reason for training to stop.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import warnings
+from pathlib import Path
+
+from lib.config import WandbConfig
+
+
+def kaggle_secret(name: str) -> str | None:
+    """A Kaggle notebook secret, or None outside Kaggle or when it is not attached."""
+    if not os.environ.get("KAGGLE_KERNEL_RUN_TYPE"):
+        return None
+    try:
+        from kaggle_secrets import UserSecretsClient
+
+        return UserSecretsClient().get_secret(name)
+    except Exception:  # the client raises a plain Exception when the secret is not attached
+        return None
+
+
+def _has_netrc_key() -> bool:
+    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    try:
+        return "api.wandb.ai" in netrc.read_text()
+    except OSError:
+        return False
+
+
+def wandb_mode(cfg: WandbConfig) -> str:
+    """"online", "offline" or "disabled", decided without touching the network."""
+    mode = os.environ.get("WANDB_MODE") or cfg.mode
+    if os.environ.get("WANDB_DISABLED", "").lower() in ("1", "true"):
+        mode = "disabled"
+    if mode in ("disabled", "offline", "online"):
+        return mode
+    if mode == "dryrun":
+        return "offline"
+    if os.environ.get("WANDB_API_KEY") or _has_netrc_key():
+        return "online"
+    key = kaggle_secret("WANDB_API_KEY")
+    if key:
+        os.environ["WANDB_API_KEY"] = key
+        return "online"
+    return "offline"
+
+
+def _jsonable(value):
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # JSON has no NaN/inf; keep the fact visible
+    return value
+
+
+class Tracker:
+    """Appends one JSON object per logged step to history.jsonl and mirrors it to wandb."""
+
+    def __init__(self, run_dir: Path, cfg: WandbConfig, run_name: str, config: dict,
+                 enabled: bool = True):
+        self.history_path = Path(run_dir) / "history.jsonl"
+        self.enabled = enabled  # False on DDP ranks other than 0
+        self.mode = wandb_mode(cfg) if enabled else "disabled"
+        self._wandb = None
+        if self.mode != "disabled":
+            try:
+                import wandb
+
+                self._wandb = wandb.init(project=cfg.project, entity=cfg.entity, name=run_name,
+                                         config=config, dir=str(run_dir), mode=self.mode,
+                                         resume="allow", id=_wandb_id(run_dir))
+            except Exception as e:
+                self._warn(e)
+
+    def _warn(self, error: Exception) -> None:
+        warnings.warn(f"wandb disabled for this run ({type(error).__name__}: {error}); "
+                      f"history.jsonl keeps everything", stacklevel=3)
+        self._wandb = None
+
+    def log(self, record: dict, step: int) -> None:
+        if not self.enabled:
+            return
+        record = {"step": step, **{k: _jsonable(v) for k, v in record.items()}}
+        with self.history_path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self._wandb is not None:
+            try:
+                self._wandb.log({k: v for k, v in record.items() if k != "step"}, step=step)
+            except Exception as e:
+                self._warn(e)
+
+    def log_image(self, key: str, path: Path, step: int) -> None:
+        if self._wandb is None:
+            return
+        try:
+            import wandb
+
+            self._wandb.log({key: wandb.Image(str(path))}, step=step)
+        except Exception as e:
+            self._warn(e)
+
+    def finish(self) -> None:
+        if self._wandb is not None:
+            try:
+                self._wandb.finish()
+            except Exception as e:
+                self._warn(e)
+
+
+def _wandb_id(run_dir: Path) -> str:
+    """A stable wandb run id per run folder, so a resumed run continues the same wandb run."""
+    id_file = Path(run_dir) / ".wandb_id"
+    if id_file.exists():
+        return id_file.read_text().strip()
+    import uuid
+
+    run_id = uuid.uuid4().hex[:12]
+    id_file.write_text(run_id)
+    return run_id
+
+
+def read_history(run_dir: str | Path) -> list[dict]:
+    """All records of a run's history.jsonl (empty if there is none yet)."""
+    path = Path(run_dir) / "history.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def truncate_history(run_dir: str | Path, last_step: int) -> None:
+    """Drop records logged after `last_step` (they belong to work a resume will redo)."""
+    path = Path(run_dir) / "history.jsonl"
+    if path.exists():
+        kept = [r for r in read_history(run_dir) if r.get("step", 0) <= last_step]
+        path.write_text("".join(json.dumps(r) + "\n" for r in kept))
