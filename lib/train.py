@@ -17,6 +17,7 @@ import json
 import math
 import random
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -31,9 +32,10 @@ from tqdm.auto import tqdm
 from lib import viz
 from lib.checkpoint import FORMAT_VERSION, atomic_save, build_model, load_checkpoint
 from lib.config import Config, ConfigError, ModelSpec, OptimizerConfig, SchedulerConfig
-from lib.data import ImageData, load_dataset
+from lib.data import ImageData, load_dataset, to_float, to_uint8
 from lib.device import Engine, make_optimizer, seed_everything, setup_engine
-from lib.tracking import Tracker, truncate_history
+from lib.metrics import Evaluator, MetricsError
+from lib.tracking import Tracker, read_history, truncate_history
 
 # ---------------------------------------------------------------------------
 # What a family provides
@@ -61,6 +63,8 @@ class Family:
     snapshot: Callable[[Parts], dict[str, torch.Tensor]]  # prefix -> uint8 grid
     sample: Callable[..., torch.Tensor]  # (parts, n, labels, generator) -> [-1, 1] images
     finish: Callable[[Parts, Path], None]  # final_grid.png and family-specific media
+    # (parts, x [-1, 1] on the device, y) -> [-1, 1] reconstructions, for models that have them
+    reconstruct: Callable[..., torch.Tensor] | None = None
 
 
 # ---------------------------------------------------------------------------
@@ -338,6 +342,79 @@ def _forget_after(run_dir: Path, step: int) -> None:
 
 
 # ---------------------------------------------------------------------------
+# Evaluation (lib.metrics does the scoring)
+
+
+def make_evaluator(cfg: Config, data: ImageData, engine: Engine, features: str | None = None,
+                   samples: int | None = None) -> Evaluator | None:
+    """The run's Evaluator; None, with a warning, when `auto` features find no usable network."""
+    t = cfg.trainer
+    features = features or t.features
+    try:
+        return Evaluator(data, features=features, num_samples=samples or t.eval_samples,
+                         device=engine.device, cache_dir=Path(cfg.data.root) / "cache",
+                         weights_path=t.inception_weights, seed=t.seed)
+    except MetricsError as e:
+        if features != "auto":
+            raise
+        warnings.warn(f"evaluation is off for this run: {e}", stacklevel=2)
+        return None
+
+
+def evaluate_parts(family: Family, parts: Parts, evaluator: Evaluator, engine: Engine,
+                   seed: int) -> dict:
+    """Score the sampling weights on a fixed draw, leaving the training RNG untouched."""
+    n = evaluator.num_samples
+    conditional = any(spec["args"].get("num_classes", 0) > 0 for spec in parts.models.values())
+    labels = None
+    if conditional and evaluator.real_labels is not None:
+        labels = torch.arange(n) % len(evaluator.class_names)  # balanced: every class scored
+    device = engine.device
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        fake = to_uint8(family.sample(parts, n, labels, fixed_generator(seed + 2)))
+        recon = None
+        if family.reconstruct is not None:
+            x = evaluator.real_images[:n]
+            y = evaluator.real_labels[:n].to(device) if evaluator.real_labels is not None else None
+            recon = (x, to_uint8(family.reconstruct(parts, to_float(x).to(device), y)))
+        return evaluator.evaluate(fake, labels, recon)
+
+
+def _best_fid(run_dir: Path, features: str, ckpt_dir: Path, step: int) -> float:
+    """Best FID logged so far with these features; a best.pt newer than `step` is dropped."""
+    best = ckpt_dir / "best.pt"
+    if best.exists() and load_checkpoint(best)["step"] > step:
+        best.unlink()  # it belongs to work that a resume redoes
+    fids = [r["fid"] for r in read_history(run_dir)
+            if r.get("features") == features and isinstance(r.get("fid"), float)]
+    return min(fids, default=math.inf)
+
+
+def evaluate_checkpoint(run_dir: str | Path, samples: int | None = None,
+                        features: str | None = None, checkpoint: str = "last.pt") -> dict:
+    """Score a run's final weights; the result is also written to RUN_DIR/metrics.json."""
+    run_dir = Path(run_dir)
+    ckpt = load_checkpoint(run_dir / "checkpoints" / checkpoint)
+    cfg = Config.from_dict(ckpt["config"], f"{run_dir}/checkpoints/{checkpoint}")
+    family = FAMILIES[cfg.family]
+    engine = setup_engine(cfg.trainer)
+    data = load_dataset(**asdict(cfg.data))
+    parts = family.build(cfg, data, engine)
+    parts.class_names = data.class_names
+    make_ema(parts, cfg.trainer.ema_decay)
+    for group in ("nets", "ema"):
+        for k, net in getattr(parts, group).items():
+            _unwrap(net).load_state_dict(ckpt[group][k])
+    evaluator = make_evaluator(cfg, data, engine, features, samples)
+    if evaluator is None:
+        raise MetricsError("no feature network is usable here; see the warning above")
+    result = {"step": ckpt["step"], "checkpoint": checkpoint,
+              **evaluate_parts(family, parts, evaluator, engine, cfg.trainer.seed)}
+    (run_dir / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+# ---------------------------------------------------------------------------
 # The loop
 
 
@@ -373,6 +450,9 @@ def train(cfg: Config, out_root: str | Path = "outputs", run_dir: str | Path | N
     else:
         cfg.save(run_dir / "config.json")
     tracker = Tracker(run_dir, cfg.wandb, run_dir.name, cfg.to_dict(), enabled=engine.is_main)
+    evaluate = engine.is_main and cfg.trainer.eval_samples > 0
+    evaluator = make_evaluator(cfg, data, engine) if evaluate else None
+    best_fid = _best_fid(run_dir, evaluator.features, ckpt_dir, start) if evaluator else math.inf
 
     t = cfg.trainer
     total = cfg.total_steps
@@ -410,6 +490,15 @@ def train(cfg: Config, out_root: str | Path = "outputs", run_dir: str | Path | N
         window_images += x.shape[0] * engine.world_size
         bar.update(1)
 
+        metrics = {}
+        if evaluator is not None and ((t.eval_every and step % t.eval_every == 0) or step == total):
+            t0 = time.monotonic()
+            metrics = evaluate_parts(family, parts, evaluator, engine, t.seed)
+            window_start += time.monotonic() - t0  # evaluation is not training time
+            if metrics["fid"] < best_fid:
+                best_fid = metrics["fid"]
+                atomic_save(make_checkpoint(cfg, parts, sampler, engine, step, counters),
+                            ckpt_dir / "best.pt")
         if step % t.log_every_step == 0 or step == total:
             now = time.monotonic()
             record = {k: _scalar(v) for k, v in logs.items()}
@@ -420,12 +509,14 @@ def train(cfg: Config, out_root: str | Path = "outputs", run_dir: str | Path | N
             record["lr"] = next(iter(parts.schedulers.values())).get_last_lr()[0]
             record["images_per_sec"] = window_images / max(now - window_start, 1e-9)
             record.update(counters)
-            tracker.log(record, step)
+            tracker.log({**record, **metrics}, step)
             bar.set_postfix({k: f"{v:.3g}" for k, v in record.items()
                              if k.startswith(("loss", "d_"))}, refresh=False)
             if engine.is_main:
                 snapshot(step)
             window_start, window_images = time.monotonic(), 0
+        elif metrics:
+            tracker.log(metrics, step)
 
         if engine.is_main and (step % save_every == 0 or step == total):
             save(step, periodic=step % save_every == 0)
@@ -443,6 +534,7 @@ def train(cfg: Config, out_root: str | Path = "outputs", run_dir: str | Path | N
         frames = viz.snapshot_frames(samples_dir, "step_")
         viz.save_gif(frames, run_dir / "evolution.gif")
         family.finish(parts, run_dir)
+        viz.plot_metrics(read_history(run_dir), run_dir / "metrics.png")
         summary = {"step": step, "total_steps": total, "finished": not stopped_early,
                    "family": cfg.family, "precision": engine.precision,
                    "device": str(engine.device), **counters}

@@ -1,6 +1,9 @@
 """Evaluation: scores against known values, caching, and the offline Inception path."""
 
 import hashlib
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +13,10 @@ from scipy import linalg
 from torch_fidelity import feature_extractor_inceptionv3 as tf_inception
 
 import lib
+from lib.checkpoint import load_checkpoint
+from lib.config import load_config
 from lib.data import ImageData, load_dataset
+from lib.device import Engine
 from lib.metrics import (
     INCEPTION_FILE,
     INCEPTION_URL,
@@ -20,6 +26,9 @@ from lib.metrics import (
     scores,
     ssim_pairs,
 )
+from lib.tracking import read_history
+from lib.train import Family, Parts, evaluate_parts, train
+from lib.viz import plot_metrics
 
 
 @pytest.fixture(scope="module")
@@ -249,3 +258,68 @@ def test_inception_weights_are_checked_before_loading(fake_inception, tmp_path):
     with pytest.raises(MetricsError, match="plain state dict"):
         Evaluator(real, features="inception", cache_dir=tmp_path, weights_path=unsafe,
                   weights_sha256=hashlib.sha256(unsafe.read_bytes()).hexdigest())
+
+
+# ---------------------------------------------------------------------------
+# In training and from the command line
+
+
+@pytest.fixture(scope="module")
+def evaluated_run(tmp_path_factory):
+    """A tiny DCGAN run scored every 2 steps (classifier features on digits)."""
+    root = tmp_path_factory.mktemp("run")
+    cfg = load_config("configs/dcgan_demo.json", [
+        f"data.root={root / 'data'}", "trainer.epochs=1", "trainer.iterations_per_epoch=6",
+        "trainer.log_every_step=3", "trainer.batch_size=16", "trainer.eval_every=2",
+        "trainer.eval_samples=80"])
+    return train(cfg, out_root=root, progress=False)
+
+
+def test_training_logs_metrics_and_keeps_the_best_checkpoint(evaluated_run):
+    history = read_history(evaluated_run)
+    evals = [r for r in history if "fid" in r]
+    assert [r["step"] for r in evals] == [2, 4, 6]
+    assert all(r["features"] == "classifier" and r["n_fake"] == 80 for r in evals)
+    assert "loss_g" in next(r for r in evals if r["step"] == 6)  # merged into the log line
+    assert [r["step"] for r in history] == [2, 3, 4, 6]  # one line per step
+    best = min(evals, key=lambda r: r["fid"])
+    assert load_checkpoint(evaluated_run / "checkpoints" / "best.pt")["step"] == best["step"]
+    assert (evaluated_run / "metrics.png").stat().st_size > 1000
+
+
+def test_cli_evaluate_writes_metrics_json(evaluated_run):
+    out = subprocess.run([sys.executable, "-m", "lib", "evaluate", str(evaluated_run),
+                          "--samples", "40", "--features", "classifier"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "FID" in out.stdout
+    result = json.loads((evaluated_run / "metrics.json").read_text())
+    assert result["step"] == 6 and result["n_fake"] == 40 and result["features"] == "classifier"
+    assert result["fid"] > 0 and 0 <= result["diversity"]
+
+
+def test_evaluate_parts_scores_classes_and_reconstructions(evaluator, digits):
+    by_class = {k: digits.images[digits.labels == k] for k in range(10)}
+    asked = []
+
+    def sample(parts, n, labels, generator):  # a perfect conditional model: real digits
+        asked.append(labels)
+        return torch.stack([by_class[int(k)][i // 10].float() / 127.5 - 1
+                            for i, k in enumerate(labels)])
+
+    family = Family(build=None, step=None, snapshot=None, sample=sample, finish=None,
+                    reconstruct=lambda parts, x, y: x)
+    parts = Parts(nets={}, optimizers={}, schedulers={},
+                  models={"model": {"type": "Stub", "args": {"num_classes": 10}}})
+    result = evaluate_parts(family, parts, evaluator, Engine(torch.device("cpu"), None), seed=0)
+    assert torch.equal(asked[0], torch.arange(300) % 10)  # balanced labels, every class scored
+    assert all(f"fid_class_{k}" in result for k in range(10))
+    assert result["ssim_recon"] == pytest.approx(1.0)
+
+
+def test_plot_metrics_needs_evaluations(tmp_path):
+    assert plot_metrics([{"step": 1, "loss": 0.5}], tmp_path / "m.png") is None
+    history = [{"step": s, "fid": 10.0 / s, "fid_low": 8.0 / s, "fid_high": 12.0 / s,
+                "kid": 0.1, "kid_std": 0.01, "diversity": 0.9, "fid_class_0": 3.0,
+                "features": "classifier"} for s in (1, 2, 3)]
+    assert plot_metrics(history, tmp_path / "m.png").stat().st_size > 1000
