@@ -322,7 +322,9 @@ def load_classifier(real: ImageData, cache_dir: str | Path, device: str | torch.
 
 
 def _fid_metric(dim: int) -> FrechetInceptionDistance:
-    return FrechetInceptionDistance(feature=_Precomputed(dim), reset_real_features=False)
+    # sync_on_compute=False: under DDP rank 0 scores alone; a sync would wait for the others
+    return FrechetInceptionDistance(feature=_Precomputed(dim), reset_real_features=False,
+                                    sync_on_compute=False)
 
 
 def _fid_with_interval(metric: FrechetInceptionDistance, fake: torch.Tensor, bootstrap: int,
@@ -475,7 +477,7 @@ class Evaluator:
         with warnings.catch_warnings():  # its memory warning: we hold only n_real + n_fake rows
             warnings.filterwarnings("ignore", message=".*will save all extracted features")
             kid = KernelInceptionDistance(feature=_Precomputed(self.dim), subsets=50,
-                                          subset_size=subset)
+                                          subset_size=subset, sync_on_compute=False)
         kid.update(self.real_features, real=True)
         kid.update(fake_features, real=False)
         mean, std = kid.compute()
