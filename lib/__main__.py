@@ -1,5 +1,8 @@
-"""Command line: `python -m lib train CONFIG [--set k=v ...] [--out DIR] [--resume RUN_DIR]`.
+"""Command line.
 
+python -m lib train CONFIG [--set k=v ...] [--out DIR] [--resume RUN_DIR]
+python -m lib evaluate RUN_DIR [--samples N] [--features inception|classifier]
+python -m lib demo
 On several GPUs (or CPU processes): `torchrun --nproc_per_node=N -m lib train CONFIG`.
 """
 
@@ -14,8 +17,10 @@ from lib.checkpoint import CheckpointError, load_checkpoint
 from lib.config import Config, ConfigError, apply_override, load_config
 from lib.data import DatasetError
 from lib.device import DeviceError
+from lib.metrics import MetricsError
 
-USER_ERRORS = (ConfigError, DatasetError, CheckpointError, DeviceError, FileNotFoundError)
+USER_ERRORS = (ConfigError, DatasetError, CheckpointError, DeviceError, MetricsError,
+               FileNotFoundError)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -36,6 +41,20 @@ def cmd_train(args: argparse.Namespace) -> None:
         out = train(cfg, out_root=args.out)
     if int(os.environ.get("RANK", 0)) == 0:  # under torchrun: one line, from rank 0
         print(out)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from lib.train import evaluate_checkpoint
+
+    result = evaluate_checkpoint(args.run_dir, args.samples, args.features)
+    interval = (f" [{result['fid_low']:.3g}, {result['fid_high']:.3g}]"
+                if "fid_low" in result else "")
+    print(f"step {result['step']}: FID {result['fid']:.4g}{interval}, "
+          f"diversity {result['diversity']:.3g} ({result['features']} features, "
+          f"{result['n_fake']} generated vs {result['n_real']} real)")
+    for warning in result["warnings"]:
+        print(f"warning: {warning}")
+    print(Path(args.run_dir) / "metrics.json")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -62,6 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="outputs", help="folder that receives the run folder")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
     p.set_defaults(func=cmd_train)
+    p = sub.add_parser("evaluate", help="score a run's final weights into RUN_DIR/metrics.json")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--samples", type=int, help="generated images to score (default: the "
+                   "config's trainer.eval_samples)")
+    p.add_argument("--features", choices=["auto", "classifier", "inception"],
+                   help="feature network (default: the config's trainer.features)")
+    p.set_defaults(func=cmd_evaluate)
     p = sub.add_parser("demo", help="train every configs/*_demo.json preset on embedded data")
     p.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE")
     p.add_argument("--out", default="outputs")

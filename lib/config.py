@@ -63,7 +63,7 @@ class TrainerConfig:
     log_every_step: int = 100  # history line + fixed-noise snapshot
     keep_checkpoints: int = 3  # periodic checkpoints kept besides last.pt
     eval_every: int = 0  # steps between metric evaluations; 0 = only at the end
-    eval_samples: int = 500
+    eval_samples: int = 500  # generated images per evaluation (CPU-sized); 0 = no evaluation
     features: str = "auto"  # feature network for FID/KID: auto | classifier | inception
     inception_weights: str | None = None  # local FID Inception weights for offline machines
     seed: int = 0
@@ -288,11 +288,13 @@ def validate(cfg: Config, source: str = "<config>") -> None:
                    f"must be in (0, 1], got {sched.gamma}")
     t = cfg.trainer
     for name in ("epochs", "iterations_per_epoch", "batch_size", "save_period",
-                 "log_every_step", "keep_checkpoints", "eval_samples"):
+                 "log_every_step", "keep_checkpoints"):
         _check(getattr(t, name) >= 1, source, f"trainer.{name}",
                f"must be >= 1, got {getattr(t, name)}")
     for name in ("eval_every", "max_minutes", "grad_clip", "seed"):
         _check(getattr(t, name) >= 0, source, f"trainer.{name}", "must be >= 0")
+    _check(t.eval_samples == 0 or t.eval_samples >= 2, source, "trainer.eval_samples",
+           f"must be 0 (no evaluation) or >= 2, got {t.eval_samples}")
     _check(0 <= t.ema_decay < 1, source, "trainer.ema_decay", "must be in [0, 1)")
     _check_choice(t.precision, {"auto", "fp32", "bf16", "fp16"}, source, "trainer.precision")
     _check_choice(t.features, {"auto", "classifier", "inception"}, source, "trainer.features")

@@ -96,7 +96,9 @@ class Tracker:
             f.write(json.dumps(record) + "\n")
         if self._wandb is not None:
             try:
-                self._wandb.log({k: v for k, v in record.items() if k != "step"}, step=step)
+                numbers = {k: v for k, v in record.items()  # metadata stays in history.jsonl
+                           if k != "step" and isinstance(v, int | float)}
+                self._wandb.log(numbers, step=step)
             except Exception as e:
                 self._warn(e)
 

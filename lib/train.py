@@ -18,6 +18,7 @@ import math
 import random
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -33,9 +34,10 @@ from tqdm.auto import tqdm
 from lib import viz
 from lib.checkpoint import FORMAT_VERSION, atomic_save, build_model, load_checkpoint
 from lib.config import Config, ConfigError, ModelSpec, OptimizerConfig, SchedulerConfig
-from lib.data import ImageData, load_dataset, to_float
+from lib.data import ImageData, load_dataset, to_float, to_uint8
 from lib.device import Engine, make_optimizer, seed_everything, setup_engine
-from lib.tracking import Tracker, truncate_history
+from lib.metrics import Evaluator, MetricsError
+from lib.tracking import Tracker, read_history, truncate_history
 
 # ---------------------------------------------------------------------------
 # What a family provides
@@ -64,6 +66,8 @@ class Family:
     snapshot: Callable[[Parts], dict[str, torch.Tensor]]  # prefix -> uint8 grid
     sample: Callable[..., torch.Tensor]  # (parts, n, labels, generator) -> [-1, 1] images
     finish: Callable[[Parts, Path], None]  # final_grid.png and family-specific media
+    # (parts, x [-1, 1] on the device, y) -> [-1, 1] reconstructions, for models that have them
+    reconstruct: Callable[..., torch.Tensor] | None = None
 
 
 # ---------------------------------------------------------------------------
@@ -237,6 +241,14 @@ def cvae_sample(parts: Parts, n: int, labels=None, generator=None) -> torch.Tens
                                                               strict=True)]).float()
 
 
+@torch.inference_mode()
+def cvae_reconstruct(parts: Parts, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Reconstructions of x (B, C, H, W) in [-1, 1] by the sampling weights, in batches of 256."""
+    model = _unwrap(parts.net("model"))
+    return torch.cat([model.reconstruct(xc, yc).float()
+                      for xc, yc in zip(x.split(256), y.split(256), strict=True)])
+
+
 def cvae_generation_grid(parts: Parts) -> torch.Tensor:
     """One row per class, one column per fixed noise vector: uint8 (3, H', W')."""
     model = _unwrap(parts.net("model"))
@@ -368,7 +380,8 @@ def save_denoising_gif(parts: Parts, path: Path, max_frames: int = 40) -> None:
 
 FAMILIES = {
     "dcgan": Family(build_dcgan, dcgan_step, dcgan_snapshot, dcgan_sample, dcgan_finish),
-    "cvae": Family(build_cvae, cvae_step, cvae_snapshot, cvae_sample, cvae_finish),
+    "cvae": Family(build_cvae, cvae_step, cvae_snapshot, cvae_sample, cvae_finish,
+                   reconstruct=cvae_reconstruct),
     "ddpm": Family(build_ddpm, ddpm_step, ddpm_snapshot, ddpm_sample, ddpm_finish),
 }
 
@@ -544,6 +557,79 @@ def sampling_cost(family: Family, parts: Parts, engine: Engine, n: int = 64) -> 
 
 
 # ---------------------------------------------------------------------------
+# Evaluation (lib.metrics does the scoring)
+
+
+def make_evaluator(cfg: Config, data: ImageData, engine: Engine, features: str | None = None,
+                   samples: int | None = None) -> Evaluator | None:
+    """The run's Evaluator; None, with a warning, when `auto` features find no usable network."""
+    t = cfg.trainer
+    features = features or t.features
+    try:
+        return Evaluator(data, features=features, num_samples=samples or t.eval_samples,
+                         device=engine.device, cache_dir=Path(cfg.data.root) / "cache",
+                         weights_path=t.inception_weights, seed=t.seed)
+    except MetricsError as e:
+        if features != "auto":
+            raise
+        warnings.warn(f"evaluation is off for this run: {e}", stacklevel=2)
+        return None
+
+
+def evaluate_parts(family: Family, parts: Parts, evaluator: Evaluator, engine: Engine,
+                   seed: int) -> dict:
+    """Score the sampling weights on a fixed draw, leaving the training RNG untouched."""
+    n = evaluator.num_samples
+    conditional = any(spec["args"].get("num_classes", 0) > 0 for spec in parts.models.values())
+    labels = None
+    if conditional and evaluator.real_labels is not None:
+        labels = torch.arange(n) % len(evaluator.class_names)  # balanced: every class scored
+    device = engine.device
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        fake = to_uint8(family.sample(parts, n, labels, fixed_generator(seed + 2)))
+        recon = None
+        if family.reconstruct is not None:
+            x = evaluator.real_images[:n]
+            y = evaluator.real_labels[:n].to(device) if evaluator.real_labels is not None else None
+            recon = (x, to_uint8(family.reconstruct(parts, to_float(x).to(device), y)))
+        return evaluator.evaluate(fake, labels, recon)
+
+
+def _best_fid(run_dir: Path, features: str, ckpt_dir: Path, step: int) -> float:
+    """Best FID logged so far with these features; a best.pt newer than `step` is dropped."""
+    best = ckpt_dir / "best.pt"
+    if best.exists() and load_checkpoint(best)["step"] > step:
+        best.unlink()  # it belongs to work that a resume redoes
+    fids = [r["fid"] for r in read_history(run_dir)
+            if r.get("features") == features and isinstance(r.get("fid"), float)]
+    return min(fids, default=math.inf)
+
+
+def evaluate_checkpoint(run_dir: str | Path, samples: int | None = None,
+                        features: str | None = None, checkpoint: str = "last.pt") -> dict:
+    """Score a run's final weights; the result is also written to RUN_DIR/metrics.json."""
+    run_dir = Path(run_dir)
+    ckpt = load_checkpoint(run_dir / "checkpoints" / checkpoint)
+    cfg = Config.from_dict(ckpt["config"], f"{run_dir}/checkpoints/{checkpoint}")
+    family = FAMILIES[cfg.family]
+    engine = setup_engine(cfg.trainer)
+    data = load_dataset(**asdict(cfg.data))
+    parts = family.build(cfg, data, engine)
+    parts.class_names = data.class_names
+    make_ema(parts, cfg.trainer.ema_decay)
+    for group in ("nets", "ema"):
+        for k, net in getattr(parts, group).items():
+            _unwrap(net).load_state_dict(ckpt[group][k])
+    evaluator = make_evaluator(cfg, data, engine, features, samples)
+    if evaluator is None:
+        raise MetricsError("no feature network is usable here; see the warning above")
+    result = {"step": ckpt["step"], "checkpoint": checkpoint,
+              **evaluate_parts(family, parts, evaluator, engine, cfg.trainer.seed)}
+    (run_dir / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+# ---------------------------------------------------------------------------
 # The loop
 
 
@@ -587,6 +673,8 @@ def train(cfg: Config, out_root: str | Path = "outputs", run_dir: str | Path | N
     tracker = Tracker(run_dir, cfg.wandb, run_dir.name, cfg.to_dict(), enabled=engine.is_main)
 
     t = cfg.trainer
+    evaluator = make_evaluator(cfg, data, engine) if engine.is_main and t.eval_samples else None
+    best_fid = _best_fid(run_dir, evaluator.features, ckpt_dir, start) if evaluator else math.inf
     total = cfg.total_steps
     save_every = t.save_period * t.iterations_per_epoch
     budget_s = t.max_minutes * 60
@@ -625,6 +713,17 @@ def train(cfg: Config, out_root: str | Path = "outputs", run_dir: str | Path | N
         window_images += x.shape[0] * engine.world_size
         bar.update(1)
 
+        metrics = {}
+        if t.eval_samples and ((t.eval_every and step % t.eval_every == 0) or step == total):
+            t0 = time.monotonic()
+            metrics = evaluate_parts(family, parts, evaluator, engine, t.seed) if evaluator else {}
+            window_start += time.monotonic() - t0  # evaluation is not training time
+            # rank 0 scores alone; every rank joins the checkpoint (it gathers their RNG)
+            if engine.broadcast_object(metrics.get("fid", math.inf) < best_fid):
+                best_fid = metrics.get("fid", best_fid)
+                ckpt = make_checkpoint(cfg, parts, sampler, engine, step, counters)
+                if engine.is_main:
+                    atomic_save(ckpt, ckpt_dir / "best.pt")
         if step % t.log_every_step == 0 or step == total:
             now = time.monotonic()
             record = engine.mean_over_ranks({k: _scalar(v) for k, v in logs.items()})
@@ -635,12 +734,14 @@ def train(cfg: Config, out_root: str | Path = "outputs", run_dir: str | Path | N
             record["lr"] = next(iter(parts.schedulers.values())).get_last_lr()[0]
             record["images_per_sec"] = window_images / max(now - window_start, 1e-9)
             record.update(counters)
-            tracker.log(record, step)
+            tracker.log({**record, **metrics}, step)
             bar.set_postfix({k: f"{v:.3g}" for k, v in record.items()
                              if k.startswith(("loss", "d_"))}, refresh=False)
             if engine.is_main:
                 snapshot(step)
             window_start, window_images = time.monotonic(), 0
+        elif metrics:
+            tracker.log(metrics, step)
 
         if step % save_every == 0 or step == total:
             save(step, periodic=step % save_every == 0)
@@ -657,6 +758,7 @@ def train(cfg: Config, out_root: str | Path = "outputs", run_dir: str | Path | N
         frames = viz.snapshot_frames(samples_dir, "step_")
         viz.save_gif(frames, run_dir / "evolution.gif")
         family.finish(parts, run_dir)
+        viz.plot_metrics(read_history(run_dir), run_dir / "metrics.png")
         summary = {"step": step, "total_steps": total, "finished": not stopped_early,
                    "family": cfg.family, "precision": engine.precision,
                    "device": str(engine.device), "world_size": engine.world_size, **counters,

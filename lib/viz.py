@@ -143,3 +143,77 @@ def plot_history(history: list[dict], keys: list[str], path: str | Path, title: 
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return Path(path)
+
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _series(history: list[dict], key: str) -> np.ndarray:
+    """(step, value) rows of the records that carry a number under `key`."""
+    rows = [(r["step"], r[key]) for r in history if _is_number(r.get(key))]
+    return np.array(rows, dtype=float).reshape(-1, 2)
+
+
+def _curve(ax, history: list[dict], key: str, label: str, band: tuple[str, str] | str = ()):
+    """One curve; `band` names its (low, high) keys or its std key, where records carry them."""
+    pts = _series(history, key)
+    if not pts.size:
+        return
+    ax.plot(pts[:, 0], pts[:, 1], marker="." if len(pts) < 30 else None, label=label)
+    rows = []
+    for r in history:
+        if isinstance(band, str) and _is_number(r.get(band)) and _is_number(r.get(key)):
+            rows.append((r["step"], r[key] - r[band], r[key] + r[band]))
+        elif isinstance(band, tuple) and band and all(_is_number(r.get(k)) for k in band):
+            rows.append((r["step"], r[band[0]], r[band[1]]))
+    if rows:
+        steps, low, high = np.array(rows, dtype=float).T
+        ax.fill_between(steps, low, high, alpha=0.25)
+
+
+def plot_metrics(history: list[dict], path: str | Path) -> Path | None:
+    """Evaluation curves of a run: FID (95% band), KID (+- std), diversity, SSIM, per-class FID.
+
+    The title names the feature network and the sample counts: scores from
+    different features or counts are not comparable. None when nothing was evaluated.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    evals = [r for r in history if _is_number(r.get("fid"))]
+    if not evals:
+        return None
+    class_keys = sorted({k for r in evals for k in r if re.fullmatch(r"fid_class_\d+", k)},
+                        key=lambda k: int(k.rsplit("_", 1)[1]))
+    panels = {
+        "FID": [("fid", "FID", ("fid_low", "fid_high")), ("fid_class_mean", "mean per class", ())],
+        "KID": [("kid", "KID", "kid_std")],
+        "diversity (generated / real)": [("diversity", "diversity", ())],
+        "SSIM": [("ssim_nearest", "to nearest real", ()), ("ssim_recon", "reconstruction", ())],
+        "FID per class": [(k, k.rsplit("_", 1)[1], ()) for k in class_keys],
+    }
+    panels = {title: curves for title, curves in panels.items()
+              if any(_series(evals, key).size for key, _, _ in curves)}
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2), squeeze=False)
+    for ax, (title, curves) in zip(axes[0], panels.items(), strict=True):
+        for key, label, band in curves:
+            _curve(ax, evals, key, label, band)
+        if title.startswith("diversity"):
+            ax.axhline(1.0, color="gray", lw=0.8, ls=":")  # as diverse as the data
+            ax.set_ylim(bottom=0)
+        elif len(curves) > 1:
+            ax.legend(fontsize=7, ncol=2 if len(curves) > 5 else 1)
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    last = evals[-1]
+    fig.suptitle(f"{last.get('features', '?')} features, {last.get('image_size', '?')} px, "
+                 f"{last.get('n_fake', '?')} generated vs {last.get('n_real', '?')} real")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)

@@ -11,4 +11,4 @@ def tiny_overrides(tmp_path):
     """Overrides that make any demo preset train in seconds into tmp_path."""
     return [f"data.root={tmp_path / 'data'}", "trainer.epochs=1",
             "trainer.iterations_per_epoch=4", "trainer.log_every_step=2",
-            "trainer.batch_size=16"]
+            "trainer.batch_size=16", "trainer.eval_samples=0"]  # evaluation: test_metrics.py

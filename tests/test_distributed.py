@@ -23,7 +23,8 @@ GAN_FILES = ["config.json", "history.jsonl", "checkpoints/last.pt", "evolution.g
 def tiny(tmp_path, steps: int) -> list[str]:
     return [f"data.root={tmp_path / 'data'}", "trainer.epochs=1",
             f"trainer.iterations_per_epoch={steps}", "trainer.log_every_step=2",
-            "trainer.batch_size=16", "trainer.ema_decay=0.9", "wandb.mode=disabled"]
+            "trainer.batch_size=16", "trainer.ema_decay=0.9", "wandb.mode=disabled",
+            "trainer.eval_samples=64"]  # scored at the end, by rank 0
 
 
 def torchrun(*args, timeout=120):
@@ -46,6 +47,7 @@ def test_two_processes_train_one_run_and_resume_it(tmp_path):
         assert (run / name).exists(), name
     assert [r["step"] for r in history(run)] == [2, 4]
     assert history(run)[-1]["images_seen"] == 4 * 16 * 2  # per-rank batch x ranks
+    assert history(run)[-1]["n_fake"] == 64 and (run / "checkpoints" / "best.pt").exists()
     ckpt = load_checkpoint(run / "checkpoints" / "last.pt")
     perms = [state["sampler"]["perm"] for state in ckpt["rank_rng"]]
     assert len(perms) == 2 and not torch.equal(perms[0], perms[1])  # each rank its batches
