@@ -195,7 +195,7 @@ def _coerce(tp, value, where: str, source: str):
             try:
                 return _coerce(option, value, where, source)
             except ConfigError as e:
-                errors.append(str(e))
+                errors.append(e)
         raise errors[0] if len(errors) == 1 else _err(
             source, where, f"expected {_type_name(tp)}, got {value!r}")
     if dataclasses.is_dataclass(tp):

@@ -14,10 +14,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from lib import checkpoint, device
 from lib.checkpoint import CheckpointError, atomic_save, load_checkpoint
-from lib.config import load_config
+from lib.config import Config, ConfigError, apply_override, load_config
 from lib.device import DeviceError, check_cuda_arch
 from lib.guard import DivergenceError, Guard
 from lib.tracking import read_history
@@ -411,3 +413,59 @@ def test_resume_refuses_a_checkpoint_that_does_not_fit(tmp_path):
     run = train(load_config(tiny_config(tmp_path, epochs=1)), out_root=tmp_path, progress=False)
     with pytest.raises(CheckpointError, match="does not match this config"):
         resume(run, overrides=["generator.args.hidden_dim=16"], progress=False)
+
+
+# ---------------------------------------------------------------------------
+# Random mutations of valid configs: only ConfigError, never another exception
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner,
+                                                                max_size=3),
+    max_leaves=6)
+VALID = [json.loads((ROOT / "configs" / name).read_text())
+         for name in ("dcgan_demo.json", "dcgan_train.json")]
+
+
+def paths(node, prefix=()):
+    """Every key path of a nested dict, sections included."""
+    for key, value in node.items():
+        yield (*prefix, key)
+        if isinstance(value, dict):
+            yield from paths(value, (*prefix, key))
+
+
+@st.composite
+def mutated(draw):
+    """A shipped config with 1-3 random edits, plus one `--set`-style override."""
+    raw = json.loads(json.dumps(draw(st.sampled_from(VALID))))
+    for _ in range(draw(st.integers(1, 3))):
+        path = draw(st.sampled_from(list(paths(raw)) or [("name",)]))
+        parent = raw
+        for key in path[:-1]:
+            parent = parent[key]
+        op = draw(st.sampled_from(["set", "delete", "add"]))
+        if op == "set":
+            parent[path[-1]] = draw(JSON)
+        elif op == "delete":
+            parent.pop(path[-1], None)
+        else:
+            parent[draw(st.text(max_size=8))] = draw(JSON)
+    known = [".".join(p) for p in paths(raw)] or ["name"]
+    key = draw(st.sampled_from(known) | st.text(max_size=12))
+    value = draw(JSON.map(json.dumps) | st.text(max_size=8))
+    return raw, f"{key}={value}" if draw(st.booleans()) else value
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=mutated())
+def test_mutated_configs_raise_only_config_errors(case):
+    raw, override = case
+    try:
+        apply_override(raw, override, "mutated.json")
+        cfg = Config.from_dict(raw, "mutated.json")
+    except ConfigError as e:
+        assert str(e).startswith("mutated.json: ")
+        return
+    assert cfg.family == "dcgan" and cfg.total_steps >= 1
+    assert Config.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg  # round-trips
