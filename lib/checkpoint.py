@@ -58,10 +58,12 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
+        what = _offending(e)
+        kind = ("it holds objects other than tensors and plain data" if "GLOBAL" in what
+                else "not a weights-only torch file: damaged, or a plain pickle")
         raise CheckpointError(
-            f"{path}: refused - the file holds objects other than tensors and plain data "
-            f"({_offending(e)}); loading it could run code. It was not loaded: use only "
-            f"checkpoints written by this project") from None
+            f"{path}: refused - {kind} ({what}); loading it could run code, so it was not "
+            f"loaded. Use only checkpoints written by this project") from None
     except Exception as e:  # junk or truncated files raise KeyError, RuntimeError, EOFError...
         raise CheckpointError(f"{path}: unreadable or truncated checkpoint "
                               f"({type(e).__name__}: {str(e)[:200]})") from None
@@ -77,9 +79,9 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
 def _offending(error: Exception) -> str:
     """The line of torch's long weights-only message that names what was refused."""
     for line in str(error).splitlines():
-        if "Unsupported" in line or "global" in line.lower():
+        if "Unsupported" in line or "GLOBAL" in line:
             return line.strip().removeprefix("WeightsUnpickler error: ")[:200]
-    return "a pickled object"
+    return str(error).splitlines()[0][:200] if str(error) else "unpickling failed"
 
 
 def build_model(type_name: str, args: dict) -> nn.Module:
