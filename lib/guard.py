@@ -21,7 +21,6 @@ import statistics
 from collections import deque
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from lib.config import TrainerConfig
@@ -51,8 +50,7 @@ class Guard:
     def check(self) -> str | None:
         """Judge the steps watched since the last check; the reason when one diverged."""
         pending, self.pending = self.pending, []
-        reason = self._judge(pending) if pending else None
-        return _agree(reason)
+        return self._judge(pending) if pending else None
 
     def _judge(self, pending: list[tuple[int, dict]]) -> str | None:
         device = next((v.device for _, logs in pending for v in logs.values()
@@ -133,15 +131,3 @@ class Guard:
         self.lr_scale = state.get("lr_scale", 1.0)
         self.recent = {k: deque(v, maxlen=SPIKE_WINDOW) for k, v in state.get("recent", {}).items()}
         self.pending = []
-
-
-def _agree(reason: str | None) -> str | None:
-    """Under DDP every rank must roll back together, or the next all-reduce hangs."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return reason
-    flag = torch.tensor([float(reason is not None)],
-                        device="cuda" if dist.get_backend() == "nccl" else "cpu")
-    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    if flag.item() and reason is None:
-        return "another rank diverged"
-    return reason

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from lib import viz
@@ -65,8 +66,9 @@ class Parts:
     class_names: list[str] | None = None
 
     def net(self, name: str) -> nn.Module:
-        """The weights to sample with: the EMA copy when there is one."""
-        return self.ema.get(name, self.nets[name])
+        """The weights to sample with: the EMA copy when there is one, never a DDP wrapper
+        (its forward is a collective, and rank 0 samples alone)."""
+        return self.ema[name] if name in self.ema else _local(self.nets[name])
 
 
 @dataclass(frozen=True)
@@ -164,10 +166,11 @@ def dcgan_step(parts: Parts, x: torch.Tensor, y, step: int, engine: Engine,
                   + F.binary_cross_entropy_with_logits(out_fake.float(), zeros))
     engine.backward_step("discriminator", loss_d, parts.optimizers["discriminator"], clip)
 
-    # D's weight gradients are not needed for G's update: freezing them saves ~13%
+    # D's weight gradients are not needed for G's update: freezing them saves ~13%.
+    # Under DDP, D runs without its wrapper here: the wrapper would wait for D gradients.
     D.requires_grad_(False)
     with engine.autocast():
-        out_g = D(fake)
+        out_g = _local(D)(fake)
         loss_g = F.binary_cross_entropy_with_logits(out_g.float(), ones)
     engine.backward_step("generator", loss_g, parts.optimizers["generator"], clip)
     D.requires_grad_(True)
@@ -265,7 +268,7 @@ def make_ema(parts: Parts, decay: float) -> None:
 @torch.no_grad()
 def update_ema(parts: Parts, decay: float) -> None:
     for name, ema in parts.ema.items():
-        net = parts.nets[name]
+        net = _unwrap(parts.nets[name])
         ema_params = list(ema.parameters())
         torch._foreach_lerp_(ema_params, [p.detach() for p in net.parameters()], 1 - decay)
         for b_ema, b in zip(ema.buffers(), net.buffers(), strict=True):
@@ -303,9 +306,16 @@ def _as_tuple(x):
     return tuple(_as_tuple(v) for v in x) if isinstance(x, list | tuple) else x
 
 
+def _local(net: nn.Module) -> nn.Module:
+    """The net without its DDP wrapper (still compiled if it was): a forward that involves
+    no other rank and expects no gradient all-reduce."""
+    return net.module if isinstance(net, DistributedDataParallel) else net
+
+
 def _unwrap(net: nn.Module) -> nn.Module:
-    net = getattr(net, "_orig_mod", net)  # torch.compile
-    return getattr(net, "module", net)  # DistributedDataParallel
+    """The plain module, without DDP and torch.compile wrappers: what state dicts hold."""
+    net = _local(net)
+    return getattr(net, "_orig_mod", net)  # torch.compile
 
 
 def make_checkpoint(cfg: Config, parts: Parts, sampler: BatchSampler, engine: Engine,
@@ -324,6 +334,8 @@ def make_checkpoint(cfg: Config, parts: Parts, sampler: BatchSampler, engine: En
         "schedulers": {k: v.state_dict() for k, v in parts.schedulers.items()},
         "scalers": {k: v.state_dict() for k, v in engine.scalers.items()},
         "rng": _rng_state(sampler),
+        # under DDP each rank draws its own batches: keep every rank's RNG (a collective)
+        "rank_rng": engine.gather_object(_rng_state(sampler)) if engine.distributed else [],
     }
 
 
@@ -351,7 +363,9 @@ def restore_checkpoint(ckpt: dict, parts: Parts, sampler: BatchSampler, engine: 
                                                  enabled=engine.amp_dtype == torch.float16)
         engine.scalers[k].load_state_dict(state)
     if rng:
-        _set_rng_state(ckpt["rng"], sampler)
+        rank_rng = ckpt.get("rank_rng") or [ckpt["rng"]]
+        if engine.rank < len(rank_rng):  # other ranks of a resume on more GPUs keep fresh seeds
+            _set_rng_state(rank_rng[engine.rank], sampler)
 
 
 def prune_checkpoints(ckpt_dir: Path, keep: int) -> None:
@@ -419,17 +433,22 @@ def train(cfg: Config, out_root: str | Path = "outputs", run_dir: str | Path | N
     entered = time.monotonic()  # the time budget counts start-up too
     family = FAMILIES[cfg.family]
     engine = setup_engine(cfg.trainer)
-    seed_everything(cfg.trainer.seed)
-    data = load_dataset(**asdict(cfg.data))
+    seed_everything(cfg.trainer.seed)  # the same initial weights on every rank
+    with engine.main_first():  # rank 0 writes the dataset cache, the others read it
+        data = load_dataset(**asdict(cfg.data))
     parts = family.build(cfg, data, engine)
     parts.class_names = data.class_names
     make_ema(parts, cfg.trainer.ema_decay)
-    sampler = BatchSampler(data, cfg.trainer.batch_size, engine, cfg.trainer.seed)
+    parts.nets = {name: engine.wrap(net) for name, net in parts.nets.items()}
+    if engine.rank:  # each rank its own noise and batches; rank 0 as a single process
+        seed_everything(cfg.trainer.seed + engine.rank)
+    sampler = BatchSampler(data, cfg.trainer.batch_size, engine, cfg.trainer.seed + engine.rank)
     guard = Guard(cfg.trainer)
 
-    if resume is not None:
-        run_dir = prepare_resume(resume, run_dir)
+    if resume is not None:  # rank 0 copies; the broadcast below waits for it
+        run_dir = prepare_resume(resume, run_dir) if engine.is_main else run_dir or resume
     run_dir = Path(run_dir) if run_dir else Path(out_root) / (cfg.name or default_run_name(cfg))
+    run_dir = Path(engine.broadcast_object(str(run_dir)))  # rank 0's clock names the run
     ckpt_dir, samples_dir = run_dir / "checkpoints", run_dir / "samples"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     samples_dir.mkdir(exist_ok=True)
@@ -440,8 +459,10 @@ def train(cfg: Config, out_root: str | Path = "outputs", run_dir: str | Path | N
         restore_checkpoint(ckpt, parts, sampler, engine, source=ckpt_dir / "last.pt")
         guard.load_state_dict(ckpt.get("guard", {}))
         start, counters = ckpt["step"], ckpt["counters"]
-        _forget_after(run_dir, start)
-    cfg.save(run_dir / "config.json")  # a resume may have changed trainer fields
+        if engine.is_main:
+            _forget_after(run_dir, start)
+    if engine.is_main:
+        cfg.save(run_dir / "config.json")  # a resume may have changed trainer fields
     tracker = Tracker(run_dir, cfg.wandb, run_dir.name, cfg.to_dict(), enabled=engine.is_main)
 
     t = cfg.trainer
@@ -451,10 +472,13 @@ def train(cfg: Config, out_root: str | Path = "outputs", run_dir: str | Path | N
     window_start, window_images, save_cost, steps_done = time.monotonic(), 0, 0.0, 0
 
     def save(step: int, periodic: bool) -> None:
+        """Called by every rank (the checkpoint gathers their RNG states); rank 0 writes."""
         nonlocal save_cost
         t0 = time.monotonic()
         ckpt = make_checkpoint(cfg, parts, sampler, engine, step, counters)
         ckpt["guard"] = guard.state_dict()
+        if not engine.is_main:
+            return
         atomic_save(ckpt, ckpt_dir / "last.pt")
         if periodic:
             atomic_save(ckpt, ckpt_dir / f"step_{step:07d}.pt")
@@ -469,7 +493,9 @@ def train(cfg: Config, out_root: str | Path = "outputs", run_dir: str | Path | N
         reason = guard.check()
         if reason is None and before_save and not guard.weights_finite(list(parts.nets.values())):
             reason = f"non-finite weights after step {step}"
-        return reason
+        if engine.agree(reason is not None):  # rank 0 decides: every rank rolls back together
+            return reason or "divergence seen by rank 0"
+        return None
 
     def roll_back(reason: str, at_step: int) -> int:
         """Back to last.pt with a lower lr; the random streams run on, so new batches follow."""
@@ -488,16 +514,16 @@ def train(cfg: Config, out_root: str | Path = "outputs", run_dir: str | Path | N
         if engine.is_main:
             _forget_after(run_dir, ckpt["step"])
             tracker.log(event, ckpt["step"])
-            save(ckpt["step"], periodic=False)  # last.pt now carries the rollback and its lr
+        save(ckpt["step"], periodic=False)  # last.pt now carries the rollback and its lr
         bar.write(f"step {at_step}: {reason}; rolled back to step {ckpt['step']} "
                   f"(rollback {guard.rollbacks}/{t.max_rollbacks}, lr x{guard.lr_scale:g})")
         bar.n = ckpt["step"]
         return ckpt["step"]
 
     if start == 0:
-        snapshot(0)
         if engine.is_main:
-            save(0, periodic=False)  # a rollback target from the first step on
+            snapshot(0)
+        save(0, periodic=False)  # a rollback target from the first step on
     bar = tqdm(total=total, initial=start, disable=not (progress and engine.is_main),
                desc=f"{cfg.family} {run_dir.name}", mininterval=10, dynamic_ncols=True)
     step, stopped_early = start, False
@@ -525,7 +551,7 @@ def train(cfg: Config, out_root: str | Path = "outputs", run_dir: str | Path | N
 
         if is_log:
             now = time.monotonic()
-            record = {k: _scalar(v) for k, v in logs.items()}
+            record = engine.mean_over_ranks({k: _scalar(v) for k, v in logs.items()})
             counters["train_seconds"] += now - window_start
             record.update({f"lr_{k}": s.get_last_lr()[0] for k, s in parts.schedulers.items()})
             record["lr"] = next(iter(parts.schedulers.values())).get_last_lr()[0]
@@ -538,16 +564,16 @@ def train(cfg: Config, out_root: str | Path = "outputs", run_dir: str | Path | N
                 snapshot(step)
             window_start, window_images = time.monotonic(), 0
 
-        if engine.is_main and is_save:
+        if is_save:
             save(step, periodic=step % save_every == 0)
         if budget_s and step < total:
             elapsed = time.monotonic() - entered
             per_step = elapsed / steps_done
-            if elapsed + per_step + save_cost + 5 > budget_s:
+            if engine.agree(elapsed + per_step + save_cost + 5 > budget_s):
                 reason = None if is_save else diverged(step, before_save=True)
                 if reason is not None:
                     step = roll_back(reason, step)  # saves the rolled-back state
-                elif engine.is_main and not is_save:
+                elif not is_save:
                     save(step, periodic=False)
                 stopped_early = True
                 break
@@ -559,12 +585,16 @@ def train(cfg: Config, out_root: str | Path = "outputs", run_dir: str | Path | N
         family.finish(parts, run_dir)
         summary = {"step": step, "total_steps": total, "finished": not stopped_early,
                    "family": cfg.family, "precision": engine.precision,
-                   "device": str(engine.device), "rollbacks": guard.rollbacks, **counters}
+                   "device": str(engine.device), "world_size": engine.world_size,
+                   "rollbacks": guard.rollbacks, **counters}
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     tracker.finish()
+    engine.close()
     if stopped_early and engine.is_main:
+        launcher = (f"torchrun --nproc_per_node={engine.world_size}" if engine.distributed
+                    else "python")
         print(f"time budget of {t.max_minutes:g} min reached at step {step}/{total}; "
-              f"resume with: python -m lib train --resume {run_dir}")
+              f"resume with: {launcher} -m lib train --resume {run_dir}")
     return run_dir
 
 
