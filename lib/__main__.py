@@ -13,10 +13,11 @@ import os
 import sys
 from pathlib import Path
 
-from lib.checkpoint import CheckpointError, load_checkpoint
-from lib.config import Config, ConfigError, apply_override, load_config
+from lib.checkpoint import CheckpointError
+from lib.config import ConfigError, load_config
 from lib.data import DatasetError
 from lib.device import DeviceError
+from lib.guard import DivergenceError
 from lib.metrics import MetricsError
 
 USER_ERRORS = (ConfigError, DatasetError, CheckpointError, DeviceError, MetricsError,
@@ -24,21 +25,18 @@ USER_ERRORS = (ConfigError, DatasetError, CheckpointError, DeviceError, MetricsE
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from lib.train import train
+    from lib.train import resume, train
 
     if args.resume:
-        run_dir = Path(args.resume)
-        ckpt = load_checkpoint(run_dir / "checkpoints" / "last.pt")
-        raw = ckpt["config"]
-        for item in args.set or []:
-            apply_override(raw, item, f"{run_dir}/config.json")
-        cfg = Config.from_dict(raw, f"{run_dir}/checkpoints/last.pt")
-        out = train(cfg, resume=run_dir)
+        if args.config:
+            raise ConfigError(f"give a CONFIG or --resume RUN_DIR, not both (got {args.config} "
+                              f"and --resume {args.resume}); change a resumed run with --set")
+        out = resume(args.resume, out_root=args.out, overrides=args.set)
     else:
         if not args.config:
             raise ConfigError("train needs a CONFIG file (or --resume RUN_DIR)")
         cfg = load_config(args.config, args.set)
-        out = train(cfg, out_root=args.out)
+        out = train(cfg, out_root=args.out or "outputs")
     if int(os.environ.get("RANK", 0)) == 0:  # under torchrun: one line, from rank 0
         print(out)
 
@@ -78,8 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", nargs="?", help="JSON config, e.g. configs/dcgan_demo.json")
     p.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE",
                    help="override a config value (repeatable), e.g. trainer.epochs=2")
-    p.add_argument("--out", default="outputs", help="folder that receives the run folder")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
+    p.add_argument("--out", help="folder that receives the run folder (default: outputs; "
+                                 "with --resume: continue in place unless given)")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue the run in RUN_DIR from its last.pt; with --out, in a copy "
+                        "under OUT (for read-only folders such as Kaggle inputs)")
     p.set_defaults(func=cmd_train)
     p = sub.add_parser("evaluate", help="score a run's final weights into RUN_DIR/metrics.json")
     p.add_argument("run_dir", metavar="RUN_DIR")
@@ -102,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except DivergenceError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

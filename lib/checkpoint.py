@@ -58,18 +58,30 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
+        what = _offending(e)
+        kind = ("it holds objects other than tensors and plain data" if "GLOBAL" in what
+                else "not a weights-only torch file: damaged, or a plain pickle")
         raise CheckpointError(
-            f"{path}: refused - the file holds objects other than tensors and plain data "
-            f"(loading it could run code). Only load checkpoints you trust; details: {e}"
-        ) from None
-    except (RuntimeError, EOFError, OSError) as e:
-        raise CheckpointError(f"{path}: unreadable or truncated checkpoint ({e})") from None
-    if not isinstance(ckpt, dict) or "format_version" not in ckpt:
+            f"{path}: refused - {kind} ({what}); loading it could run code, so it was not "
+            f"loaded. Use only checkpoints written by this project") from None
+    except Exception as e:  # junk or truncated files raise KeyError, RuntimeError, EOFError...
+        raise CheckpointError(f"{path}: unreadable or truncated checkpoint "
+                              f"({type(e).__name__}: {str(e)[:200]})") from None
+    version = ckpt.get("format_version") if isinstance(ckpt, dict) else None
+    if not isinstance(version, int):
         raise CheckpointError(f"{path}: not a checkpoint of this project (no format_version)")
-    if ckpt["format_version"] > FORMAT_VERSION:
-        raise CheckpointError(f"{path}: format {ckpt['format_version']} is newer than this "
+    if version > FORMAT_VERSION:
+        raise CheckpointError(f"{path}: format {version} is newer than this "
                               f"code understands ({FORMAT_VERSION}); update the project")
     return ckpt
+
+
+def _offending(error: Exception) -> str:
+    """The line of torch's long weights-only message that names what was refused."""
+    for line in str(error).splitlines():
+        if "Unsupported" in line or "GLOBAL" in line:
+            return line.strip().removeprefix("WeightsUnpickler error: ")[:200]
+    return str(error).splitlines()[0][:200] if str(error) else "unpickling failed"
 
 
 def build_model(type_name: str, args: dict) -> nn.Module:

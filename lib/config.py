@@ -76,6 +76,13 @@ class TrainerConfig:
     ema_decay: float = 0.0  # 0 = no EMA copy of the weights
     grad_clip: float = 0.0  # 0 = no clipping
     sync_batchnorm: bool = False  # under DDP: synchronise BatchNorm statistics across ranks
+    # divergence guard: a non-finite value or a loss spike rolls back to the last checkpoint
+    max_rollbacks: int = 3  # rollbacks allowed per run before it stops with an error
+    spike_factor: float = 0.0  # loss > factor x its running median is a spike; 0 = off
+    rollback_lr_factor: float = 0.5  # learning rates are multiplied by this at each rollback
+    # collapse watch: diversity (1 = as diverse as the real data) below this is logged; 0 = off
+    collapse_fraction: float = 0.3
+    collapse_rollback: bool = False  # also roll back on a collapse
 
 
 @dataclass
@@ -137,6 +144,8 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
         raw = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise ConfigError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a JSON object {{...}} at the top, got {raw!r:.60}")
     for item in overrides or []:
         apply_override(raw, item, str(path))
     return Config.from_dict(raw, str(path))
@@ -186,7 +195,7 @@ def _coerce(tp, value, where: str, source: str):
             try:
                 return _coerce(option, value, where, source)
             except ConfigError as e:
-                errors.append(str(e))
+                errors.append(e)
         raise errors[0] if len(errors) == 1 else _err(
             source, where, f"expected {_type_name(tp)}, got {value!r}")
     if dataclasses.is_dataclass(tp):
@@ -270,6 +279,10 @@ def check_model_args(spec: ModelSpec, source: str, where: str) -> None:
                f"{spec.type} takes no argument {key!r}; valid: {', '.join(valid)}")
         if key in hints:
             spec.args[key] = _coerce(hints[key], value, dotted, source)
+        default = params[key].default
+        if hints.get(key) is int and isinstance(default, int) and default >= 0:
+            low = 1 if default > 0 else 0  # a size that defaults to 0 means "off"
+            _check(spec.args[key] >= low, source, dotted, f"must be >= {low}, got {value}")
 
 
 def validate(cfg: Config, source: str = "<config>") -> None:
@@ -291,14 +304,21 @@ def validate(cfg: Config, source: str = "<config>") -> None:
                  "log_every_step", "keep_checkpoints"):
         _check(getattr(t, name) >= 1, source, f"trainer.{name}",
                f"must be >= 1, got {getattr(t, name)}")
-    for name in ("eval_every", "max_minutes", "grad_clip", "seed"):
+    for name in ("eval_every", "max_minutes", "grad_clip", "seed", "max_rollbacks"):
         _check(getattr(t, name) >= 0, source, f"trainer.{name}", "must be >= 0")
     _check(t.eval_samples == 0 or t.eval_samples >= 2, source, "trainer.eval_samples",
            f"must be 0 (no evaluation) or >= 2, got {t.eval_samples}")
+    _check(t.seed < 2**63, source, "trainer.seed", f"must be < 2**63, got {t.seed}")
+    _check(t.spike_factor == 0 or t.spike_factor > 1, source, "trainer.spike_factor",
+           f"must be 0 (off) or > 1, got {t.spike_factor}")
+    _check(0 < t.rollback_lr_factor <= 1, source, "trainer.rollback_lr_factor",
+           f"must be in (0, 1], got {t.rollback_lr_factor}")
+    _check(0 <= t.collapse_fraction < 1, source, "trainer.collapse_fraction",
+           f"must be in [0, 1), got {t.collapse_fraction}")
     _check(0 <= t.ema_decay < 1, source, "trainer.ema_decay", "must be in [0, 1)")
     _check_choice(t.precision, {"auto", "fp32", "bf16", "fp16"}, source, "trainer.precision")
     _check_choice(t.features, {"auto", "classifier", "inception"}, source, "trainer.features")
-    _check(t.device in ("auto", "cpu", "cuda") or t.device.startswith("cuda:"), source,
+    _check(re.fullmatch(r"auto|cpu|cuda(:\d+)?", t.device) is not None, source,
            "trainer.device", f"{t.device!r} is not auto, cpu, cuda or cuda:N")
     _check_choice(cfg.wandb.mode, {"auto", "online", "offline", "disabled"}, source, "wandb.mode")
     _check(cfg.name == "" or re.fullmatch(r"[\w.-]+", cfg.name) is not None, source, "name",

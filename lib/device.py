@@ -38,9 +38,7 @@ def check_cuda_arch(device: torch.device) -> None:
     major, minor = torch.cuda.get_device_capability(device)
     arch = f"sm_{major}{minor}"
     built = torch.cuda.get_arch_list()
-    # a build runs on its own archs, and on newer GPUs through PTX (compute_XY)
-    ok = arch in built or any(
-        a.startswith("compute_") and int(a.split("_")[1]) <= major * 10 + minor for a in built)
+    ok = any(_runs_on(a, major, minor) for a in built)
     if not ok:
         name = torch.cuda.get_device_name(device)
         raise DeviceError(
@@ -49,6 +47,22 @@ def check_cuda_arch(device: torch.device) -> None:
             f"install a torch build that still ships {arch} kernels (e.g. a CUDA 11.8/12.1 wheel "
             "of torch 2.x: pip install torch --index-url https://download.pytorch.org/whl/cu121)."
         )
+
+
+def _runs_on(built: str, major: int, minor: int) -> bool:
+    """Whether code built for `built` (sm_86, compute_90, sm_90a...) runs on a major.minor GPU.
+
+    Binary kernels (sm_XY) run on the same major version with minor >= Y (sm_80 code
+    on an sm_86 A10); PTX (compute_XY) is compiled on the fly for any newer GPU.
+    """
+    kind, _, version = built.partition("_")
+    digits = "".join(c for c in version if c.isdigit())
+    if kind not in ("sm", "compute") or len(digits) < 2:
+        return False
+    b_major, b_minor = int(digits[:-1]), int(digits[-1])
+    if kind == "compute":
+        return (b_major, b_minor) <= (major, minor)
+    return b_major == major and b_minor <= minor
 
 
 def pick_device(name: str) -> torch.device:

@@ -15,7 +15,9 @@ import copy
 import inspect
 import json
 import math
+import os
 import random
+import shutil
 import tempfile
 import time
 import warnings
@@ -32,10 +34,24 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from lib import viz
-from lib.checkpoint import FORMAT_VERSION, atomic_save, build_model, load_checkpoint
-from lib.config import Config, ConfigError, ModelSpec, OptimizerConfig, SchedulerConfig
+from lib.checkpoint import (
+    FORMAT_VERSION,
+    CheckpointError,
+    atomic_save,
+    build_model,
+    load_checkpoint,
+)
+from lib.config import (
+    Config,
+    ConfigError,
+    ModelSpec,
+    OptimizerConfig,
+    SchedulerConfig,
+    apply_override,
+)
 from lib.data import ImageData, load_dataset, to_float, to_uint8
 from lib.device import Engine, make_optimizer, seed_everything, setup_engine
+from lib.guard import DivergenceError, Guard
 from lib.metrics import Evaluator, MetricsError
 from lib.tracking import Tracker, read_history, truncate_history
 
@@ -98,7 +114,11 @@ def resolve_model(spec: ModelSpec, data: ImageData, where: str) -> dict:
 
 
 def make_net(resolved: dict, engine: Engine) -> nn.Module:
-    return engine.prepare(build_model(resolved["type"], resolved["args"]))
+    try:
+        net = build_model(resolved["type"], resolved["args"])
+    except (ValueError, RuntimeError, TypeError) as e:  # the model's own checks on its args
+        raise ConfigError(f"{resolved['type']} with args {resolved['args']}: {e}") from None
+    return engine.prepare(net)
 
 
 def make_opt_sched(net: nn.Module, opt: OptimizerConfig | None,
@@ -512,27 +532,72 @@ def make_checkpoint(cfg: Config, parts: Parts, sampler: BatchSampler, engine: En
     }
 
 
-def restore_checkpoint(ckpt: dict, parts: Parts, sampler: BatchSampler, engine: Engine) -> None:
-    for group in ("nets", "ema"):
-        for k, net in getattr(parts, group).items():
-            _unwrap(net).load_state_dict(ckpt[group][k])
-    for k, opt in parts.optimizers.items():
-        opt.load_state_dict(ckpt["optimizers"][k])
-    for k, sched in parts.schedulers.items():
-        sched.load_state_dict(ckpt["schedulers"][k])
+def restore_checkpoint(ckpt: dict, parts: Parts, sampler: BatchSampler, engine: Engine,
+                       rng: bool = True, source: str | Path = "checkpoint") -> None:
+    """Load every state of `ckpt`; `rng=False` keeps the random streams running (rollbacks).
+
+    A checkpoint that does not fit the config (other model arguments, another
+    family) is a CheckpointError naming the file, not a state-dict traceback.
+    """
+    try:
+        for group in ("nets", "ema"):
+            for k, net in getattr(parts, group).items():
+                _unwrap(net).load_state_dict(ckpt[group][k])
+        for k, opt in parts.optimizers.items():
+            opt.load_state_dict(ckpt["optimizers"][k])
+        for k, sched in parts.schedulers.items():
+            sched.load_state_dict(ckpt["schedulers"][k])
+    except (KeyError, RuntimeError, ValueError) as e:
+        raise CheckpointError(
+            f"{source}: does not match this config ({type(e).__name__}: {str(e)[:300]}); "
+            f"resume with the run's own config (only trainer fields may change)") from None
     for k, state in ckpt.get("scalers", {}).items():
         engine.scalers[k] = torch.amp.GradScaler(engine.device.type,
                                                  enabled=engine.amp_dtype == torch.float16)
         engine.scalers[k].load_state_dict(state)
-    rank_rng = ckpt.get("rank_rng") or [ckpt["rng"]]
-    if engine.rank < len(rank_rng):  # other ranks of a resume on more GPUs keep fresh seeds
-        _set_rng_state(rank_rng[engine.rank], sampler)
+    if rng:
+        rank_rng = ckpt.get("rank_rng") or [ckpt["rng"]]
+        if engine.rank < len(rank_rng):  # other ranks of a resume on more GPUs keep fresh seeds
+            _set_rng_state(rank_rng[engine.rank], sampler)
 
 
 def prune_checkpoints(ckpt_dir: Path, keep: int) -> None:
     periodic = sorted(ckpt_dir.glob("step_*.pt"), key=viz.step_of)
     for old in periodic[:-keep]:
         old.unlink(missing_ok=True)
+
+
+RUN_FILES = ("config.json", "history.jsonl", ".wandb_id", "checkpoints/last.pt")
+
+
+def prepare_resume(source: str | Path, run_dir: str | Path | None = None) -> Path:
+    """The folder a resumed run continues in: `source` itself, or a copy at `run_dir`.
+
+    A read-only source (a Kaggle input) needs `run_dir`: its config, history,
+    wandb id, samples and last.pt are copied there and the source is never written.
+    """
+    source = Path(source)
+    if not (source / "checkpoints" / "last.pt").is_file():
+        raise CheckpointError(f"{source}: not a run folder to resume (no checkpoints/last.pt)")
+    if run_dir is None or Path(run_dir).resolve() == source.resolve():
+        if not os.access(source, os.W_OK) or not os.access(source / "checkpoints", os.W_OK):
+            raise CheckpointError(f"{source}: the run folder is read-only; resume into a new "
+                                  f"folder with --out DIR (notebook: out_root)")
+        run_dir = source
+    else:
+        run_dir = Path(run_dir)
+        if (run_dir / "checkpoints" / "last.pt").exists():
+            raise CheckpointError(f"{run_dir} already holds a run; resume that one "
+                                  f"(--resume {run_dir}) or choose another --out")
+        for name in RUN_FILES:
+            if (source / name).is_file():
+                (run_dir / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(source / name, run_dir / name)
+        if (source / "samples").is_dir():
+            shutil.copytree(source / "samples", run_dir / "samples", dirs_exist_ok=True)
+    for tmp in (run_dir / "checkpoints").glob(".*.tmp"):  # left by a write that was killed
+        tmp.unlink()
+    return run_dir
 
 
 def _forget_after(run_dir: Path, step: int) -> None:
@@ -639,7 +704,12 @@ def _scalar(v) -> float:
 
 def train(cfg: Config, out_root: str | Path = "outputs", run_dir: str | Path | None = None,
           resume: str | Path | None = None, progress: bool = True) -> Path:
-    """Train `cfg`'s model; return its run folder. `resume` continues a run folder."""
+    """Train `cfg`'s model; return its run folder.
+
+    `resume` continues that run folder from its last.pt - in place, or in
+    `run_dir` when given (a copy: the source may be read-only).
+    """
+    entered = time.monotonic()  # the time budget counts start-up too
     family = FAMILIES[cfg.family]
     engine = setup_engine(cfg.trainer)
     seed_everything(cfg.trainer.seed)  # the same initial weights on every rank
@@ -652,9 +722,10 @@ def train(cfg: Config, out_root: str | Path = "outputs", run_dir: str | Path | N
     if engine.rank:  # each rank its own noise and batches; rank 0 as a single process
         seed_everything(cfg.trainer.seed + engine.rank)
     sampler = BatchSampler(data, cfg.trainer.batch_size, engine, cfg.trainer.seed + engine.rank)
+    guard = Guard(cfg.trainer)
 
-    if resume is not None:
-        run_dir = Path(resume)
+    if resume is not None:  # rank 0 copies; the broadcast below waits for it
+        run_dir = prepare_resume(resume, run_dir) if engine.is_main else run_dir or resume
     run_dir = Path(run_dir) if run_dir else Path(out_root) / (cfg.name or default_run_name(cfg))
     run_dir = Path(engine.broadcast_object(str(run_dir)))  # rank 0's clock names the run
     ckpt_dir, samples_dir = run_dir / "checkpoints", run_dir / "samples"
@@ -664,12 +735,13 @@ def train(cfg: Config, out_root: str | Path = "outputs", run_dir: str | Path | N
     start, counters = 0, {"images_seen": 0, "train_seconds": 0.0}
     if resume is not None:
         ckpt = load_checkpoint(ckpt_dir / "last.pt", map_location=engine.device)
-        restore_checkpoint(ckpt, parts, sampler, engine)
+        restore_checkpoint(ckpt, parts, sampler, engine, source=ckpt_dir / "last.pt")
+        guard.load_state_dict(ckpt.get("guard", {}))
         start, counters = ckpt["step"], ckpt["counters"]
         if engine.is_main:
             _forget_after(run_dir, start)
-    elif engine.is_main:
-        cfg.save(run_dir / "config.json")
+    if engine.is_main:
+        cfg.save(run_dir / "config.json")  # a resume may have changed trainer fields
     tracker = Tracker(run_dir, cfg.wandb, run_dir.name, cfg.to_dict(), enabled=engine.is_main)
 
     t = cfg.trainer
@@ -678,14 +750,14 @@ def train(cfg: Config, out_root: str | Path = "outputs", run_dir: str | Path | N
     total = cfg.total_steps
     save_every = t.save_period * t.iterations_per_epoch
     budget_s = t.max_minutes * 60
-    session_start = time.monotonic()
-    window_start, window_images, save_cost = time.monotonic(), 0, 0.0
+    window_start, window_images, save_cost, steps_done = time.monotonic(), 0, 0.0, 0
 
     def save(step: int, periodic: bool) -> None:
         """Called by every rank (the checkpoint gathers their RNG states); rank 0 writes."""
         nonlocal save_cost
         t0 = time.monotonic()
         ckpt = make_checkpoint(cfg, parts, sampler, engine, step, counters)
+        ckpt["guard"] = guard.state_dict()
         if not engine.is_main:
             return
         atomic_save(ckpt, ckpt_dir / "last.pt")
@@ -698,12 +770,46 @@ def train(cfg: Config, out_root: str | Path = "outputs", run_dir: str | Path | N
         for prefix, grid in family.snapshot(parts).items():
             viz.save_png(grid, samples_dir / f"{prefix}_{step:07d}.png")
 
-    if start == 0 and engine.is_main:
-        snapshot(0)
+    def diverged(step: int, before_save: bool) -> str | None:
+        reason = guard.check()
+        if reason is None and before_save and not guard.weights_finite(list(parts.nets.values())):
+            reason = f"non-finite weights after step {step}"
+        if engine.agree(reason is not None):  # rank 0 decides: every rank rolls back together
+            return reason or "divergence seen by rank 0"
+        return None
+
+    def roll_back(reason: str, at_step: int) -> int:
+        """Back to last.pt with a lower lr; the random streams run on, so new batches follow."""
+        path = ckpt_dir / "last.pt"
+        ckpt = load_checkpoint(path, map_location=engine.device)
+        try:
+            event = guard.rolled_back(reason, at_step, ckpt["step"])
+        except DivergenceError as e:
+            tracker.log(e.event, at_step)
+            tracker.finish()
+            bar.close()
+            raise
+        restore_checkpoint(ckpt, parts, sampler, engine, rng=False, source=path)
+        guard.scale_lr(parts.optimizers, ckpt.get("guard", {}))
+        counters.update(ckpt["counters"])
+        if engine.is_main:
+            _forget_after(run_dir, ckpt["step"])
+            tracker.log(event, ckpt["step"])
+        save(ckpt["step"], periodic=False)  # last.pt now carries the rollback and its lr
+        bar.write(f"step {at_step}: {reason}; rolled back to step {ckpt['step']} "
+                  f"(rollback {guard.rollbacks}/{t.max_rollbacks}, lr x{guard.lr_scale:g})")
+        bar.n = ckpt["step"]
+        return ckpt["step"]
+
+    if start == 0:
+        if engine.is_main:
+            snapshot(0)
+        save(0, periodic=False)  # a rollback target from the first step on
     bar = tqdm(total=total, initial=start, disable=not (progress and engine.is_main),
                desc=f"{cfg.family} {run_dir.name}", mininterval=10, dynamic_ncols=True)
     step, stopped_early = start, False
-    for step in range(start + 1, total + 1):
+    while step < total:
+        step += 1
         x, y = sampler.next()
         logs = family.step(parts, x, y, step, engine, cfg)
         for sched in parts.schedulers.values():
@@ -711,24 +817,42 @@ def train(cfg: Config, out_root: str | Path = "outputs", run_dir: str | Path | N
         update_ema(parts, t.ema_decay)
         counters["images_seen"] += x.shape[0] * engine.world_size
         window_images += x.shape[0] * engine.world_size
+        steps_done += 1
         bar.update(1)
+        guard.watch(step, logs)
+
+        is_log = step % t.log_every_step == 0 or step == total
+        is_save = step % save_every == 0 or step == total
+        if is_log or is_save:
+            reason = diverged(step, before_save=is_save)
+            if reason is not None:
+                step = roll_back(reason, step)
+                window_start, window_images = time.monotonic(), 0
+                continue
 
         metrics = {}
         if t.eval_samples and ((t.eval_every and step % t.eval_every == 0) or step == total):
             t0 = time.monotonic()
             metrics = evaluate_parts(family, parts, evaluator, engine, t.seed) if evaluator else {}
             window_start += time.monotonic() - t0  # evaluation is not training time
+            diversity = metrics.get("diversity")
+            collapse = guard.collapse(step, diversity) if diversity is not None else None
+            if collapse is not None:
+                tracker.log(collapse, step)
+                bar.write(f"step {step}: {collapse['message']}")
+            if engine.agree(collapse is not None and t.collapse_rollback):
+                step = roll_back(collapse["message"], step)  # history after last.pt is dropped
+                window_start, window_images = time.monotonic(), 0
+                continue
             # rank 0 scores alone; every rank joins the checkpoint (it gathers their RNG)
             if engine.broadcast_object(metrics.get("fid", math.inf) < best_fid):
                 best_fid = metrics.get("fid", best_fid)
                 ckpt = make_checkpoint(cfg, parts, sampler, engine, step, counters)
                 if engine.is_main:
                     atomic_save(ckpt, ckpt_dir / "best.pt")
-        if step % t.log_every_step == 0 or step == total:
+        if is_log:
             now = time.monotonic()
             record = engine.mean_over_ranks({k: _scalar(v) for k, v in logs.items()})
-            if not all(math.isfinite(v) for v in record.values()):
-                bar.write(f"step {step}: non-finite loss {record}")
             counters["train_seconds"] += now - window_start
             record.update({f"lr_{k}": s.get_last_lr()[0] for k, s in parts.schedulers.items()})
             record["lr"] = next(iter(parts.schedulers.values())).get_last_lr()[0]
@@ -743,13 +867,17 @@ def train(cfg: Config, out_root: str | Path = "outputs", run_dir: str | Path | N
         elif metrics:
             tracker.log(metrics, step)
 
-        if step % save_every == 0 or step == total:
+        if is_save:
             save(step, periodic=step % save_every == 0)
         if budget_s and step < total:
-            elapsed = time.monotonic() - session_start
-            per_step = elapsed / (step - start)
+            elapsed = time.monotonic() - entered
+            per_step = elapsed / steps_done
             if engine.agree(elapsed + per_step + save_cost + 5 > budget_s):
-                save(step, periodic=False)
+                reason = None if is_save else diverged(step, before_save=True)
+                if reason is not None:
+                    step = roll_back(reason, step)  # saves the rolled-back state
+                elif not is_save:
+                    save(step, periodic=False)
                 stopped_early = True
                 break
     bar.close()
@@ -761,7 +889,8 @@ def train(cfg: Config, out_root: str | Path = "outputs", run_dir: str | Path | N
         viz.plot_metrics(read_history(run_dir), run_dir / "metrics.png")
         summary = {"step": step, "total_steps": total, "finished": not stopped_early,
                    "family": cfg.family, "precision": engine.precision,
-                   "device": str(engine.device), "world_size": engine.world_size, **counters,
+                   "device": str(engine.device), "world_size": engine.world_size,
+                   "rollbacks": guard.rollbacks, **counters,
                    "sample_seconds_per_image": sampling_cost(family, parts, engine)}
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     tracker.finish()
@@ -773,3 +902,22 @@ def train(cfg: Config, out_root: str | Path = "outputs", run_dir: str | Path | N
               f"resume with: {launcher} -m lib train --resume {run_dir}")
     return run_dir
 
+
+def resume(run_dir: str | Path, out_root: str | Path | None = None,
+           overrides: list[str] | None = None, progress: bool = True) -> Path:
+    """Continue a run from its last.pt (the CLI's --resume and the notebooks' `resume`).
+
+    `out_root` given: continue in `out_root/<run name>`, a copy, leaving `run_dir`
+    untouched (e.g. a Kaggle input). `overrides` (`trainer.epochs=200`) change the
+    checkpoint's config; only trainer fields can change without breaking the weights.
+    """
+    source = Path(run_dir)
+    path = source / "checkpoints" / "last.pt"
+    if not path.is_file():
+        raise CheckpointError(f"{source}: not a run folder to resume (no checkpoints/last.pt)")
+    raw = load_checkpoint(path)["config"]
+    for item in overrides or []:
+        apply_override(raw, item, str(path))
+    cfg = Config.from_dict(raw, f"{path} (its config)")
+    target = Path(out_root) / source.name if out_root is not None else None
+    return train(cfg, run_dir=target, resume=source, progress=progress)

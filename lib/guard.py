@@ -1,0 +1,133 @@
+"""Divergence guard and collapse watch: decide when a run must roll back.
+
+The loop hands every step's logged numbers to `Guard.watch` (no GPU sync:
+the values stay on the device) and calls `Guard.check` where it would log or
+save anyway, so the cost is one small transfer per log interval. A
+non-finite value or a loss spike (> `spike_factor` x the running median of
+that loss) is a divergence; so, optionally, is a diversity score below
+`collapse_fraction` of the real data's. The loop then restores the last
+checkpoint and calls `Guard.rolled_back`, which lowers the learning rate and
+counts; past `max_rollbacks` it raises `DivergenceError`.
+
+The guard's own state (rollbacks so far, the learning-rate scale, the loss
+windows) goes into every checkpoint, so a resumed run judges spikes and
+counts rollbacks exactly as the uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import deque
+
+import torch
+from torch import nn
+
+from lib.config import TrainerConfig
+
+SPIKE_WINDOW = 100  # steps in the running median a loss is compared with
+SPIKE_MIN_HISTORY = 10  # no spike verdicts before this many steps of a loss were seen
+
+
+class DivergenceError(RuntimeError):
+    """Training diverged more often than `trainer.max_rollbacks` allows."""
+
+
+class Guard:
+    def __init__(self, cfg: TrainerConfig):
+        self.cfg = cfg
+        self.rollbacks = 0
+        self.lr_scale = 1.0  # product of every rollback's lr factor so far
+        self.pending: list[tuple[int, dict]] = []  # (step, logs) not yet checked
+        self.recent: dict[str, deque] = {}  # loss name -> last SPIKE_WINDOW finite values
+
+    # -- losses ------------------------------------------------------------
+
+    def watch(self, step: int, logs: dict) -> None:
+        """Remember one step's numbers; nothing is read back from the device here."""
+        self.pending.append((step, logs))
+
+    def check(self) -> str | None:
+        """Judge the steps watched since the last check; the reason when one diverged."""
+        pending, self.pending = self.pending, []
+        return self._judge(pending) if pending else None
+
+    def _judge(self, pending: list[tuple[int, dict]]) -> str | None:
+        device = next((v.device for _, logs in pending for v in logs.values()
+                       if isinstance(v, torch.Tensor)), torch.device("cpu"))
+        flat = torch.stack([torch.as_tensor(v).detach().to(device, torch.float32).reshape(())
+                            for _, logs in pending for v in logs.values()])
+        values = iter(flat.tolist())  # the one device -> host transfer
+        for step, logs in pending:
+            for key in logs:
+                value = next(values)
+                if not math.isfinite(value):
+                    return f"non-finite {key}={value} at step {step}"
+                if not key.startswith("loss"):
+                    continue
+                window = self.recent.setdefault(key, deque(maxlen=SPIKE_WINDOW))
+                if self.cfg.spike_factor > 0 and len(window) >= SPIKE_MIN_HISTORY:
+                    median = statistics.median(window)
+                    if median > 0 and value > self.cfg.spike_factor * median:
+                        return (f"{key}={value:.4g} at step {step} is over "
+                                f"{self.cfg.spike_factor:g} x its running median {median:.4g}")
+                window.append(value)
+        return None
+
+    @staticmethod
+    @torch.no_grad()
+    def weights_finite(nets: list[nn.Module]) -> bool:
+        """A step can leave NaN weights behind a finite loss: never save those."""
+        flags = [torch.isfinite(p).all() for net in nets for p in net.parameters()]
+        return bool(torch.stack(flags).all()) if flags else True
+
+    # -- collapse ----------------------------------------------------------
+
+    def collapse(self, step: int, diversity: float) -> dict | None:
+        """A `collapse` event record when diversity fell below the configured fraction."""
+        threshold = self.cfg.collapse_fraction
+        if threshold <= 0 or not diversity < threshold:
+            return None
+        return {"event": "collapse", "diversity": diversity, "threshold": threshold,
+                "message": f"diversity {diversity:.3g} at step {step} is below "
+                           f"{threshold:g} of the real data's (mode collapse?)"}
+
+    # -- rollback ----------------------------------------------------------
+
+    def rolled_back(self, reason: str, at_step: int, to_step: int) -> dict:
+        """Count a rollback to `to_step`; the event record to log.
+
+        Past `max_rollbacks` it raises `DivergenceError`, whose `event` is the record to log.
+        """
+        self.rollbacks += 1
+        self.pending = []
+        event = {"event": "rollback", "reason": reason, "diverged_at": at_step,
+                 "to_step": to_step, "rollbacks": self.rollbacks}
+        if self.rollbacks > self.cfg.max_rollbacks:
+            error = DivergenceError(
+                f"training diverged ({reason}) with {self.cfg.max_rollbacks} rollback(s) "
+                f"already spent (trainer.max_rollbacks); the last good checkpoint is step "
+                f"{to_step}. Lower the learning rate, set trainer.grad_clip, or raise "
+                f"trainer.max_rollbacks")
+            error.event = {**event, "event": "stopped", "message": str(error)}
+            raise error
+        self.lr_scale *= self.cfg.rollback_lr_factor
+        event["lr_scale"] = self.lr_scale
+        return event
+
+    def scale_lr(self, optimizers: dict[str, torch.optim.Optimizer], ckpt_state: dict) -> None:
+        """Restored optimizers carry their checkpoint's lr scale; bring them to the run's."""
+        relative = self.lr_scale / ckpt_state.get("lr_scale", 1.0)
+        for opt in optimizers.values():
+            for group in opt.param_groups:
+                group["lr"] *= relative
+
+    def state_dict(self) -> dict:
+        return {"rollbacks": self.rollbacks, "lr_scale": self.lr_scale,
+                "recent": {k: list(v) for k, v in self.recent.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rollbacks = state.get("rollbacks", 0)
+        self.lr_scale = state.get("lr_scale", 1.0)
+        self.recent = {k: deque(v, maxlen=SPIKE_WINDOW) for k, v in state.get("recent", {}).items()}
+        self.pending = []
