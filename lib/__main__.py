@@ -1,8 +1,12 @@
-"""Command line: `python -m lib train CONFIG [--set k=v ...] [--out DIR] [--resume RUN_DIR]`."""
+"""Command line: `python -m lib train CONFIG [--set k=v ...] [--out DIR] [--resume RUN_DIR]`.
+
+On several GPUs (or CPU processes): `torchrun --nproc_per_node=N -m lib train CONFIG`.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -30,7 +34,8 @@ def cmd_train(args: argparse.Namespace) -> None:
             raise ConfigError("train needs a CONFIG file (or --resume RUN_DIR)")
         cfg = load_config(args.config, args.set)
         out = train(cfg, out_root=args.out)
-    print(out)
+    if int(os.environ.get("RANK", 0)) == 0:  # under torchrun: one line, from rank 0
+        print(out)
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
