@@ -21,6 +21,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/throughput.py
+	$(PY) benchmarks/widgets.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check lib tests benchmarks

@@ -1,0 +1,206 @@
+"""Sliders for playing with trained models: the only module that imports ipywidgets.
+
+Each explorer is a handful of controls whose observers re-render one uint8 grid
+(the maths lives in `lib.explore`) straight into an `ipywidgets.Image` as PNG
+bytes - no matplotlib and no `Output` capture, so updates are cheap and work
+without a kernel too (setting a control's value in a test fires the same
+observers a browser would). Notebooks display the returned `Explorer`; headless
+runs use the static grids re-exported below instead.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import ipywidgets as widgets
+import torch
+from torch import nn
+
+from lib import viz
+from lib.explore import (
+    Directions,
+    class_grid,
+    class_traversal_grid,
+    cvae_images,
+    ddpm_grid,
+    ddpm_images,
+    ganspace_directions,
+    generate,
+    interpolation_grid,
+    latent_point,
+    latent_traversal_grid,
+    posterior_directions,
+    seed_latent,
+)
+
+# the static fallbacks, importable from here as well as from lib.explore
+__all__ = ["Explorer", "latent_explorer", "class_explorer", "ddpm_explorer",
+           "latent_traversal_grid", "interpolation_grid", "class_grid", "class_traversal_grid",
+           "ddpm_grid"]
+
+MAX_SEED = 9999
+PIXELATED = "genlab-pixelated"
+# Nearest-neighbour upscaling in the browser: an 8 px digit stays crisp at 128 px.
+_PIXELATED_CSS = widgets.HTML(f"<style>.{PIXELATED} {{ image-rendering: pixelated; }}</style>")
+
+
+@dataclass
+class Explorer:
+    """Controls + the image they drive. Displays as its `ui` in a notebook."""
+
+    ui: widgets.Box
+    image: widgets.Image
+    controls: dict[str, widgets.Widget]
+    render: Callable[[], torch.Tensor]  # the current state -> uint8 (3, H, W) grid
+    scale: int = 1
+    status: widgets.Label = field(default_factory=widgets.Label)
+    last_ms: float = 0.0
+
+    def update(self, _change=None) -> None:
+        t0 = time.perf_counter()
+        grid = self.render()
+        # The PNG keeps the grid's own pixels (small, fast to encode and send); the browser
+        # scales it up, pixelated by the CSS class below.
+        self.image.value = to_png(grid)
+        width = str(grid.shape[-1] * self.scale)
+        if self.image.width != width:
+            self.image.width = width
+        self.last_ms = 1000 * (time.perf_counter() - t0)
+        self.status.value = f"rendered in {self.last_ms:.0f} ms"
+
+    def _repr_mimebundle_(self, **kwargs):
+        return self.ui._repr_mimebundle_(**kwargs)
+
+
+def to_png(grid: torch.Tensor) -> bytes:
+    """uint8 (3, H, W) -> PNG bytes, fast: zlib level 1 (level 6 costs ~5x on noisy images)."""
+    return viz.png_bytes(grid, compress_level=1)
+
+
+def _scale_for(size: int, display_size: int) -> int:
+    """Nearest-neighbour upscale factor so that 8-64 px images show at about display_size."""
+    return max(1, display_size // size)
+
+
+def _assemble(controls: dict[str, widgets.Widget], render: Callable[[], torch.Tensor],
+              image_size: int, display_size: int,
+              buttons: dict[str, widgets.Button] | None = None) -> Explorer:
+    buttons = buttons or {}
+    image = widgets.Image(format="png")
+    image.add_class(PIXELATED)
+    panel = widgets.VBox([*controls.values(), *buttons.values()])
+    explorer = Explorer(ui=widgets.HBox(), image=image, controls={**controls, **buttons},
+                        render=render, scale=_scale_for(image_size, display_size))
+    explorer.ui.children = [widgets.VBox([_PIXELATED_CSS, image, explorer.status]), panel]
+    for control in controls.values():
+        control.observe(explorer.update, names="value")
+    explorer.update()
+    return explorer
+
+
+def _sigma_sliders(directions: Directions, k: int, max_sigma: float,
+                   continuous: bool) -> dict[str, widgets.FloatSlider]:
+    return {f"pc{i}": widgets.FloatSlider(value=0.0, min=-max_sigma, max=max_sigma, step=0.1,
+                                          description=directions.label(i),
+                                          continuous_update=continuous)
+            for i in range(min(k, len(directions)))}
+
+
+def _amounts(controls: dict[str, widgets.Widget]) -> list[float]:
+    return [c.value for name, c in controls.items() if name.startswith("pc")]
+
+
+def latent_explorer(generator: nn.Module, n_components: int = 5,
+                    directions: Directions | None = None, max_sigma: float = 3.0,
+                    display_size: int = 256) -> Explorer:
+    """A generator's latent space: seed, GANSpace directions, and a slerp to a second seed.
+
+    controls: "seed", "seed_b", "t" (0 = seed, 1 = seed_b) and "pc0".."pc{k-1}" in sigmas.
+    """
+    directions = directions or ganspace_directions(generator, n_components)
+    controls = {
+        "seed": widgets.IntSlider(value=0, min=0, max=MAX_SEED, description="seed"),
+        "seed_b": widgets.IntSlider(value=1, min=0, max=MAX_SEED, description="seed B"),
+        "t": widgets.FloatSlider(value=0.0, min=0.0, max=1.0, step=0.05,
+                                 description="to seed B"),
+        **_sigma_sliders(directions, n_components, max_sigma, continuous=True),
+    }
+
+    def render() -> torch.Tensor:
+        z = latent_point(generator.latent_dim, controls["seed"].value, controls["seed_b"].value,
+                         controls["t"].value, directions, _amounts(controls))
+        return viz.make_grid(generate(generator, z[None]), padding=0)
+
+    image_size = generate(generator, seed_latent(0, generator.latent_dim, 1)).shape[-1]
+    return _assemble(controls, render, image_size, display_size)
+
+
+def class_explorer(cvae: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                   class_names: list[str] | None = None, n_components: int = 5,
+                   n_samples: int = 8, directions: Directions | None = None,
+                   max_sigma: float = 3.0, display_size: int = 128) -> Explorer:
+    """A CVAE's classes: pick one, move along the principal directions of its posterior.
+
+    images, labels: the data the directions come from (uint8 or [-1, 1]). Shows
+    n_samples prior draws of the chosen class; "resample" moves to the next seed.
+    controls: "label", "seed", "pc0".."pc{k-1}" (in data sigmas) and the "resample" button.
+    """
+    directions = directions or posterior_directions(cvae, images, labels, n_components)
+    names = class_names or [str(k) for k in range(cvae.num_classes)]
+    controls = {
+        "label": widgets.Dropdown(options=[(n, k) for k, n in enumerate(names)], value=0,
+                                  description="class"),
+        "seed": widgets.BoundedIntText(value=0, min=0, max=MAX_SEED, description="seed"),
+        **_sigma_sliders(directions, n_components, max_sigma, continuous=True),
+    }
+    resample = widgets.Button(description="resample")
+
+    def next_seed(_button) -> None:
+        controls["seed"].value = (controls["seed"].value + 1) % (MAX_SEED + 1)
+
+    resample.on_click(next_seed)
+
+    def render() -> torch.Tensor:
+        z = seed_latent(controls["seed"].value, cvae.latent_dim, n_samples)
+        out = cvae_images(cvae, controls["label"].value, z, directions, _amounts(controls))
+        return viz.make_grid(out, nrow=min(4, n_samples))
+
+    return _assemble(controls, render, images.shape[-1], display_size,
+                     buttons={"resample": resample})
+
+
+def ddpm_explorer(model: nn.Module, n_samples: int = 4, steps: int = 20, max_steps: int = 100,
+                  class_names: list[str] | None = None, display_size: int = 128) -> Explorer:
+    """A diffusion model's samples: seed, DDIM steps, guidance scale (and class if conditional).
+
+    Each update runs `steps` UNet passes, so sliders update on release, not while dragging.
+    controls: "seed", "steps", "guidance_scale", and "label" for a conditional model
+    (None = cycle over the classes).
+    """
+    max_steps = min(max_steps, model.timesteps)
+    guided = model.num_classes > 0 and getattr(model, "cond_drop_prob", 0) > 0
+    controls = {
+        "seed": widgets.IntSlider(value=0, min=0, max=MAX_SEED, description="seed",
+                                  continuous_update=False),
+        "steps": widgets.IntSlider(value=min(steps, max_steps), min=1, max=max_steps,
+                                   description="DDIM steps", continuous_update=False),
+        "guidance_scale": widgets.FloatSlider(
+            value=1.0, min=0.0, max=8.0, step=0.25, description="guidance",
+            continuous_update=False, disabled=not guided,
+            tooltip="1 = no guidance; needs a conditional model trained with cond_drop_prob > 0"),
+    }
+    if model.num_classes > 0:
+        names = class_names or [str(k) for k in range(model.num_classes)]
+        controls["label"] = widgets.Dropdown(
+            options=[("all (cycle)", None), *[(n, k) for k, n in enumerate(names)]],
+            value=None, description="class")
+
+    def render() -> torch.Tensor:
+        label = controls["label"].value if "label" in controls else None
+        out = ddpm_images(model, controls["seed"].value, n_samples, controls["steps"].value,
+                          controls["guidance_scale"].value, label)
+        return viz.make_grid(out, nrow=min(4, n_samples))
+
+    return _assemble(controls, render, model.image_size, display_size)

@@ -1,0 +1,191 @@
+"""The explorers driven headlessly: set a control's value, read the PNG the Image received."""
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from sklearn.linear_model import LogisticRegression
+
+from lib.data import load_dataset, to_float
+from lib.explore import class_grid, posterior_directions
+from lib.models.cvae import CVAE
+from lib.models.dcgan import Generator
+from lib.models.ddpm import DDPM
+from lib.widgets import class_explorer, ddpm_explorer, latent_explorer
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """These models are tiny: one thread is faster, and far faster on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def shown(explorer) -> np.ndarray:
+    """The image the widget holds now, decoded: (H, W, 3) uint8."""
+    assert explorer.image.format == "png"
+    return np.asarray(Image.open(io.BytesIO(explorer.image.value)).convert("RGB"))
+
+
+def tiles(grid: np.ndarray, size: int, n: int, nrow: int, padding: int = 2) -> np.ndarray:
+    """Cut n (size x size) images out of a make_grid layout -> (n, size, size) channel 0."""
+    out = []
+    for i in range(n):
+        r, c = divmod(i, nrow)
+        top, left = padding + r * (size + padding), padding + c * (size + padding)
+        out.append(grid[top : top + size, left : left + size, 0])
+    return np.stack(out)
+
+
+def changes(explorer, control: str, value) -> bool:
+    before = shown(explorer)
+    explorer.controls[control].value = value
+    after = shown(explorer)
+    assert after.shape == before.shape
+    return not np.array_equal(before, after)
+
+
+# ---------------------------------------------------------------------------
+# DCGAN
+
+
+@pytest.fixture(scope="module")
+def generator():
+    torch.manual_seed(0)
+    return Generator(latent_dim=16, hidden_dim=8, n_channels=3, image_size=16)
+
+
+def test_latent_explorer_every_control_changes_the_image(generator):
+    explorer = latent_explorer(generator, n_components=3, display_size=64)
+    assert shown(explorer).shape == (16, 16, 3)  # the generator's own pixels...
+    assert explorer.image.width == "64"  # ...shown 4x larger by the browser
+    assert {"seed", "seed_b", "t", "pc0", "pc1", "pc2"} <= explorer.controls.keys()
+    assert changes(explorer, "seed", 7)
+    assert changes(explorer, "pc0", 2.5)
+    assert changes(explorer, "pc2", -2.0)
+    assert changes(explorer, "t", 0.5)
+    assert explorer.last_ms > 0 and "ms" in explorer.status.value
+
+
+def test_latent_explorer_slerp_ends_at_seed_b(generator):
+    explorer = latent_explorer(generator, n_components=2)
+    explorer.controls["seed"].value, explorer.controls["seed_b"].value = 3, 11
+    explorer.controls["t"].value = 1.0
+    at_b = shown(explorer)
+    explorer.controls["t"].value = 0.0
+    explorer.controls["seed"].value = 11
+    assert np.array_equal(shown(explorer), at_b)
+
+
+def test_generator_left_in_its_training_mode(generator):
+    generator.train()
+    latent_explorer(generator, n_components=2)
+    assert generator.training
+
+
+# ---------------------------------------------------------------------------
+# CVAE: trained on real digits, checked by a classifier trained on real digits
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    return load_dataset("digits", image_size=8, root=tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="module")
+def trained_cvae(digits):
+    """~400 Adam steps on 8x8 digits (a few seconds). kl_weight 1 keeps the posterior close to
+    the prior, so prior draws decode to clean class-typical digits."""
+    torch.manual_seed(0)
+    cvae = CVAE(image_size=8, n_channels=1, num_classes=10, latent_dim=4, hidden_dim=32,
+                embed_dim=8, kl_weight=1.0)
+    opt = torch.optim.Adam(cvae.parameters(), 2e-3)
+    x, y = to_float(digits.images), digits.labels
+    g = torch.Generator().manual_seed(0)
+    for _ in range(400):
+        idx = torch.randint(0, len(x), (128,), generator=g)
+        loss = cvae(x[idx], y[idx])["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return cvae.eval()
+
+
+@pytest.fixture(scope="module")
+def digit_classifier(digits):
+    flat = digits.images.flatten(1).float().numpy() / 255
+    return LogisticRegression(max_iter=1000).fit(flat, digits.labels.numpy())
+
+
+def test_class_explorer_shows_the_chosen_class(trained_cvae, digits, digit_classifier):
+    explorer = class_explorer(trained_cvae, digits.images, digits.labels, n_samples=8,
+                              display_size=64)
+    predictions = {}
+    for k in range(10):
+        explorer.controls["label"].value = k
+        images = tiles(shown(explorer), size=8, n=8, nrow=4)  # (8, 8, 8)
+        predictions[k] = digit_classifier.predict(images.reshape(8, -1) / 255)
+    accuracy = np.mean([np.mean(p == k) for k, p in predictions.items()])
+    assert accuracy >= 0.8, predictions
+    assert all(np.bincount(p, minlength=10).argmax() == k for k, p in predictions.items())
+
+
+def test_class_explorer_sliders_resample_and_size(trained_cvae, digits):
+    explorer = class_explorer(trained_cvae, digits.images, digits.labels, n_samples=8,
+                              n_components=3, class_names=digits.class_names)
+    assert shown(explorer).shape == (2 * 10 + 2, 4 * 10 + 2, 3)  # 2 rows of 4, 8 px + padding
+    assert changes(explorer, "pc0", 2.0)
+    assert changes(explorer, "label", 5)
+    before = shown(explorer)
+    explorer.controls["resample"].click()
+    assert explorer.controls["seed"].value == 1
+    assert not np.array_equal(before, shown(explorer))
+
+
+def test_posterior_directions_follow_the_data(trained_cvae, digits):
+    dirs = posterior_directions(trained_cvae, digits.images, digits.labels, n_components=3)
+    assert torch.allclose(dirs.vectors @ dirs.vectors.T, torch.eye(3), atol=1e-4)
+    assert (dirs.scales[:-1] >= dirs.scales[1:]).all() and dirs.scales[0] > 0
+    grid = class_grid(trained_cvae, n_per_class=5, directions=dirs, amounts=[1.0])
+    assert grid.shape == (3, 10 * 10 + 2, 5 * 10 + 2)
+
+
+# ---------------------------------------------------------------------------
+# DDPM
+
+
+@pytest.fixture(scope="module")
+def ddpm():
+    torch.manual_seed(0)
+    model = DDPM(image_size=8, n_channels=3, num_classes=3, base_channels=8,
+                 channel_mults=[1, 2], num_res_blocks=1, timesteps=20, dropout=0.0)
+    # Untrained, its zero-initialised output layers ignore the class; nudge every weight so
+    # that class and guidance matter, as they do after training.
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return model.eval()
+
+
+def test_ddpm_explorer_every_control_changes_the_image(ddpm):
+    explorer = ddpm_explorer(ddpm, n_samples=4, steps=4, display_size=64)
+    assert shown(explorer).shape == (10 + 2, 4 * 10 + 2, 3)
+    assert explorer.controls["steps"].max == 20  # no more DDIM steps than timesteps
+    assert not explorer.controls["guidance_scale"].disabled
+    assert changes(explorer, "seed", 3)
+    assert changes(explorer, "steps", 8)
+    assert changes(explorer, "guidance_scale", 3.0)
+    assert changes(explorer, "label", 2)
+
+
+def test_ddpm_explorer_unconditional_has_no_guidance():
+    torch.manual_seed(0)
+    model = DDPM(image_size=8, n_channels=1, num_classes=0, base_channels=8,
+                 channel_mults=[1, 2], num_res_blocks=1, timesteps=10).eval()
+    explorer = ddpm_explorer(model, n_samples=2, steps=3)
+    assert explorer.controls["guidance_scale"].disabled and "label" not in explorer.controls
+    assert changes(explorer, "seed", 1)
