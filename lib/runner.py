@@ -1,0 +1,166 @@
+"""Execute the notebook suite with papermill, in order, one progress line per notebook.
+
+Parameters come from a preset (configs/notebooks_<name>.json: notebook -> its
+parameters, "*" -> parameters for every notebook that declares them) and from
+`key=value` overrides: `epochs=1` goes to every notebook with an `epochs`
+parameter, `02_dcgan.epochs=1` to that notebook alone. A name no notebook
+declares is an error, not a silently ignored typo. A failing cell stops the run
+with a `NotebookFailed` naming the notebook and the cell; the partly executed
+copy is kept for reading.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from lib.notebook import project_root
+
+NOTEBOOKS = ("01_data_exploration", "02_dcgan", "03_cvae", "04_ddpm", "05_report")
+PRESETS = {"demo": "configs/notebooks_demo.json", "gpu": "configs/notebooks_gpu.json"}
+ALL = "*"  # preset key whose parameters go to every notebook that declares them
+
+
+class RunnerError(ValueError):
+    """The runner was asked for something impossible (unknown notebook, preset or parameter)."""
+
+
+class NotebookFailed(RuntimeError):
+    """A notebook raised in one of its cells."""
+
+    def __init__(self, notebook: str, cell: str, error: str, output: Path):
+        self.notebook, self.cell, self.error, self.output = notebook, cell, error, output
+        super().__init__(f"notebook {notebook} failed in {cell}: {error}\n"
+                         f"partly executed copy: {output}")
+
+
+@dataclass
+class Result:
+    notebook: str
+    output: Path
+    seconds: float
+
+
+def notebooks_dir() -> Path:
+    root = project_root()
+    if root is None or not (root / "notebooks").is_dir():
+        raise RunnerError("no notebooks/ folder found beside the lib package or in the current "
+                          "folder; run from the repository's root")
+    return root / "notebooks"
+
+
+def load_preset(preset: str | Path | None) -> dict[str, dict]:
+    """A preset name (demo, gpu) or a JSON file path -> {notebook or '*': {param: value}}."""
+    if preset is None:
+        return {}
+    if str(preset) in PRESETS:
+        path = (project_root() or Path.cwd()) / PRESETS[str(preset)]
+    else:
+        path = Path(preset)
+    if not path.is_file():
+        raise RunnerError(f"notebook preset {str(preset)!r} not found ({path}); use one of "
+                          f"{', '.join(PRESETS)} or a JSON file mapping notebook -> parameters")
+    raw = json.loads(path.read_text())
+    for key, value in raw.items():
+        if key != ALL and key not in NOTEBOOKS:
+            raise RunnerError(f"{path}: {key!r} is not a notebook; valid: {ALL}, "
+                              f"{', '.join(NOTEBOOKS)}")
+        if not isinstance(value, dict):
+            raise RunnerError(f"{path}: {key} must map parameter names to values")
+    return raw
+
+
+def parse_overrides(items: list[str]) -> dict[str, dict]:
+    """['epochs=1', '02_dcgan.image_size=16'] -> {'*': {'epochs': 1}, '02_dcgan': {...}}.
+
+    Values are JSON when they parse (numbers, true, null), else strings.
+    """
+    out: dict[str, dict] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise RunnerError(f"parameter {item!r} must look like key=value or notebook.key=value")
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        notebook, dot, name = key.strip().rpartition(".")
+        if dot and notebook not in NOTEBOOKS:
+            raise RunnerError(f"parameter {item!r}: {notebook!r} is not a notebook; valid: "
+                              f"{', '.join(NOTEBOOKS)}")
+        out.setdefault(notebook if dot else ALL, {})[name] = value
+    return out
+
+
+def declared_parameters(path: Path) -> dict:
+    import papermill
+
+    return papermill.inspect_notebook(str(path))
+
+
+def plan(names: list[str], layers: list[dict[str, dict]], folder: Path) -> dict[str, dict]:
+    """Each notebook's parameters: later layers win; '*' entries only where declared."""
+    declared = {name: declared_parameters(folder / f"{name}.ipynb") for name in names}
+    params: dict[str, dict] = {name: {} for name in names}
+    for layer in layers:
+        for key, values in layer.items():
+            for param, value in values.items():
+                targets = names if key == ALL else [key] if key in names else []
+                takers = [n for n in targets if param in declared[n]]
+                if key != ALL and key in names and not takers:
+                    raise RunnerError(f"notebook {key} has no parameter {param!r}; its "
+                                      f"parameters: {', '.join(declared[key])}")
+                if key == ALL and not takers:
+                    known = sorted({p for d in declared.values() for p in d})
+                    raise RunnerError(f"no selected notebook has a parameter {param!r}; "
+                                      f"known: {', '.join(known)}")
+                for name in takers:
+                    params[name][param] = value
+    return params
+
+
+def run_notebooks(only: list[str] | None = None, preset: str | Path | None = "demo",
+                  overrides: list[str] | None = None, out_root: str | Path = "outputs",
+                  echo: Callable[[str], None] = print) -> list[Result]:
+    """Execute notebooks in suite order into out_root/notebooks/; raise NotebookFailed on error.
+
+    `out_root` reaches every notebook with an `out_root` parameter, so the run folders,
+    the report and the executed copies all land under it.
+    """
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    for name in only or []:
+        if name not in NOTEBOOKS:
+            raise RunnerError(f"unknown notebook {name!r}; valid: {', '.join(NOTEBOOKS)}")
+    names = [n for n in NOTEBOOKS if not only or n in only]
+    folder = notebooks_dir()
+    out_root = Path(out_root).resolve()
+    executed = out_root / "notebooks"
+    executed.mkdir(parents=True, exist_ok=True)
+    layers = [{ALL: {"out_root": str(out_root)}}, load_preset(preset),
+              parse_overrides(overrides or [])]
+    params = plan(names, layers, folder)
+
+    results = []
+    for i, name in enumerate(names, 1):
+        output = executed / f"{name}.ipynb"
+        echo(f"[{i}/{len(names)}] {name} ...")
+        t0 = time.monotonic()
+        try:
+            papermill.execute_notebook(str(folder / f"{name}.ipynb"), str(output),
+                                       parameters=params[name], progress_bar=False,
+                                       cwd=str(folder.parent))
+        except PapermillExecutionError as e:
+            first_line = next((s for s in e.source.splitlines() if s.strip()), "")
+            cell = f"cell {e.exec_count} ({first_line.strip()[:60]!r})"
+            raise NotebookFailed(name, cell, f"{e.ename}: {e.evalue}", output) from None
+        except Exception as e:  # the kernel died or would not start
+            raise NotebookFailed(name, "the kernel", f"{type(e).__name__}: {e}", output) from e
+        seconds = time.monotonic() - t0
+        echo(f"[{i}/{len(names)}] {name} ok in {seconds:.1f} s -> {output}")
+        results.append(Result(name, output, seconds))
+    return results
