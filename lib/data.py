@@ -3,20 +3,38 @@
 Every loader returns an `ImageData`: images stored once as uint8 (N, C, H, W)
 plus int64 labels where the dataset has classes. Models see floats in [-1, 1];
 `to_float` and `to_uint8` are the only conversions between the two.
+
+Datasets (see DESIGN.md): "digits" and "shapes" are embedded; "mnist" reads
+torchvision's raw IDX files; "cats", "artbench" and "folder" read folders of
+images through one reader; "artbench32" reads CIFAR-style pickled batches.
+Labelled datasets on disk use their training split only (MNIST's 60,000
+images, ArtBench-10's 50,000); the test split stays untouched for evaluation.
+Decoded tensors are cached under `root/cache/`: delete that folder after
+changing the files of a folder dataset.
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
+import math
+import os
+import pickle
+import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image, ImageOps
+from tqdm.auto import tqdm
 
 CACHE_VERSION = 1
+# read-only dataset mounts on Kaggle; tests point this elsewhere
+KAGGLE_INPUT = Path("/kaggle/input")
 
 
 class DatasetError(ValueError):
@@ -38,7 +56,8 @@ class ImageData:
                 f"got {self.images.dtype} {tuple(self.images.shape)}"
             )
         if self.labels is not None and len(self.labels) != len(self.images):
-            raise DatasetError(f"{self.name}: {len(self.labels)} labels for {len(self.images)} images")
+            raise DatasetError(
+                f"{self.name}: {len(self.labels)} labels for {len(self.images)} images")
 
     def __len__(self) -> int:
         return len(self.images)
@@ -130,7 +149,7 @@ def _save_cache(path: Path, data: ImageData) -> None:
 def _load_cache(path: Path, name: str) -> ImageData | None:
     try:
         blob = torch.load(path, weights_only=True)
-    except (OSError, RuntimeError, EOFError):
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError):
         return None
     if not isinstance(blob, dict) or blob.get("version") != CACHE_VERSION:
         return None
@@ -170,7 +189,8 @@ def make_shapes(image_size: int, n: int = 2000, seed: int = 0) -> ImageData:
         0: dx**2 + dy**2 <= r**2,
         1: (np.abs(dx) <= r * 0.85) & (np.abs(dy) <= r * 0.85),
         2: (dy <= r * 0.8) & (dy >= -r) & (np.abs(dx) <= (dy + r) * 0.6),
-        3: ((np.abs(dx) <= r * 0.3) | (np.abs(dy) <= r * 0.3)) & (np.abs(dx) <= r) & (np.abs(dy) <= r),
+        3: ((np.abs(dx) <= r * 0.3) | (np.abs(dy) <= r * 0.3))
+        & (np.abs(dx) <= r) & (np.abs(dy) <= r),
     }
     mask = np.zeros((n, image_size, image_size), dtype=bool)
     for k, m in masks.items():
@@ -184,11 +204,350 @@ def make_shapes(image_size: int, n: int = 2000, seed: int = 0) -> ImageData:
 
 
 # ---------------------------------------------------------------------------
+# Finding data on disk
+
+
+def _missing(name: str, looked_at: list[Path | str], how: str) -> DatasetError:
+    places = "\n".join(f"  - {p}" for p in looked_at)
+    return DatasetError(f"{name}: no data found. Looked at:\n{places}\n{how}")
+
+
+def _search_dirs(base: Path, pattern: str, max_depth: int = 5) -> Iterator[Path]:
+    """Folders under `base` whose name matches `pattern`, shallowest first.
+
+    Kaggle mounts a dataset at /kaggle/input/<slug>/ or, on newer images,
+    /kaggle/input/datasets/<owner>/<slug>/, so data is found by glob, not by a fixed path.
+    """
+    if not base.is_dir():
+        return
+    for depth in range(max_depth):
+        yield from sorted(p for p in base.glob("*/" * depth + pattern) if p.is_dir())
+
+
+def _hidden(name: str) -> bool:
+    return name.startswith(".") or name == "__MACOSX"  # .ipynb_checkpoints, macOS zip debris
+
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
+
+
+def _iter_images(folder: Path) -> Iterator[Path]:
+    """Image files under `folder`, recursively, in a stable (sorted) order."""
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not _hidden(d))
+        for f in sorted(filenames):
+            if not _hidden(f) and Path(f).suffix.lower() in IMAGE_SUFFIXES:
+                yield Path(dirpath) / f
+
+
+def _has_images(folder: Path) -> bool:
+    return next(_iter_images(folder), None) is not None
+
+
+def _subdirs(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    return sorted(d for d in folder.iterdir() if d.is_dir() and not _hidden(d.name))
+
+
+# ---------------------------------------------------------------------------
+# The image-folder reader shared by cats, artbench and folder
+
+PROGRESS_MIN_FILES = 500  # below this, decoding is quick enough to run silently
+_UNREADABLE = (OSError, SyntaxError, ValueError, EOFError, struct.error,
+               Image.DecompressionBombError)  # what Pillow raises on broken files
+
+
+def _decode(file: Path, size: int) -> np.ndarray:
+    """One image file -> (3, size, size) uint8: centre square crop, antialiased resize."""
+    with Image.open(file) as img:
+        # JPEG decodes at 1/2..1/8 scale, still >= 2x the target: 256px -> 64px is fast
+        img.draft("RGB", (2 * size, 2 * size))
+        ImageOps.exif_transpose(img, in_place=True)
+        img = img.convert("RGB")  # grayscale, palette, RGBA, CMYK -> 3 channels
+    w, h = img.size
+    s = min(w, h)
+    left, top = (w - s) // 2, (h - s) // 2
+    # crop first: resize(box=...) would blend in pixels from outside the box.
+    # Pillow's bilinear resize widens its kernel when shrinking, like resize_images' antialias
+    img = img.crop((left, top, left + s, top + s)).resize((size, size), Image.Resampling.BILINEAR)
+    return np.asarray(img).transpose(2, 0, 1)  # (H, W, 3) -> (3, H, W)
+
+
+def _interleave(groups: list[list[Path]]) -> tuple[list[Path], list[int]]:
+    """Files of each class taken in turn, so the first N images (`limit`) cover every class."""
+    order = sorted((i, k) for k, group in enumerate(groups) for i in range(len(group)))
+    return [groups[k][i] for i, k in order], [k for _, k in order]
+
+
+def read_images(files: list[Path], image_size: int, name: str, where: Path,
+                labels: list[int] | None = None,
+                class_names: list[str] | None = None) -> ImageData:
+    """Decode image files into uint8 (N, 3, image_size, image_size); unreadable ones are skipped.
+
+    Each image is resized while decoding, so a folder of 256px images costs only
+    image_size-sized memory.
+    """
+    if not files:
+        raise DatasetError(f"{name}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) "
+                           f"under {where}")
+    out = np.empty((len(files), 3, image_size, image_size), dtype=np.uint8)
+    kept: list[int] = []
+    bar = tqdm(files, desc=f"decoding {name}", unit="img", mininterval=5,
+               disable=len(files) < PROGRESS_MIN_FILES)
+    for i, file in enumerate(bar):
+        try:
+            out[len(kept)] = _decode(file, image_size)
+        except _UNREADABLE:
+            continue
+        kept.append(i)
+    if not kept:
+        raise DatasetError(f"{name}: none of the {len(files)} image files under {where} "
+                           "could be read; check that they are valid images")
+    out.resize((len(kept), 3, image_size, image_size), refcheck=False)  # drop unused rows in place
+    label_tensor = torch.tensor([labels[i] for i in kept]) if labels is not None else None
+    return ImageData(torch.from_numpy(out), label_tensor, class_names, name,
+                     skipped=len(files) - len(kept))
+
+
+def read_image_folder(folder: Path, image_size: int, name: str) -> ImageData:
+    """A folder of images: class subfolders give labels (sorted names), loose files do not."""
+    loose = [f for f in folder.iterdir()
+             if f.is_file() and not _hidden(f.name) and f.suffix.lower() in IMAGE_SUFFIXES]
+    classes = [d for d in _subdirs(folder) if _has_images(d)]
+    if loose and classes:
+        raise DatasetError(
+            f"{name}: {folder} holds both loose images ({len(loose)}) and class subfolders "
+            f"({', '.join(d.name for d in classes)}); move the loose images into a class "
+            "folder for labelled data, or point path at a folder of one kind")
+    if not classes:
+        return read_images(list(_iter_images(folder)), image_size, name, folder)
+    files, labels = _interleave([list(_iter_images(d)) for d in classes])
+    return read_images(files, image_size, name, folder, labels, [d.name for d in classes])
+
+
+# ---------------------------------------------------------------------------
+# Datasets on disk
+
+
+def load_folder(image_size: int, path: str | None = None, **_) -> ImageData:
+    """Any folder of images given by `path`."""
+    if path is None:
+        raise DatasetError("folder: give the folder of images as path=... (data.path in a "
+                           "config); class subfolders, if any, become the labels")
+    folder = Path(path)
+    if not folder.is_dir():
+        raise _missing("folder", [folder], "path must be an existing folder of images.")
+    return read_image_folder(folder, image_size, "folder")
+
+
+CATS_KAGGLE = "spandan2/cats-faces-64x64-for-generative-models"
+
+
+def load_cats(image_size: int, root: str | Path = "data", path: str | None = None,
+              **_) -> ImageData:
+    """64x64 cat faces: every image under the folder, unlabelled."""
+    if path is not None:
+        candidates = [Path(path)]
+        looked_at: list[Path | str] = candidates
+    else:
+        candidates = [Path(root) / "cats", *_search_dirs(KAGGLE_INPUT, "cats*")]
+        looked_at = [Path(root) / "cats", KAGGLE_INPUT / "**" / "cats*"]
+    folder = next((c for c in candidates if c.is_dir() and _has_images(c)), None)
+    if folder is None:
+        raise _missing("cats", looked_at, (
+            f"Get the Kaggle dataset {CATS_KAGGLE} (on Kaggle: Add Input; elsewhere: "
+            f"`kaggle datasets download -d {CATS_KAGGLE}` and unzip) into "
+            f"{Path(root) / 'cats'}, or pass its folder as path=..."))
+    return read_images(list(_iter_images(folder)), image_size, "cats", folder)
+
+
+ARTBENCH_STYLES = ["art_nouveau", "baroque", "expressionism", "impressionism",
+                   "post_impressionism", "realism", "renaissance", "romanticism",
+                   "surrealism", "ukiyo_e"]
+ARTBENCH_URL = "https://github.com/liaopeiyuan/artbench"
+ARTBENCH_KAGGLE = "alexanderliao/artbench10"
+
+
+def _find_style_root(top: Path, max_depth: int = 3) -> Path | None:
+    """The folder whose subfolders are ArtBench styles, searching `top` breadth first.
+
+    The 256px archive nests them as <top>/train/<style>/ (and test/); train is tried first.
+    """
+    level = [top]
+    for _ in range(max_depth + 1):
+        below = []
+        for d in level:
+            subdirs = _subdirs(d)
+            if any(s.name.lower() in ARTBENCH_STYLES for s in subdirs):
+                return d
+            below += sorted(subdirs, key=lambda s: s.name.lower() != "train")
+        level = below
+    return None
+
+
+def load_artbench(image_size: int, root: str | Path = "data", path: str | None = None,
+                  **_) -> ImageData:
+    """ArtBench-10 256x256 ImageFolder layout (<style>/*.jpg), resized; the training split."""
+    if path is not None:
+        candidates = [Path(path)]
+        looked_at: list[Path | str] = candidates
+    else:
+        candidates = [Path(root) / "artbench", *_search_dirs(KAGGLE_INPUT, "*artbench*")]
+        looked_at = [Path(root) / "artbench", KAGGLE_INPUT / "**" / "*artbench*"]
+    style_root = next((r for c in candidates if (r := _find_style_root(c)) is not None), None)
+    if style_root is None:
+        raise _missing("artbench", looked_at, (
+            "Expected style folders (" + ", ".join(ARTBENCH_STYLES) + ") holding JPEGs, "
+            f"possibly under train/. Get the '256x256 a-la-ImageFolder' archive listed at "
+            f"{ARTBENCH_URL} or the Kaggle dataset {ARTBENCH_KAGGLE}, "
+            f"and extract it into {Path(root) / 'artbench'} or pass its folder as path=..."))
+    # labels index the fixed style list, so they agree with artbench32 even if a style is absent
+    dirs = {d.name.lower(): d for d in _subdirs(style_root)}
+    groups = [list(_iter_images(dirs[s])) if s in dirs else [] for s in ARTBENCH_STYLES]
+    files, labels = _interleave(groups)
+    return read_images(files, image_size, "artbench", style_root, labels, list(ARTBENCH_STYLES))
+
+
+ARTBENCH32_FOLDER = "artbench-10-batches-py"
+ARTBENCH32_ARCHIVE = "artbench-10-python.tar.gz"
+
+
+def _unpickle(file: Path) -> dict:
+    """A CIFAR-style batch; keys come back as bytes (b'data') from Python 2 pickles."""
+    try:
+        with open(file, "rb") as f:
+            blob = pickle.load(f, encoding="bytes")
+    except (OSError, EOFError, pickle.UnpicklingError) as e:
+        raise DatasetError(f"artbench32: cannot read {file} ({e}); re-extract "
+                           f"{ARTBENCH32_ARCHIVE}") from e
+    return {k.decode() if isinstance(k, bytes) else k: v for k, v in blob.items()}
+
+
+def load_artbench32(image_size: int, root: str | Path = "data", path: str | None = None,
+                    **_) -> ImageData:
+    """ArtBench-10 32x32 python batches (data_batch_1..5; test_batch is left out)."""
+    if path is not None:
+        candidates = [Path(path), Path(path) / ARTBENCH32_FOLDER]
+    else:
+        candidates = [Path(root) / ARTBENCH32_FOLDER,
+                      *_search_dirs(KAGGLE_INPUT, ARTBENCH32_FOLDER)]
+    folder = next((c for c in candidates if (c / "data_batch_1").is_file()), None)
+    if folder is None:
+        archive = Path(root) / ARTBENCH32_ARCHIVE
+        extract = (f"The archive is at {archive}: extract it with "
+                   f"`tar -xzf {archive} -C {root}`." if archive.is_file() else
+                   f"Download {ARTBENCH32_ARCHIVE} (32x32 CIFAR-python) from {ARTBENCH_URL} "
+                   f"and extract it into {root}, or pass the {ARTBENCH32_FOLDER} folder "
+                   "as path=...")
+        looked_at = candidates if path is not None else [
+            candidates[0], KAGGLE_INPUT / "**" / ARTBENCH32_FOLDER]
+        raise _missing("artbench32", looked_at, "Expected data_batch_1..5 there. " + extract)
+    batches = sorted(folder.glob("data_batch_*"), key=lambda f: f.name.rsplit("_", 1)[-1].zfill(3))
+    images, labels = [], []
+    for file in batches:
+        batch = _unpickle(file)
+        data = np.asarray(batch["data"], dtype=np.uint8)
+        images.append(data.reshape(-1, 3, 32, 32))  # rows are 1024 R, 1024 G, 1024 B values
+        labels.append(np.asarray(batch["labels"], dtype=np.int64))
+    class_names = list(ARTBENCH_STYLES)
+    if (folder / "meta").is_file():
+        meta = _unpickle(folder / "meta")
+        names = meta.get("styles", meta.get("label_names"))
+        if names is not None:
+            class_names = [n.decode() if isinstance(n, bytes) else str(n) for n in names]
+    label_tensor = torch.from_numpy(np.concatenate(labels))
+    if label_tensor.min() < 0 or label_tensor.max() >= len(class_names):
+        raise DatasetError(f"artbench32: labels in {folder} fall outside the "
+                           f"{len(class_names)} classes {class_names}")
+    images_tensor = resize_images(torch.from_numpy(np.concatenate(images)), image_size)
+    return ImageData(images_tensor, label_tensor, class_names, "artbench32")
+
+
+MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte")
+_IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def read_idx(file: Path) -> np.ndarray:
+    """An IDX file (gzipped or not): zero, zero, dtype code, ndim, big-endian int32 dims, data."""
+    raw = file.read_bytes()
+    if raw[:2] == b"\x1f\x8b":  # gzip magic, whatever the file is called
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError) as e:
+            raise DatasetError(f"{file}: broken gzip data ({e}); download it again") from e
+    if len(raw) < 4 or raw[:2] != b"\0\0" or raw[2] not in _IDX_DTYPES:
+        raise DatasetError(f"{file} is not an IDX file (bad header {raw[:4]!r})")
+    ndim, dtype = raw[3], np.dtype(_IDX_DTYPES[raw[2]])
+    offset = 4 + 4 * ndim
+    shape = struct.unpack(f">{ndim}I", raw[4:offset]) if len(raw) >= offset else ()
+    if len(shape) != ndim or len(raw) - offset != math.prod(shape) * dtype.itemsize:
+        raise DatasetError(f"{file}: {len(raw)} bytes do not match the IDX header "
+                           f"(shape {shape}); the file is truncated, download it again")
+    return np.frombuffer(raw, dtype, offset=offset).reshape(shape)
+
+
+def _idx_file(folder: Path, stem: str) -> Path | None:
+    """torchvision's name, gzipped or not, or the dotted name some mirrors use."""
+    dotted = stem.replace("-idx", ".idx")
+    for name in (stem, stem + ".gz", dotted, dotted + ".gz"):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def _find_mnist(candidates: list[Path]) -> Path | None:
+    return next((c for c in candidates if all(_idx_file(c, s) for s in MNIST_FILES)), None)
+
+
+def load_mnist(image_size: int, root: str | Path = "data", path: str | None = None,
+               download: bool = False, **_) -> ImageData:
+    """MNIST's 60,000 training digits (the 10,000 test digits are left out), resized."""
+    base = Path(path) if path is not None else Path(root)
+    candidates = [base, base / "raw", base / "MNIST" / "raw"] if path is not None else [
+        base / "MNIST" / "raw"]
+    if path is None:
+        candidates += [d / sub for d in _search_dirs(KAGGLE_INPUT, "*mnist*")
+                       for sub in ("", "raw", "MNIST/raw")]
+    folder = _find_mnist(candidates)
+    if folder is None and download:
+        from torchvision.datasets import MNIST  # heavy import, only needed to fetch
+
+        try:
+            MNIST(str(base), train=True, download=True)  # writes base/MNIST/raw/
+        except (OSError, RuntimeError) as e:
+            raise DatasetError(f"mnist: downloading into {base / 'MNIST' / 'raw'} failed ({e}); "
+                               "copy the raw IDX files there by hand") from e
+        folder = _find_mnist([base / "MNIST" / "raw"])
+    if folder is None:
+        looked_at = (candidates[:3] if path is not None
+                     else [candidates[0], KAGGLE_INPUT / "**" / "*mnist*"])
+        raise _missing("mnist", looked_at, (
+            f"Expected {' and '.join(MNIST_FILES)} (.gz or not). Fetch them with "
+            "load_dataset('mnist', ..., download=True) (data.download=true in a config; uses "
+            f"torchvision.datasets.MNIST), or copy the raw files into {base / 'MNIST' / 'raw'}."))
+    images = read_idx(_idx_file(folder, MNIST_FILES[0]))  # (N, 28, 28)
+    labels = read_idx(_idx_file(folder, MNIST_FILES[1]))  # (N,)
+    if images.ndim != 3 or images.dtype != np.uint8 or len(labels) != len(images):
+        raise DatasetError(f"mnist: {folder} holds images {images.shape} {images.dtype} and "
+                           f"{len(labels)} labels; expected uint8 (N, 28, 28) and N labels")
+    # copy: np.frombuffer arrays are read-only
+    pixels = torch.from_numpy(images.copy()).unsqueeze(1)  # (N, 1, 28, 28)
+    return ImageData(resize_images(pixels, image_size), torch.from_numpy(labels.astype(np.int64)),
+                     [str(d) for d in range(10)], "mnist")
+
+
+# ---------------------------------------------------------------------------
 # Entry point
 
 LOADERS = {
     "digits": lambda image_size, **_: load_digits(image_size),
     "shapes": lambda image_size, seed=0, **_: make_shapes(image_size, seed=seed),
+    "mnist": load_mnist,
+    "cats": load_cats,
+    "artbench32": load_artbench32,
+    "artbench": load_artbench,
+    "folder": load_folder,
 }
 EMBEDDED = {"digits", "shapes"}
 
@@ -214,7 +573,8 @@ def load_dataset(
     if image_size < 4:
         raise DatasetError(f"image_size must be at least 4, got {image_size}")
     root = Path(root)
-    key = {"dataset": dataset, "image_size": image_size, "seed": seed,
+    # no seed in the key: no cached loader depends on it, and a new seed must not re-decode
+    key = {"dataset": dataset, "image_size": image_size,
            "path": str(Path(path).resolve()) if path else None}
     cache_path = _cache_file(root, dataset, key)
     data = None

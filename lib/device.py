@@ -105,6 +105,8 @@ class Engine:
         net = net.to(self.device)
         if self.channels_last:
             net = net.to(memory_format=torch.channels_last)
+        if self.compile:
+            net = torch.compile(net)
         return net
 
     def batch(self, images: torch.Tensor) -> torch.Tensor:

@@ -240,7 +240,7 @@ def make_ema(parts: Parts, decay: float) -> None:
     if decay > 0:
         for name, net in parts.nets.items():
             if name != "discriminator":  # only what we sample with
-                parts.ema[name] = copy.deepcopy(net).requires_grad_(False)
+                parts.ema[name] = copy.deepcopy(_unwrap(net)).requires_grad_(False)
 
 
 @torch.no_grad()
