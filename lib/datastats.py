@@ -118,5 +118,5 @@ def mean_images(data: ImageData) -> Image.Image:
                              for k in range(data.num_classes)])  # (K, C, H, W)
         means = means.nan_to_num(0.0)  # a class absent from a limited subset stays black
     grid = viz.make_grid(means.round().to(torch.uint8), nrow=len(means))
-    return viz.with_caption(viz.to_pil(grid), "mean image per class: " +
-                            " | ".join(class_names(data)), min_width=96 * len(means))
+    return viz.with_caption(viz.to_pil(grid), "mean image per class, in class order",
+                            min_width=max(256, 48 * len(means)))

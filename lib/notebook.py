@@ -20,6 +20,7 @@ from PIL import Image
 
 import lib
 from lib import viz
+from lib.checkpoint import load_checkpoint, load_models
 from lib.config import Config, ConfigError, load_config
 from lib.tracking import read_history
 
@@ -158,8 +159,9 @@ def snapshot_strip(run_dir: str | Path, count: int = 6,
     frames = viz.snapshot_frames(Path(run_dir) / "samples", prefix)
     if not frames:
         return None
-    picks = sorted({frames[round(i * (len(frames) - 1) / max(1, count - 1))]
-                    for i in range(min(count, len(frames)))}, key=viz.step_of)
+    k = min(count, len(frames))
+    picks = sorted({frames[round(i * (len(frames) - 1) / max(1, k - 1))] for i in range(k)},
+                   key=viz.step_of)
     tiles = [viz.with_caption(Image.open(f), f"step {viz.step_of(f)}", min_width=160)
              for f in picks]
     strip = Image.new("RGB", (sum(t.width for t in tiles) + 4 * (len(tiles) - 1),
@@ -199,6 +201,14 @@ def history_figure(run_dir: str | Path, keys: list[str] | None = None):
 
 def _is_number(v) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def trained_model(run_dir: str | Path) -> tuple[torch.nn.Module, list[str] | None]:
+    """The network a run samples with (EMA weights when kept) and the class names, eval mode."""
+    path = Path(run_dir) / "checkpoints" / "last.pt"
+    nets = load_models(path)
+    net = nets["generator"] if "generator" in nets else next(iter(nets.values()))
+    return net, load_checkpoint(path).get("class_names")
 
 
 # ---------------------------------------------------------------------------

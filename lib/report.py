@@ -256,37 +256,35 @@ def run_curves_figure(run: RunInfo) -> Figure | None:
 
 
 def quality_compute_figure(runs: list[RunInfo]) -> Figure:
-    """FID against training seconds, one line per run, coloured by family.
+    """FID against training wall time, one line per run (its evaluations), coloured by family.
 
-    Runs without FID appear as a marker at their final wall time on a
-    "no score" strip so that their cost is still visible.
+    Runs without FID are named under the plot, so a missing score is never a missing run.
     """
     fig = Figure(figsize=(7, 4), layout="constrained")
     ax = fig.add_subplot()
     unscored = []
     for run in runs:
-        color = FAMILY_COLORS.get(run.family, "tab:gray")
         secs, fids = _numbers(run.history, "fid", x="train_seconds")
         if not fids and isinstance(run.metrics.get("fid"), int | float) and run.train_seconds:
             secs, fids = [run.train_seconds], [run.metrics["fid"]]
         if fids:
-            ax.plot(secs, fids, marker="o", color=color, label=f"{run.family}: {run.name}")
-        elif run.train_seconds:
-            unscored.append((run, color))
+            ax.plot(secs, fids, marker="o", color=FAMILY_COLORS.get(run.family, "tab:gray"),
+                    label=f"{run.family}: {run.name}")
+        else:
+            unscored.append(run.name)
     features = sorted({str(r.metrics["features"]) for r in runs if "features" in r.metrics})
     ax.set_xlabel("training wall time (s)")
     ax.set_ylabel(f"FID ({', '.join(features)} features)" if features else "FID")
     ax.set_title("quality versus compute (lower is better)")
     ax.grid(alpha=0.3)
-    if unscored:
-        ax2 = ax.twinx()
-        for run, color in unscored:
-            ax2.scatter([run.train_seconds], [0], marker="x", color=color,
-                        label=f"{run.family}: {run.name} (no FID)")
-        ax2.set_yticks([])
-        ax2.legend(loc="lower right", fontsize=8)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no run recorded FID", ha="center", va="center",
+                transform=ax.transAxes, color="gray")
+    if unscored:
+        fig.text(0.01, 0.005, "without FID: " + ", ".join(unscored), fontsize=8, color="gray",
+                 va="bottom")
     return fig
 
 

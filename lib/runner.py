@@ -22,6 +22,8 @@ from lib.notebook import project_root
 NOTEBOOKS = ("01_data_exploration", "02_dcgan", "03_cvae", "04_ddpm", "05_report")
 PRESETS = {"demo": "configs/notebooks_demo.json", "gpu": "configs/notebooks_gpu.json"}
 ALL = "*"  # preset key whose parameters go to every notebook that declares them
+# the kernel's start-up warnings (e.g. about TCP transport) would drown the progress lines
+QUIET_KERNEL = ["--IPKernelApp.log_level=ERROR"]
 
 
 class RunnerError(ValueError):
@@ -153,7 +155,7 @@ def run_notebooks(only: list[str] | None = None, preset: str | Path | None = "de
         try:
             papermill.execute_notebook(str(folder / f"{name}.ipynb"), str(output),
                                        parameters=params[name], progress_bar=False,
-                                       cwd=str(folder.parent))
+                                       cwd=str(folder.parent), extra_arguments=QUIET_KERNEL)
         except PapermillExecutionError as e:
             first_line = next((s for s in e.source.splitlines() if s.strip()), "")
             cell = f"cell {e.exec_count} ({first_line.strip()[:60]!r})"
