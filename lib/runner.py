@@ -104,23 +104,26 @@ def declared_parameters(path: Path) -> dict:
 
 
 def plan(names: list[str], layers: list[dict[str, dict]], folder: Path) -> dict[str, dict]:
-    """Each notebook's parameters: later layers win; '*' entries only where declared."""
-    declared = {name: declared_parameters(folder / f"{name}.ipynb") for name in names}
+    """Each selected notebook's parameters; later layers win, '*' entries go where declared.
+
+    A name must be declared by some notebook of the suite (selected or not), so that a
+    typo is an error while a preset's shared entries still fit a partial run.
+    """
+    declared = {name: declared_parameters(folder / f"{name}.ipynb") for name in NOTEBOOKS}
+    known = sorted({p for d in declared.values() for p in d})
     params: dict[str, dict] = {name: {} for name in names}
     for layer in layers:
         for key, values in layer.items():
             for param, value in values.items():
-                targets = names if key == ALL else [key] if key in names else []
-                takers = [n for n in targets if param in declared[n]]
-                if key != ALL and key in names and not takers:
+                if key == ALL and param not in known:
+                    raise RunnerError(f"no notebook has a parameter {param!r}; "
+                                      f"known: {', '.join(known)}")
+                if key != ALL and param not in declared[key]:
                     raise RunnerError(f"notebook {key} has no parameter {param!r}; its "
                                       f"parameters: {', '.join(declared[key])}")
-                if key == ALL and not takers:
-                    known = sorted({p for d in declared.values() for p in d})
-                    raise RunnerError(f"no selected notebook has a parameter {param!r}; "
-                                      f"known: {', '.join(known)}")
-                for name in takers:
-                    params[name][param] = value
+                for name in names if key == ALL else [key] if key in names else []:
+                    if param in declared[name]:
+                        params[name][param] = value
     return params
 
 
