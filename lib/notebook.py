@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from lib.config import Config, ConfigError, load_config
 from lib.tracking import read_history
 
 KAGGLE_WORKING = Path("/kaggle/working")
+HEADLESS_ENV = "GENLAB_HEADLESS"  # set by the runner for the kernels it starts
 
 # notebook parameter name -> dotted config field it sets
 PARAMETER_FIELDS = {
@@ -56,6 +58,21 @@ PARAMETER_FIELDS = {
 
 def on_kaggle() -> bool:
     return KAGGLE_WORKING.is_dir()
+
+
+def interactive() -> bool:
+    """True in a live notebook session (Jupyter, Kaggle's editor), where sliders can move.
+
+    False under the suite's runner, Kaggle's "Save & Run All" and plain Python: there the
+    notebooks draw static grids, which the executed copy keeps.
+    """
+    if os.environ.get(HEADLESS_ENV) or os.environ.get("KAGGLE_KERNEL_RUN_TYPE") == "Batch":
+        return False
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    return hasattr(get_ipython(), "kernel")
 
 
 def project_root() -> Path | None:

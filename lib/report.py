@@ -301,7 +301,7 @@ def _img_tag(obj, alt: str, width: int | None = None) -> str:
 
 CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
 table{border-collapse:collapse;font-size:13px}th,td{border:1px solid #ccc;padding:4px 8px;
-text-align:right}th{background:#f2f2f2}td:first-child,th:first-child{text-align:left}
+text-align:right}th{background:#f2f2f2}td:nth-child(-n+3),th:nth-child(-n+3){text-align:left}
 .media{display:flex;flex-wrap:wrap;gap:12px;align-items:flex-start}
 figure{margin:0}figcaption{font-size:12px;color:#555}img{image-rendering:pixelated}"""
 

@@ -11,13 +11,15 @@ copy is kept for reading.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from lib.notebook import project_root
+from lib.notebook import HEADLESS_ENV, project_root
 
 NOTEBOOKS = ("01_data_exploration", "02_dcgan", "03_cvae", "04_ddpm", "05_report")
 PRESETS = {"demo": "configs/notebooks_demo.json", "gpu": "configs/notebooks_gpu.json"}
@@ -135,9 +137,6 @@ def run_notebooks(only: list[str] | None = None, preset: str | Path | None = "de
     `out_root` reaches every notebook with an `out_root` parameter, so the run folders,
     the report and the executed copies all land under it.
     """
-    import papermill
-    from papermill.exceptions import PapermillExecutionError
-
     for name in only or []:
         if name not in NOTEBOOKS:
             raise RunnerError(f"unknown notebook {name!r}; valid: {', '.join(NOTEBOOKS)}")
@@ -150,22 +149,44 @@ def run_notebooks(only: list[str] | None = None, preset: str | Path | None = "de
               parse_overrides(overrides or [])]
     params = plan(names, layers, folder)
 
-    results = []
-    for i, name in enumerate(names, 1):
-        output = executed / f"{name}.ipynb"
-        echo(f"[{i}/{len(names)}] {name} ...")
-        t0 = time.monotonic()
-        try:
-            papermill.execute_notebook(str(folder / f"{name}.ipynb"), str(output),
-                                       parameters=params[name], progress_bar=False,
-                                       cwd=str(folder.parent), extra_arguments=QUIET_KERNEL)
-        except PapermillExecutionError as e:
-            first_line = next((s for s in e.source.splitlines() if s.strip()), "")
-            cell = f"cell {e.exec_count} ({first_line.strip()[:60]!r})"
-            raise NotebookFailed(name, cell, f"{e.ename}: {e.evalue}", output) from None
-        except Exception as e:  # the kernel died or would not start
-            raise NotebookFailed(name, "the kernel", f"{type(e).__name__}: {e}", output) from e
-        seconds = time.monotonic() - t0
-        echo(f"[{i}/{len(names)}] {name} ok in {seconds:.1f} s -> {output}")
-        results.append(Result(name, output, seconds))
-    return results
+    with headless():
+        return [execute(name, f"[{i}/{len(names)}]", folder, executed, params[name], echo)
+                for i, name in enumerate(names, 1)]
+
+
+@contextlib.contextmanager
+def headless():
+    """Kernels started inside inherit HEADLESS_ENV: they draw static grids instead of sliders."""
+    previous = os.environ.get(HEADLESS_ENV)
+    os.environ[HEADLESS_ENV] = "1"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(HEADLESS_ENV, None)
+        else:
+            os.environ[HEADLESS_ENV] = previous
+
+
+def execute(name: str, tag: str, folder: Path, executed: Path, params: dict,
+            echo: Callable[[str], None]) -> Result:
+    """Run one notebook into executed/<name>.ipynb; NotebookFailed names the failing cell."""
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    output = executed / f"{name}.ipynb"
+    echo(f"{tag} {name} ...")
+    t0 = time.monotonic()
+    try:
+        papermill.execute_notebook(str(folder / f"{name}.ipynb"), str(output), parameters=params,
+                                   progress_bar=False, cwd=str(folder.parent),
+                                   extra_arguments=QUIET_KERNEL)
+    except PapermillExecutionError as e:
+        first_line = next((s for s in e.source.splitlines() if s.strip()), "")
+        cell = f"cell {e.exec_count} ({first_line.strip()[:60]!r})"
+        raise NotebookFailed(name, cell, f"{e.ename}: {e.evalue}", output) from None
+    except Exception as e:  # the kernel died or would not start
+        raise NotebookFailed(name, "the kernel", f"{type(e).__name__}: {e}", output) from e
+    seconds = time.monotonic() - t0
+    echo(f"{tag} {name} ok in {seconds:.1f} s -> {output}")
+    return Result(name, output, seconds)

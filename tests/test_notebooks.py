@@ -14,7 +14,14 @@ import torch
 from lib import datastats, report
 from lib import notebook as nb
 from lib.data import ImageData
-from lib.runner import NOTEBOOKS, RunnerError, parse_overrides, plan, run_notebooks
+from lib.runner import (
+    NOTEBOOKS,
+    RunnerError,
+    declared_parameters,
+    parse_overrides,
+    plan,
+    run_notebooks,
+)
 
 NOTEBOOK_DIR = Path("notebooks")
 RUN_FILES = ["config.json", "history.jsonl", "summary.json", "checkpoints/last.pt",
@@ -44,9 +51,13 @@ def test_notebook_is_committed_clean_with_a_literal_parameters_cell(name):
     code = [c for c in book.cells if c.cell_type == "code"]
     assert "parameters" in code[0].metadata.get("tags", []), "first code cell must be parameters"
     assert book.metadata.kernelspec.get("language") == "python"  # papermill needs it
+    names = []
     for stmt in ast.parse(code[0].source).body:
         assert isinstance(stmt, ast.AnnAssign), ast.unparse(stmt)  # annotated, for --help
         ast.literal_eval(stmt.value)  # literals only: derived values go in the next cell
+        names.append(stmt.target.id)
+    # papermill's parser skips lines it cannot read (e.g. a comment containing "=")
+    assert list(declared_parameters(NOTEBOOK_DIR / f"{name}.ipynb")) == names
     for cell in code:
         assert not cell.outputs and cell.execution_count is None, "commit without outputs"
 
