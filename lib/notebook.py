@@ -49,6 +49,8 @@ PARAMETER_FIELDS = {
     "precision": "trainer.precision",
     "seed": "trainer.seed",
     "wandb_mode": "wandb.mode",
+    "kl_weight": "model.args.kl_weight",  # CVAE
+    "sample_steps": "model.args.sample_steps",  # DDPM: sampler steps for snapshots and scores
 }
 
 

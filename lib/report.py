@@ -43,6 +43,7 @@ class RunInfo:
     train_seconds: float | None
     images_seen: int | None
     metrics: dict = field(default_factory=dict)  # metrics.json, else the last logged scores
+    sample_seconds_per_image: float | None = None  # as recorded by training, if it did
     history: list[dict] = field(default_factory=list)
 
     @property
@@ -102,7 +103,9 @@ def load_run(run_dir: str | Path) -> RunInfo:
         finished=summary.get("finished"),
         train_seconds=summary.get("train_seconds", last.get("train_seconds")),
         images_seen=summary.get("images_seen", last.get("images_seen")),
-        metrics=metrics, history=history)
+        metrics=metrics, history=history,
+        sample_seconds_per_image=metrics.get("sample_seconds_per_image",
+                                             summary.get("sample_seconds_per_image")))
 
 
 def load_runs(out_root: str | Path) -> list[RunInfo]:
@@ -114,13 +117,12 @@ def load_runs(out_root: str | Path) -> list[RunInfo]:
 
 
 def sampling_seconds_per_image(run: RunInfo, n: int = 8) -> float | None:
-    """Wall time per generated image on this machine's default device, cached per step.
+    """Wall time per generated image, as the run recorded it or measured here (cached per step).
 
-    metrics.json's `sample_seconds_per_image` wins when the evaluation recorded it.
-    None when the run cannot be rebuilt here (no checkpoint, data not on this machine).
+    None when the run recorded none and cannot be rebuilt here (no checkpoint, data absent).
     """
-    if "sample_seconds_per_image" in run.metrics:
-        return run.metrics["sample_seconds_per_image"]
+    if run.sample_seconds_per_image is not None:
+        return run.sample_seconds_per_image
     cache = run.run_dir / "sampling.json"
     cached = read_json(cache)
     if cached.get("step") == run.step and cached.get("n") == n:
@@ -197,7 +199,7 @@ def table_rows(runs: list[RunInfo], sampling: dict[str, float | None] | None = N
     rows = []
     for run in runs:
         m = run.metrics
-        per_image = sampling.get(run.name)
+        per_image = sampling.get(run.name, run.sample_seconds_per_image)
         steps = f"{fmt(run.step)}/{fmt(run.total_steps)}" if run.total_steps else fmt(run.step)
         rows.append({
             "run": run.name, "family": run.family, "dataset": run.dataset,
@@ -315,8 +317,9 @@ def export_html(runs: list[RunInfo], path: str | Path,
     parts = [f"<h1>Run report</h1><p>{len(runs)} run(s), generated "
              f"{time.strftime('%Y-%m-%d %H:%M')}. FID/KID/diversity are computed from the "
              f"feature network named in <em>features</em>; numbers from different feature "
-             f"networks or sample counts are not comparable. Sampling time is measured on the "
-             f"machine that made this report.</p>", html_table(rows)]
+             f"networks or sample counts are not comparable. Sampling time is the run's own "
+             f"record where it kept one, else measured on the machine that made this report."
+             f"</p>", html_table(rows)]
     quality = quality_compute_figure(runs)
     quality.savefig(path.parent / "quality_vs_compute.png", dpi=100)
     parts.append("<h2>Quality versus compute</h2>" + _img_tag(quality, "quality vs compute"))

@@ -32,7 +32,8 @@ def smoke_params(tmp_path) -> list[str]:
     """Overrides that make every notebook run in seconds: tiny images, a few steps."""
     return [f"data_root={tmp_path / 'data'}", "image_size=16", "epochs=1",
             "iterations_per_epoch=4", "log_every_step=2", "batch_size=16",
-            "wandb_mode=disabled", "05_report.sampling_images=2"]
+            "wandb_mode=disabled", "04_ddpm.sample_steps=2", "04_ddpm.explore_steps=2",
+            "05_report.sampling_images=2"]
 
 
 def error_outputs(path: Path) -> list[str]:
