@@ -3,11 +3,14 @@
   python -m lib train CONFIG [--set k=v ...] [--out DIR] [--resume RUN_DIR]
   python -m lib notebooks [--preset demo|gpu|FILE] [--only NAME ...] [-p key=value ...]
   python -m lib demo      (the whole notebook suite on embedded data, then the report's path)
+
+On several GPUs (or CPU processes): `torchrun --nproc_per_node=N -m lib train CONFIG`.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -38,7 +41,8 @@ def cmd_train(args: argparse.Namespace) -> None:
             raise ConfigError("train needs a CONFIG file (or --resume RUN_DIR)")
         cfg = load_config(args.config, args.set)
         out = train(cfg, out_root=args.out)
-    print(out)
+    if int(os.environ.get("RANK", 0)) == 0:  # under torchrun: one line, from rank 0
+        print(out)
 
 
 def _echo(line: str) -> None:

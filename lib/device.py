@@ -4,6 +4,10 @@ Model code stays plain PyTorch; this module picks the device, the autocast
 dtype (bf16 where the hardware gains from it, fp16 + a grad scaler on GPUs
 without bf16, fp32 on CPUs, where bf16 without AMX is slower), memory format
 and compilation, and wraps models for DistributedDataParallel under torchrun.
+
+Under `torchrun` (RANK / WORLD_SIZE / LOCAL_RANK in the environment) each process
+joins one process group - NCCL when it trains on a GPU, gloo on CPUs - and the
+Engine carries the few collective operations the training loop needs.
 """
 
 from __future__ import annotations
@@ -15,7 +19,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from lib.config import TrainerConfig
 from lib.data import to_float
@@ -46,10 +52,11 @@ def check_cuda_arch(device: torch.device) -> None:
 
 
 def pick_device(name: str) -> torch.device:
+    """"auto" and a bare "cuda" mean this process's GPU: cuda:LOCAL_RANK under torchrun."""
+    if name in ("auto", "cuda") and torch.cuda.is_available():
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
     if name == "auto":
-        if torch.cuda.is_available():
-            local_rank = int(os.environ.get("LOCAL_RANK", 0))
-            return torch.device("cuda", local_rank % torch.cuda.device_count())
         return torch.device("cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -85,11 +92,17 @@ class Engine:
     compile: bool = False
     rank: int = 0
     world_size: int = 1
+    sync_batchnorm: bool = False
+    owns_process_group: bool = False  # setup_engine started it, close() ends it
     scalers: dict[str, torch.amp.GradScaler] = field(default_factory=dict)
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
 
     @property
     def precision(self) -> str:
@@ -108,6 +121,25 @@ class Engine:
         if self.compile:
             net = torch.compile(net)
         return net
+
+    def wrap(self, net: nn.Module) -> nn.Module:
+        """Under torchrun: SyncBatchNorm where asked, then DistributedDataParallel.
+
+        DDP broadcasts rank 0's weights at construction and averages gradients over
+        the ranks in backward. A net with nothing to train, or a single process, is
+        returned as is.
+        """
+        if not self.distributed or not any(p.requires_grad for p in net.parameters()):
+            return net
+        if self.sync_batchnorm:
+            if self.device.type != "cuda":
+                raise DeviceError(
+                    "trainer.sync_batchnorm=true needs GPUs: PyTorch's SyncBatchNorm has no "
+                    "CPU kernel; set trainer.sync_batchnorm=false for CPU (gloo) runs")
+            # the converted layers keep the same Parameter objects: optimizers stay valid
+            net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(net, device_ids=device_ids)
 
     def batch(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (B, C, H, W) on the device -> [-1, 1] floats in the training layout."""
@@ -130,10 +162,75 @@ class Engine:
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
 
+    # Collectives: each is a no-op in a single process, and under DDP every rank must
+    # call it at the same point of the loop.
+
+    def agree(self, flag: bool) -> bool:
+        """Rank 0's decision for everyone (e.g. stop for the time budget at the same step)."""
+        if not self.distributed:
+            return flag
+        t = torch.tensor([int(flag)], device=self.device)
+        dist.broadcast(t, src=0)
+        return bool(t.item())
+
+    def broadcast_object(self, obj):
+        """Rank 0's picklable value on every rank (e.g. the run folder's name)."""
+        if not self.distributed:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def gather_object(self, obj) -> list:
+        """Every rank's picklable value, in rank order, on every rank."""
+        if not self.distributed:
+            return [obj]
+        out = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def mean_over_ranks(self, values: dict[str, float]) -> dict[str, float]:
+        """Logged numbers averaged over the ranks, so history describes the global batch."""
+        if not self.distributed or not values:
+            return values
+        t = torch.tensor([float(v) for v in values.values()], device=self.device)
+        dist.all_reduce(t)  # SUM: gloo has no AVG
+        return dict(zip(values, (t / self.world_size).tolist(), strict=True))
+
+    @contextlib.contextmanager
+    def main_first(self):
+        """Rank 0 runs the block first (e.g. writes a dataset cache), then the others."""
+        if self.distributed and not self.is_main:
+            dist.barrier()
+        yield
+        if self.distributed and self.is_main:
+            dist.barrier()
+
+    def close(self) -> None:
+        if self.owns_process_group and dist.is_initialized():
+            dist.destroy_process_group()
+        self.owns_process_group = False
+
+
+def init_distributed(device: torch.device) -> tuple[int, int, bool]:
+    """(rank, world_size, started) from torchrun's environment; joins the process group."""
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    if world_size == 1:
+        return 0, 1, False
+    started = not dist.is_initialized()
+    if started:
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+            dist.init_process_group("nccl", device_id=device)
+        else:
+            dist.init_process_group("gloo")
+    return dist.get_rank(), dist.get_world_size(), started
+
 
 def setup_engine(cfg: TrainerConfig) -> Engine:
     device = pick_device(cfg.device)
     check_cuda_arch(device)
+    rank, world_size, started = init_distributed(device)
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = False
@@ -143,7 +240,9 @@ def setup_engine(cfg: TrainerConfig) -> Engine:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     return Engine(device=device, amp_dtype=pick_amp_dtype(cfg.precision, device),
-                  channels_last=cfg.channels_last, compile=cfg.compile)
+                  channels_last=cfg.channels_last, compile=cfg.compile, rank=rank,
+                  world_size=world_size, sync_batchnorm=cfg.sync_batchnorm,
+                  owns_process_group=started)
 
 
 def make_optimizer(params, lr: float, betas, weight_decay: float,

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from lib import viz
@@ -50,8 +51,9 @@ class Parts:
     class_names: list[str] | None = None
 
     def net(self, name: str) -> nn.Module:
-        """The weights to sample with: the EMA copy when there is one."""
-        return self.ema.get(name, self.nets[name])
+        """The weights to sample with: the EMA copy when there is one, never a DDP wrapper
+        (its forward is a collective, and rank 0 samples alone)."""
+        return self.ema[name] if name in self.ema else _local(self.nets[name])
 
 
 @dataclass(frozen=True)
@@ -145,10 +147,11 @@ def dcgan_step(parts: Parts, x: torch.Tensor, y, step: int, engine: Engine,
                   + F.binary_cross_entropy_with_logits(out_fake.float(), zeros))
     engine.backward_step("discriminator", loss_d, parts.optimizers["discriminator"], clip)
 
-    # D's weight gradients are not needed for G's update: freezing them saves ~13%
+    # D's weight gradients are not needed for G's update: freezing them saves ~13%.
+    # Under DDP, D runs without its wrapper here: the wrapper would wait for D gradients.
     D.requires_grad_(False)
     with engine.autocast():
-        out_g = D(fake)
+        out_g = _local(D)(fake)
         loss_g = F.binary_cross_entropy_with_logits(out_g.float(), ones)
     engine.backward_step("generator", loss_g, parts.optimizers["generator"], clip)
     D.requires_grad_(True)
@@ -246,7 +249,7 @@ def make_ema(parts: Parts, decay: float) -> None:
 @torch.no_grad()
 def update_ema(parts: Parts, decay: float) -> None:
     for name, ema in parts.ema.items():
-        net = parts.nets[name]
+        net = _unwrap(parts.nets[name])
         ema_params = list(ema.parameters())
         torch._foreach_lerp_(ema_params, [p.detach() for p in net.parameters()], 1 - decay)
         for b_ema, b in zip(ema.buffers(), net.buffers(), strict=True):
@@ -284,9 +287,16 @@ def _as_tuple(x):
     return tuple(_as_tuple(v) for v in x) if isinstance(x, list | tuple) else x
 
 
+def _local(net: nn.Module) -> nn.Module:
+    """The net without its DDP wrapper (still compiled if it was): a forward that involves
+    no other rank and expects no gradient all-reduce."""
+    return net.module if isinstance(net, DistributedDataParallel) else net
+
+
 def _unwrap(net: nn.Module) -> nn.Module:
-    net = getattr(net, "_orig_mod", net)  # torch.compile
-    return getattr(net, "module", net)  # DistributedDataParallel
+    """The plain module, without DDP and torch.compile wrappers: what state dicts hold."""
+    net = _local(net)
+    return getattr(net, "_orig_mod", net)  # torch.compile
 
 
 def make_checkpoint(cfg: Config, parts: Parts, sampler: BatchSampler, engine: Engine,
@@ -305,6 +315,8 @@ def make_checkpoint(cfg: Config, parts: Parts, sampler: BatchSampler, engine: En
         "schedulers": {k: v.state_dict() for k, v in parts.schedulers.items()},
         "scalers": {k: v.state_dict() for k, v in engine.scalers.items()},
         "rng": _rng_state(sampler),
+        # under DDP each rank draws its own batches: keep every rank's RNG (a collective)
+        "rank_rng": engine.gather_object(_rng_state(sampler)) if engine.distributed else [],
     }
 
 
@@ -320,7 +332,9 @@ def restore_checkpoint(ckpt: dict, parts: Parts, sampler: BatchSampler, engine: 
         engine.scalers[k] = torch.amp.GradScaler(engine.device.type,
                                                  enabled=engine.amp_dtype == torch.float16)
         engine.scalers[k].load_state_dict(state)
-    _set_rng_state(ckpt["rng"], sampler)
+    rank_rng = ckpt.get("rank_rng") or [ckpt["rng"]]
+    if engine.rank < len(rank_rng):  # other ranks of a resume on more GPUs keep fresh seeds
+        _set_rng_state(rank_rng[engine.rank], sampler)
 
 
 def prune_checkpoints(ckpt_dir: Path, keep: int) -> None:
@@ -350,16 +364,21 @@ def train(cfg: Config, out_root: str | Path = "outputs", run_dir: str | Path | N
     """Train `cfg`'s model; return its run folder. `resume` continues a run folder."""
     family = FAMILIES[cfg.family]
     engine = setup_engine(cfg.trainer)
-    seed_everything(cfg.trainer.seed)
-    data = load_dataset(**asdict(cfg.data))
+    seed_everything(cfg.trainer.seed)  # the same initial weights on every rank
+    with engine.main_first():  # rank 0 writes the dataset cache, the others read it
+        data = load_dataset(**asdict(cfg.data))
     parts = family.build(cfg, data, engine)
     parts.class_names = data.class_names
     make_ema(parts, cfg.trainer.ema_decay)
-    sampler = BatchSampler(data, cfg.trainer.batch_size, engine, cfg.trainer.seed)
+    parts.nets = {name: engine.wrap(net) for name, net in parts.nets.items()}
+    if engine.rank:  # each rank its own noise and batches; rank 0 as a single process
+        seed_everything(cfg.trainer.seed + engine.rank)
+    sampler = BatchSampler(data, cfg.trainer.batch_size, engine, cfg.trainer.seed + engine.rank)
 
     if resume is not None:
         run_dir = Path(resume)
     run_dir = Path(run_dir) if run_dir else Path(out_root) / (cfg.name or default_run_name(cfg))
+    run_dir = Path(engine.broadcast_object(str(run_dir)))  # rank 0's clock names the run
     ckpt_dir, samples_dir = run_dir / "checkpoints", run_dir / "samples"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     samples_dir.mkdir(exist_ok=True)
@@ -369,8 +388,9 @@ def train(cfg: Config, out_root: str | Path = "outputs", run_dir: str | Path | N
         ckpt = load_checkpoint(ckpt_dir / "last.pt", map_location=engine.device)
         restore_checkpoint(ckpt, parts, sampler, engine)
         start, counters = ckpt["step"], ckpt["counters"]
-        _forget_after(run_dir, start)
-    else:
+        if engine.is_main:
+            _forget_after(run_dir, start)
+    elif engine.is_main:
         cfg.save(run_dir / "config.json")
     tracker = Tracker(run_dir, cfg.wandb, run_dir.name, cfg.to_dict(), enabled=engine.is_main)
 
@@ -382,9 +402,12 @@ def train(cfg: Config, out_root: str | Path = "outputs", run_dir: str | Path | N
     window_start, window_images, save_cost = time.monotonic(), 0, 0.0
 
     def save(step: int, periodic: bool) -> None:
+        """Called by every rank (the checkpoint gathers their RNG states); rank 0 writes."""
         nonlocal save_cost
         t0 = time.monotonic()
         ckpt = make_checkpoint(cfg, parts, sampler, engine, step, counters)
+        if not engine.is_main:
+            return
         atomic_save(ckpt, ckpt_dir / "last.pt")
         if periodic:
             atomic_save(ckpt, ckpt_dir / f"step_{step:07d}.pt")
@@ -395,7 +418,7 @@ def train(cfg: Config, out_root: str | Path = "outputs", run_dir: str | Path | N
         for prefix, grid in family.snapshot(parts).items():
             viz.save_png(grid, samples_dir / f"{prefix}_{step:07d}.png")
 
-    if start == 0:
+    if start == 0 and engine.is_main:
         snapshot(0)
     bar = tqdm(total=total, initial=start, disable=not (progress and engine.is_main),
                desc=f"{cfg.family} {run_dir.name}", mininterval=10, dynamic_ncols=True)
@@ -412,7 +435,7 @@ def train(cfg: Config, out_root: str | Path = "outputs", run_dir: str | Path | N
 
         if step % t.log_every_step == 0 or step == total:
             now = time.monotonic()
-            record = {k: _scalar(v) for k, v in logs.items()}
+            record = engine.mean_over_ranks({k: _scalar(v) for k, v in logs.items()})
             if not all(math.isfinite(v) for v in record.values()):
                 bar.write(f"step {step}: non-finite loss {record}")
             counters["train_seconds"] += now - window_start
@@ -427,14 +450,13 @@ def train(cfg: Config, out_root: str | Path = "outputs", run_dir: str | Path | N
                 snapshot(step)
             window_start, window_images = time.monotonic(), 0
 
-        if engine.is_main and (step % save_every == 0 or step == total):
+        if step % save_every == 0 or step == total:
             save(step, periodic=step % save_every == 0)
         if budget_s and step < total:
             elapsed = time.monotonic() - session_start
             per_step = elapsed / (step - start)
-            if elapsed + per_step + save_cost + 5 > budget_s:
-                if engine.is_main:
-                    save(step, periodic=False)
+            if engine.agree(elapsed + per_step + save_cost + 5 > budget_s):
+                save(step, periodic=False)
                 stopped_early = True
                 break
     bar.close()
@@ -445,11 +467,14 @@ def train(cfg: Config, out_root: str | Path = "outputs", run_dir: str | Path | N
         family.finish(parts, run_dir)
         summary = {"step": step, "total_steps": total, "finished": not stopped_early,
                    "family": cfg.family, "precision": engine.precision,
-                   "device": str(engine.device), **counters}
+                   "device": str(engine.device), "world_size": engine.world_size, **counters}
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     tracker.finish()
+    engine.close()
     if stopped_early and engine.is_main:
+        launcher = (f"torchrun --nproc_per_node={engine.world_size}" if engine.distributed
+                    else "python")
         print(f"time budget of {t.max_minutes:g} min reached at step {step}/{total}; "
-              f"resume with: python -m lib train --resume {run_dir}")
+              f"resume with: {launcher} -m lib train --resume {run_dir}")
     return run_dir
 
