@@ -1,4 +1,4 @@
-"""Static explorations of trained models: what the sliders show, as fixed pictures.
+"""Static explorations of trained models: fixed grids that a headless run keeps.
 
 Headless runs (papermill, Kaggle's "Save & Run All", the report) have no front
 end to move a slider, so each notebook's exploration section falls back to
