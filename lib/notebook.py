@@ -108,9 +108,9 @@ def find_preset(preset: str | Path) -> Path:
     root = project_root()
     if root is not None and (root / path).is_file():
         return root / path
-    raise ConfigError(f"preset {str(preset)!r} not found (looked in {Path.cwd()} and "
-                      f"{root or 'no project root with a configs/ folder'}); give a path to a "
-                      f"JSON config such as configs/dcgan_demo.json")
+    looked = sorted({str(Path.cwd()), str(root or Path.cwd())})
+    raise ConfigError(f"preset {str(preset)!r} not found (looked in {' and '.join(looked)}); "
+                      f"give a path to a JSON config such as configs/dcgan_demo.json")
 
 
 def config_from_parameters(preset: str | Path, **params) -> Config:
