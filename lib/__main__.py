@@ -1,8 +1,10 @@
 """Command line.
 
-python -m lib train CONFIG [--set k=v ...] [--out DIR] [--resume RUN_DIR]
-python -m lib evaluate RUN_DIR [--samples N] [--features inception|classifier]
-python -m lib demo
+  python -m lib train CONFIG [--set k=v ...] [--out DIR] [--resume RUN_DIR]
+  python -m lib evaluate RUN_DIR [--samples N] [--features inception|classifier]
+  python -m lib notebooks [--preset demo|gpu|FILE] [--only NAME ...] [-p key=value ...]
+  python -m lib demo      (the whole notebook suite on embedded data, then the report's path)
+
 On several GPUs (or CPU processes): `torchrun --nproc_per_node=N -m lib train CONFIG`.
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
 
 from lib.checkpoint import CheckpointError
@@ -19,9 +22,10 @@ from lib.data import DatasetError
 from lib.device import DeviceError
 from lib.guard import DivergenceError
 from lib.metrics import MetricsError
+from lib.runner import NotebookFailed, RunnerError, run_notebooks
 
 USER_ERRORS = (ConfigError, DatasetError, CheckpointError, DeviceError, MetricsError,
-               FileNotFoundError)
+               RunnerError, FileNotFoundError)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -55,18 +59,23 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     print(Path(args.run_dir) / "metrics.json")
 
 
+def _echo(line: str) -> None:
+    print(line, flush=True)
+
+
+def cmd_notebooks(args: argparse.Namespace) -> None:
+    run_notebooks(args.only, args.preset, args.param, args.out, echo=_echo)
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
-    import time
-
-    from lib.train import train
-
-    timings = []
-    for preset in sorted(Path("configs").glob("*_demo.json")):
-        t0 = time.monotonic()
-        out = train(load_config(preset, args.set), out_root=args.out)
-        timings.append((preset.stem, time.monotonic() - t0, out))
-    for name, seconds, out in timings:
-        print(f"{name:<12} {seconds:6.1f} s  {out}")
+    """The notebook suite with the demo preset on embedded data; per-notebook timings."""
+    t0 = time.monotonic()
+    results = run_notebooks(None, "demo", args.param, args.out, echo=_echo)
+    print("\ndemo timings")
+    for r in results:
+        print(f"  {r.notebook:<20} {r.seconds:6.1f} s")
+    print(f"  {'total':<20} {time.monotonic() - t0:6.1f} s")
+    print(f"report: {(Path(args.out) / 'report' / 'report.html').resolve()}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,8 +98,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--features", choices=["auto", "classifier", "inception"],
                    help="feature network (default: the config's trainer.features)")
     p.set_defaults(func=cmd_evaluate)
-    p = sub.add_parser("demo", help="train every configs/*_demo.json preset on embedded data")
-    p.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE")
+    p = sub.add_parser("notebooks", help="execute the notebook suite with papermill")
+    p.add_argument("--preset", default="demo",
+                   help="parameter preset: demo, gpu or a JSON file (notebook -> parameters)")
+    p.add_argument("--only", nargs="+", metavar="NAME", help="run only these notebooks")
+    p.add_argument("-p", "--param", action="append", metavar="[NOTEBOOK.]KEY=VALUE",
+                   help="override a notebook parameter (repeatable), e.g. -p epochs=1")
+    p.add_argument("--out", default="outputs",
+                   help="outputs folder: run folders, notebooks/ (executed copies), report/")
+    p.set_defaults(func=cmd_notebooks)
+    p = sub.add_parser("demo", help="run the notebook suite on embedded data (demo preset)")
+    p.add_argument("-p", "--param", action="append", metavar="[NOTEBOOK.]KEY=VALUE")
     p.add_argument("--out", default="outputs")
     p.set_defaults(func=cmd_demo)
     return parser
@@ -103,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except DivergenceError as e:
+    except (DivergenceError, NotebookFailed) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

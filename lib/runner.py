@@ -1,0 +1,192 @@
+"""Execute the notebook suite with papermill, in order, one progress line per notebook.
+
+Parameters come from a preset (configs/notebooks_<name>.json: notebook -> its
+parameters, "*" -> parameters for every notebook that declares them) and from
+`key=value` overrides: `epochs=1` goes to every notebook with an `epochs`
+parameter, `02_dcgan.epochs=1` to that notebook alone. A name no notebook
+declares is an error, not a silently ignored typo. A failing cell stops the run
+with a `NotebookFailed` naming the notebook and the cell; the partly executed
+copy is kept for reading.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from lib.notebook import HEADLESS_ENV, project_root
+
+NOTEBOOKS = ("01_data_exploration", "02_dcgan", "03_cvae", "04_ddpm", "05_report")
+PRESETS = {"demo": "configs/notebooks_demo.json", "gpu": "configs/notebooks_gpu.json"}
+ALL = "*"  # preset key whose parameters go to every notebook that declares them
+# the kernel's start-up warnings (e.g. about TCP transport) would drown the progress lines
+QUIET_KERNEL = ["--IPKernelApp.log_level=ERROR"]
+
+
+class RunnerError(ValueError):
+    """The runner was asked for something impossible (unknown notebook, preset or parameter)."""
+
+
+class NotebookFailed(RuntimeError):
+    """A notebook raised in one of its cells."""
+
+    def __init__(self, notebook: str, cell: str, error: str, output: Path):
+        self.notebook, self.cell, self.error, self.output = notebook, cell, error, output
+        super().__init__(f"notebook {notebook} failed in {cell}: {error}\n"
+                         f"partly executed copy: {output}")
+
+
+@dataclass
+class Result:
+    notebook: str
+    output: Path
+    seconds: float
+
+
+def notebooks_dir() -> Path:
+    root = project_root()
+    if root is None or not (root / "notebooks").is_dir():
+        raise RunnerError("no notebooks/ folder found beside the lib package or in the current "
+                          "folder; run from the repository's root")
+    return root / "notebooks"
+
+
+def load_preset(preset: str | Path | None) -> dict[str, dict]:
+    """A preset name (demo, gpu) or a JSON file path -> {notebook or '*': {param: value}}."""
+    if preset is None:
+        return {}
+    if str(preset) in PRESETS:
+        path = (project_root() or Path.cwd()) / PRESETS[str(preset)]
+    else:
+        path = Path(preset)
+    if not path.is_file():
+        raise RunnerError(f"notebook preset {str(preset)!r} not found ({path}); use one of "
+                          f"{', '.join(PRESETS)} or a JSON file mapping notebook -> parameters")
+    raw = json.loads(path.read_text())
+    for key, value in raw.items():
+        if key != ALL and key not in NOTEBOOKS:
+            raise RunnerError(f"{path}: {key!r} is not a notebook; valid: {ALL}, "
+                              f"{', '.join(NOTEBOOKS)}")
+        if not isinstance(value, dict):
+            raise RunnerError(f"{path}: {key} must map parameter names to values")
+    return raw
+
+
+def parse_overrides(items: list[str]) -> dict[str, dict]:
+    """['epochs=1', '02_dcgan.image_size=16'] -> {'*': {'epochs': 1}, '02_dcgan': {...}}.
+
+    Values are JSON when they parse (numbers, true, null), else strings.
+    """
+    out: dict[str, dict] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise RunnerError(f"parameter {item!r} must look like key=value or notebook.key=value")
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        notebook, dot, name = key.strip().rpartition(".")
+        if dot and notebook not in NOTEBOOKS:
+            raise RunnerError(f"parameter {item!r}: {notebook!r} is not a notebook; valid: "
+                              f"{', '.join(NOTEBOOKS)}")
+        out.setdefault(notebook if dot else ALL, {})[name] = value
+    return out
+
+
+def declared_parameters(path: Path) -> dict:
+    import papermill
+
+    return papermill.inspect_notebook(str(path))
+
+
+def plan(names: list[str], layers: list[dict[str, dict]], folder: Path) -> dict[str, dict]:
+    """Each selected notebook's parameters; later layers win, '*' entries go where declared.
+
+    A name must be declared by some notebook of the suite (selected or not), so that a
+    typo is an error while a preset's shared entries still fit a partial run.
+    """
+    declared = {name: declared_parameters(folder / f"{name}.ipynb") for name in NOTEBOOKS}
+    known = sorted({p for d in declared.values() for p in d})
+    params: dict[str, dict] = {name: {} for name in names}
+    for layer in layers:
+        for key, values in layer.items():
+            for param, value in values.items():
+                if key == ALL and param not in known:
+                    raise RunnerError(f"no notebook has a parameter {param!r}; "
+                                      f"known: {', '.join(known)}")
+                if key != ALL and param not in declared[key]:
+                    raise RunnerError(f"notebook {key} has no parameter {param!r}; its "
+                                      f"parameters: {', '.join(declared[key])}")
+                for name in names if key == ALL else [key] if key in names else []:
+                    if param in declared[name]:
+                        params[name][param] = value
+    return params
+
+
+def run_notebooks(only: list[str] | None = None, preset: str | Path | None = "demo",
+                  overrides: list[str] | None = None, out_root: str | Path = "outputs",
+                  echo: Callable[[str], None] = print) -> list[Result]:
+    """Execute notebooks in suite order into out_root/notebooks/; raise NotebookFailed on error.
+
+    `out_root` reaches every notebook with an `out_root` parameter, so the run folders,
+    the report and the executed copies all land under it.
+    """
+    for name in only or []:
+        if name not in NOTEBOOKS:
+            raise RunnerError(f"unknown notebook {name!r}; valid: {', '.join(NOTEBOOKS)}")
+    names = [n for n in NOTEBOOKS if not only or n in only]
+    folder = notebooks_dir()
+    out_root = Path(out_root).resolve()
+    executed = out_root / "notebooks"
+    executed.mkdir(parents=True, exist_ok=True)
+    layers = [{ALL: {"out_root": str(out_root)}}, load_preset(preset),
+              parse_overrides(overrides or [])]
+    params = plan(names, layers, folder)
+
+    with headless():
+        return [execute(name, f"[{i}/{len(names)}]", folder, executed, params[name], echo)
+                for i, name in enumerate(names, 1)]
+
+
+@contextlib.contextmanager
+def headless():
+    """Kernels started inside inherit HEADLESS_ENV: they draw static grids instead of sliders."""
+    previous = os.environ.get(HEADLESS_ENV)
+    os.environ[HEADLESS_ENV] = "1"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(HEADLESS_ENV, None)
+        else:
+            os.environ[HEADLESS_ENV] = previous
+
+
+def execute(name: str, tag: str, folder: Path, executed: Path, params: dict,
+            echo: Callable[[str], None]) -> Result:
+    """Run one notebook into executed/<name>.ipynb; NotebookFailed names the failing cell."""
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    output = executed / f"{name}.ipynb"
+    echo(f"{tag} {name} ...")
+    t0 = time.monotonic()
+    try:
+        papermill.execute_notebook(str(folder / f"{name}.ipynb"), str(output), parameters=params,
+                                   progress_bar=False, cwd=str(folder.parent),
+                                   extra_arguments=QUIET_KERNEL)
+    except PapermillExecutionError as e:
+        first_line = next((s for s in e.source.splitlines() if s.strip()), "")
+        cell = f"cell {e.exec_count} ({first_line.strip()[:60]!r})"
+        raise NotebookFailed(name, cell, f"{e.ename}: {e.evalue}", output) from None
+    except Exception as e:  # the kernel died or would not start
+        raise NotebookFailed(name, "the kernel", f"{type(e).__name__}: {e}", output) from e
+    seconds = time.monotonic() - t0
+    echo(f"{tag} {name} ok in {seconds:.1f} s -> {output}")
+    return Result(name, output, seconds)

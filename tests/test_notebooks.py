@@ -1,0 +1,197 @@
+"""The notebook suite: structure, the runner's parameter plumbing, the report, and every
+notebook executed through the runner with smoke parameters."""
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+import torch
+
+from lib import datastats, report
+from lib import notebook as nb
+from lib.data import ImageData
+from lib.runner import (
+    NOTEBOOKS,
+    RunnerError,
+    declared_parameters,
+    parse_overrides,
+    plan,
+    run_notebooks,
+)
+
+NOTEBOOK_DIR = Path("notebooks")
+RUN_FILES = ["config.json", "history.jsonl", "summary.json", "checkpoints/last.pt",
+             "evolution.gif", "final_grid.png"]
+
+
+def smoke_params(tmp_path) -> list[str]:
+    """Overrides that make every notebook run in seconds: tiny images, a few steps."""
+    return [f"data_root={tmp_path / 'data'}", "image_size=16", "epochs=1",
+            "iterations_per_epoch=4", "log_every_step=2", "batch_size=16",
+            "wandb_mode=disabled", "04_ddpm.sample_steps=2", "04_ddpm.explore_steps=2",
+            "05_report.sampling_images=2"]
+
+
+def error_outputs(path: Path) -> list[str]:
+    book = nbformat.read(path, as_version=4)
+    return [f"{o.ename}: {o.evalue}" for c in book.cells if c.cell_type == "code"
+            for o in c.get("outputs", []) if o.output_type == "error"]
+
+
+# ---------------------------------------------------------------------------
+# Structure of the committed notebooks
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_is_committed_clean_with_a_literal_parameters_cell(name):
+    book = nbformat.read(NOTEBOOK_DIR / f"{name}.ipynb", as_version=4)
+    code = [c for c in book.cells if c.cell_type == "code"]
+    assert "parameters" in code[0].metadata.get("tags", []), "first code cell must be parameters"
+    assert book.metadata.kernelspec.get("language") == "python"  # papermill needs it
+    names = []
+    for stmt in ast.parse(code[0].source).body:
+        assert isinstance(stmt, ast.AnnAssign), ast.unparse(stmt)  # annotated, for --help
+        ast.literal_eval(stmt.value)  # literals only: derived values go in the next cell
+        names.append(stmt.target.id)
+    # papermill's parser skips lines it cannot read (e.g. a comment containing "=")
+    assert list(declared_parameters(NOTEBOOK_DIR / f"{name}.ipynb")) == names
+    for cell in code:
+        assert not cell.outputs and cell.execution_count is None, "commit without outputs"
+
+
+# ---------------------------------------------------------------------------
+# Runner plumbing (no kernel)
+
+
+def test_overrides_go_to_every_declaring_notebook_or_one_by_name():
+    layers = [parse_overrides(["epochs=2", "02_dcgan.epochs=5", "name=x"])]
+    params = plan(["01_data_exploration", "02_dcgan"], layers, NOTEBOOK_DIR)
+    assert params["02_dcgan"] == {"epochs": 5, "name": "x"}
+    assert params["01_data_exploration"] == {}  # it declares neither
+
+
+def test_unknown_parameter_or_notebook_is_an_error_naming_it():
+    with pytest.raises(RunnerError, match="epoch"):
+        plan(["02_dcgan"], [parse_overrides(["epoch=2"])], NOTEBOOK_DIR)
+    with pytest.raises(RunnerError, match="02_dcgan has no parameter 'per_class'"):
+        plan(["02_dcgan"], [parse_overrides(["02_dcgan.per_class=2"])], NOTEBOOK_DIR)
+    with pytest.raises(RunnerError, match="02_gan"):
+        parse_overrides(["02_gan.epochs=1"])
+    with pytest.raises(RunnerError, match="unknown notebook"):
+        run_notebooks(["06_nothing"])
+
+
+@pytest.mark.parametrize("preset", ["demo", "gpu"])
+def test_presets_name_only_declared_parameters(preset):
+    from lib.runner import load_preset
+
+    plan(list(NOTEBOOKS), [load_preset(preset)], NOTEBOOK_DIR)
+
+
+def test_parameters_map_onto_config_fields():
+    cfg = nb.config_from_parameters("configs/dcgan_demo.json", dataset="shapes",
+                                    image_size=16, epochs=3, wandb_mode="disabled", limit=None)
+    assert (cfg.data.dataset, cfg.data.image_size, cfg.trainer.epochs) == ("shapes", 16, 3)
+    assert cfg.wandb.mode == "disabled" and cfg.data.limit is None
+    with pytest.raises(ValueError, match="unknown notebook parameter 'epoch'"):
+        nb.config_from_parameters("configs/dcgan_demo.json", epoch=3)
+
+
+# ---------------------------------------------------------------------------
+# Data statistics and the report on hand-made inputs
+
+
+def test_datastats_on_a_tiny_labelled_set():
+    images = torch.zeros(6, 1, 8, 8, dtype=torch.uint8)
+    images[3:] = 255
+    data = ImageData(images, torch.tensor([0, 0, 0, 1, 1, 1]), ["dark", "light"], "tiny")
+    assert datastats.class_counts(data) == {"dark": 3, "light": 3}
+    (stats,) = datastats.channel_stats(data)
+    assert (stats["model_min"], stats["model_max"], stats["model_mean"]) == (-1.0, 1.0, 0.0)
+    assert datastats.overview(data)["imbalance"] == 1.0
+    mean = datastats.mean_images(data)
+    assert mean.width >= 256
+    assert datastats.class_samples(data, per_class=4).height > 0
+
+
+def fake_run(root: Path, name: str, family: str, metrics: dict | None) -> Path:
+    run = root / name
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"data": {"dataset": "digits",
+                                                          "image_size": 16}}))
+    (run / "summary.json").write_text(json.dumps(
+        {"step": 8, "total_steps": 8, "finished": True, "family": family,
+         "images_seen": 128, "train_seconds": 2.0}))
+    history = [{"step": 4, "loss": 1.0, "train_seconds": 1.0},
+               {"step": 8, "loss": 0.5, "train_seconds": 2.0, **(metrics or {})}]
+    (run / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
+    return run
+
+
+def test_report_shows_dash_for_runs_without_metrics(tmp_path):
+    fake_run(tmp_path, "a_gan", "dcgan", {"fid": 12.5, "kid": 0.01, "ssim_nearest": 0.4,
+                                          "diversity": 0.9, "features": "classifier"})
+    fake_run(tmp_path, "b_vae", "cvae", None)
+    (tmp_path / "notebooks").mkdir()  # executed notebooks are not runs
+    runs = report.load_runs(tmp_path)
+    assert [r.name for r in runs] == ["a_gan", "b_vae"]
+    rows = report.table_rows(runs)
+    assert (rows[0]["FID"], rows[0]["features"], rows[0]["images/s"]) == ("12.5", "classifier",
+                                                                         "64")
+    assert rows[1]["FID"] == rows[1]["SSIM"] == rows[1]["sampling ms/image"] == "-"
+    page = report.export_html(runs, tmp_path / "report" / "report.html").read_text()
+    assert "a_gan" in page and "b_vae" in page
+    assert (tmp_path / "report" / "quality_vs_compute.png").is_file()
+
+
+# ---------------------------------------------------------------------------
+# The suite, executed
+
+
+def runnable_notebooks() -> list[str]:
+    """Notebooks whose model family has landed (its demo preset exists), in suite order."""
+    presets = {"02_dcgan": "dcgan", "03_cvae": "cvae", "04_ddpm": "ddpm"}
+    return [n for n in NOTEBOOKS
+            if n not in presets or Path(f"configs/{presets[n]}_demo.json").is_file()]
+
+
+def test_every_notebook_runs_through_the_runner(tmp_path):
+    names = runnable_notebooks()
+    out = tmp_path / "outputs"
+    lines = []
+    results = run_notebooks(names, "demo", smoke_params(tmp_path), out, echo=lines.append)
+    assert [r.notebook for r in results] == names
+    assert sum(" ok in " in line for line in lines) == len(names)
+    for name in names:
+        executed = out / "notebooks" / f"{name}.ipynb"
+        assert executed.is_file() and error_outputs(executed) == [], name
+    runs = report.find_runs(out)
+    families = {n.split("_")[1] for n in names if n[:2] in ("02", "03", "04")}
+    assert {report.load_run(r).family for r in runs} == families
+    for run in runs:
+        for name in RUN_FILES:
+            assert (run / name).is_file(), (run.name, name)
+        assert json.loads((run / "summary.json").read_text())["step"] == 4
+    page = (out / "report" / "report.html").read_text()
+    assert all(run.name in page for run in runs)
+    assert page.count("data:image/gif;base64") >= len(runs)
+
+
+def test_a_failing_notebook_stops_the_run_naming_notebook_and_cell(tmp_path):
+    out = tmp_path / "outputs"
+    proc = subprocess.run(
+        [sys.executable, "-m", "lib", "notebooks", "--only", "01_data_exploration", "05_report",
+         "--out", str(out), "-p", f"data_root={tmp_path / 'data'}",
+         "-p", "01_data_exploration.dataset=no_such_dataset"],
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr
+    assert "notebook 01_data_exploration failed in cell" in proc.stderr
+    assert "no_such_dataset" in proc.stderr
+    assert "[1/2] 01_data_exploration ..." in proc.stdout
+    assert "05_report" not in proc.stdout  # the run stopped at the failure
+    kept = out / "notebooks" / "01_data_exploration.ipynb"
+    assert any("no_such_dataset" in e for e in error_outputs(kept))
