@@ -630,10 +630,14 @@ def make_evaluator(cfg: Config, data: ImageData, engine: Engine, features: str |
     """The run's Evaluator; None, with a warning, when `auto` features find no usable network."""
     t = cfg.trainer
     features = features or t.features
+    cuda = [engine.device] if engine.device.type == "cuda" else []
     try:
-        return Evaluator(data, features=features, num_samples=samples or t.eval_samples,
-                         device=engine.device, cache_dir=Path(cfg.data.root) / "cache",
-                         weights_path=t.inception_weights, seed=t.seed)
+        # building it (a network's init, a cached classifier) must not move the training RNG:
+        # a resumed run builds it after restoring that RNG
+        with torch.random.fork_rng(devices=cuda):
+            return Evaluator(data, features=features, num_samples=samples or t.eval_samples,
+                             device=engine.device, cache_dir=Path(cfg.data.root) / "cache",
+                             weights_path=t.inception_weights, seed=t.seed)
     except MetricsError as e:
         if features != "auto":
             raise
