@@ -18,6 +18,7 @@ import math
 import os
 import random
 import shutil
+import sys
 import tempfile
 import time
 import warnings
@@ -801,7 +802,8 @@ def train(cfg: Config, out_root: str | Path = "outputs", run_dir: str | Path | N
             tracker.log(event, ckpt["step"])
         save(ckpt["step"], periodic=False)  # last.pt now carries the rollback and its lr
         bar.write(f"step {at_step}: {reason}; rolled back to step {ckpt['step']} "
-                  f"(rollback {guard.rollbacks}/{t.max_rollbacks}, lr x{guard.lr_scale:g})")
+                  f"(rollback {guard.rollbacks}/{t.max_rollbacks}, lr x{guard.lr_scale:g})",
+                  file=sys.stderr)  # stdout stays the CLI's answer: the run folder
         bar.n = ckpt["step"]
         return ckpt["step"]
 
@@ -843,7 +845,7 @@ def train(cfg: Config, out_root: str | Path = "outputs", run_dir: str | Path | N
             collapse = guard.collapse(step, diversity) if diversity is not None else None
             if collapse is not None:
                 tracker.log(collapse, step)
-                bar.write(f"step {step}: {collapse['message']}")
+                bar.write(f"step {step}: {collapse['message']}", file=sys.stderr)
             if engine.agree(collapse is not None and t.collapse_rollback):
                 step = roll_back(collapse["message"], step)  # history after last.pt is dropped
                 window_start, window_images = time.monotonic(), 0

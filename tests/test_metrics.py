@@ -281,7 +281,13 @@ def test_training_logs_metrics_and_keeps_the_best_checkpoint(evaluated_run):
     assert [r["step"] for r in evals] == [2, 4, 6]
     assert all(r["features"] == "classifier" and r["n_fake"] == 80 for r in evals)
     assert "loss_g" in next(r for r in evals if r["step"] == 6)  # merged into the log line
-    assert [r["step"] for r in history] == [2, 3, 4, 6]  # one line per step
+    logged = [r["step"] for r in history if "event" not in r]  # events: collapse warnings
+    assert logged == [2, 3, 4, 6]  # one line per step
+    by_step = {r["step"]: r["diversity"] for r in evals}
+    for event in (r for r in history if r.get("event") == "collapse"):  # the collapse watch
+        assert event["diversity"] == by_step[event["step"]] < event["threshold"] == 0.3
+    collapsed = {r["step"] for r in history if r.get("event") == "collapse"}
+    assert collapsed == {step for step, d in by_step.items() if d < 0.3}
     best = min(evals, key=lambda r: r["fid"])
     assert load_checkpoint(evaluated_run / "checkpoints" / "best.pt")["step"] == best["step"]
     assert (evaluated_run / "metrics.png").stat().st_size > 1000

@@ -40,7 +40,8 @@ def tiny_config(tmp_path: Path, **trainer) -> Path:
     raw["wandb"] = {"mode": "disabled"}
     raw["trainer"] = {"epochs": 3, "iterations_per_epoch": 4, "batch_size": 8,
                       "save_period": 1, "log_every_step": 2, "deterministic": True,
-                      "ema_decay": 0.9, "device": "cpu", **trainer}
+                      "ema_decay": 0.9, "device": "cpu",
+                      "eval_samples": 0, **trainer}  # evaluation: test_metrics.py
     path = tmp_path / "tiny.json"
     path.write_text(json.dumps(raw))
     return path
