@@ -151,15 +151,20 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     return Config.from_dict(raw, str(path))
 
 
+def parse_value(text: str):
+    """A command-line value: JSON when it parses (numbers, true, null, lists), else the string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
 def apply_override(raw: dict, item: str, source: str = "<config>") -> None:
     """Apply one `a.b.c=value` override in place; value is JSON if it parses, else a string."""
     key, sep, text = item.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"{source}: override {item!r} must look like section.field=value")
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError:
-        value = text
+    value = parse_value(text)
     *parents, last = key.strip().split(".")
     node = raw
     for i, part in enumerate(parents):

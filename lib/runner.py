@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from lib.config import parse_value
 from lib.notebook import HEADLESS_ENV, project_root
 
 NOTEBOOKS = ("01_data_exploration", "02_dcgan", "03_cvae", "04_ddpm", "05_report")
@@ -87,10 +88,7 @@ def parse_overrides(items: list[str]) -> dict[str, dict]:
         key, sep, text = item.partition("=")
         if not sep or not key.strip():
             raise RunnerError(f"parameter {item!r} must look like key=value or notebook.key=value")
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError:
-            value = text
+        value = parse_value(text)
         notebook, dot, name = key.strip().rpartition(".")
         if dot and notebook not in NOTEBOOKS:
             raise RunnerError(f"parameter {item!r}: {notebook!r} is not a notebook; valid: "

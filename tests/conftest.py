@@ -1,6 +1,7 @@
 import os
 
 import pytest
+import torch
 
 # Tests never talk to wandb; tracking.py is tested on its mode decision alone.
 os.environ["WANDB_MODE"] = "disabled"
@@ -12,3 +13,13 @@ def tiny_overrides(tmp_path):
     return [f"data.root={tmp_path / 'data'}", "trainer.epochs=1",
             "trainer.iterations_per_epoch=4", "trainer.log_every_step=2",
             "trainer.batch_size=16", "trainer.eval_samples=0"]  # evaluation: test_metrics.py
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Small convolutions: a second intra-op thread gains little and, on a busy 2-core box,
+    costs up to 30x in synchronisation. Modules opt in with `pytestmark`."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -7,14 +7,7 @@ import torch
 
 from lib.models.ddpm import DDPM, cosine_beta_schedule, linear_beta_schedule
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: a second intra-op thread only adds sync cost (30x on a busy 2-core box)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(**kw) -> DDPM:
