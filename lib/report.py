@@ -185,12 +185,23 @@ def fmt(value, digits: int = 3) -> str:
     return str(value)
 
 
-def ssim_of(metrics: dict) -> float | None:
-    """Reconstruction SSIM where there is one (CVAE), else similarity to the nearest real image."""
-    for key in ("ssim_recon", "ssim_nearest", "ssim"):
+def ssim_of(metrics: dict) -> str:
+    """Reconstruction SSIM where there is one (CVAE), else similarity to the nearest real
+    image; the kind is named, the two are different questions."""
+    for key, kind in (("ssim_recon", "recon"), ("ssim_nearest", "nearest"), ("ssim", "")):
         if key in metrics:
-            return metrics[key]
-    return None
+            return f"{fmt(metrics[key])} ({kind})" if kind else fmt(metrics[key])
+    return "-"
+
+
+def with_uncertainty(metrics: dict, key: str) -> str:
+    """FID with its bootstrap interval, KID with its std over subsets: '40.1 [36.2, 44.0]'."""
+    value = fmt(metrics.get(key))
+    if key == "fid" and "fid_low" in metrics and "fid_high" in metrics:
+        return f"{value} [{fmt(metrics['fid_low'])}, {fmt(metrics['fid_high'])}]"
+    if f"{key}_std" in metrics:
+        return f"{value} ± {fmt(metrics[f'{key}_std'])}"
+    return value
 
 
 def table_rows(runs: list[RunInfo], sampling: dict[str, float | None] | None = None) -> list[dict]:
@@ -205,8 +216,8 @@ def table_rows(runs: list[RunInfo], sampling: dict[str, float | None] | None = N
             "run": run.name, "family": run.family, "dataset": run.dataset,
             "size": fmt(run.image_size), "steps": steps,
             "features": fmt(m.get("features")),
-            "FID": fmt(m.get("fid")), "KID": fmt(m.get("kid")),
-            "SSIM": fmt(ssim_of(m)), "diversity": fmt(m.get("diversity")),
+            "FID": with_uncertainty(m, "fid"), "KID": with_uncertainty(m, "kid"),
+            "SSIM": ssim_of(m), "diversity": fmt(m.get("diversity")),
             "wall time (s)": fmt(run.train_seconds, 4),
             "images/s": fmt(run.images_per_sec),
             "sampling ms/image": fmt(per_image * 1000 if per_image is not None else None),

@@ -143,9 +143,18 @@ def test_report_shows_dash_for_runs_without_metrics(tmp_path):
     assert (rows[0]["FID"], rows[0]["features"], rows[0]["images/s"]) == ("12.5", "classifier",
                                                                          "64")
     assert rows[1]["FID"] == rows[1]["SSIM"] == rows[1]["sampling ms/image"] == "-"
+    assert rows[0]["SSIM"] == "0.4 (nearest)"  # which SSIM: nearest real image vs recon
     page = report.export_html(runs, tmp_path / "report" / "report.html").read_text()
     assert "a_gan" in page and "b_vae" in page
     assert (tmp_path / "report" / "quality_vs_compute.png").is_file()
+
+
+def test_report_shows_the_uncertainty_of_fid_and_kid(tmp_path):
+    fake_run(tmp_path, "a_vae", "cvae", {"fid": 40.0, "fid_low": 36.5, "fid_high": 44.0,
+                                         "kid": 2.0, "kid_std": 0.5, "ssim_recon": 0.8,
+                                         "ssim_nearest": 0.3})
+    row = report.table_rows(report.load_runs(tmp_path))[0]
+    assert (row["FID"], row["KID"], row["SSIM"]) == ("40 [36.5, 44]", "2 ± 0.5", "0.8 (recon)")
 
 
 # ---------------------------------------------------------------------------
