@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -29,13 +30,15 @@ class LaunchError(RuntimeError):
     """torchrun failed; the message carries the end of its output."""
 
 
-def torchrun_command(config_path: str | Path, nproc: int, overrides: list[str],
-                     out_root: str | Path) -> list[str]:
-    sets = [arg for item in overrides for arg in ("--set", item)]
+def torchrun_command(train_args: list[str], nproc: int) -> list[str]:
+    """`python -m lib train ...train_args` on nproc processes through torchrun."""
     # --standalone: a local rendezvous on a free port, nothing to configure
     return [sys.executable, "-m", "torch.distributed.run", "--standalone",
-            f"--nproc_per_node={nproc}", "-m", "lib", "train", str(config_path), *sets,
-            "--out", str(out_root)]
+            f"--nproc_per_node={nproc}", "-m", "lib", "train", *train_args]
+
+
+def _sets(overrides: list[str]) -> list[str]:
+    return [arg for item in overrides for arg in ("--set", item)]
 
 
 def _stream(cmd: list[str], env: dict, tail_chars: int = 20000) -> tuple[int, str]:
@@ -58,12 +61,15 @@ def _stream(cmd: list[str], env: dict, tail_chars: int = 20000) -> tuple[int, st
 
 
 def launch(config_path_or_cfg: str | Path | Config, nproc: int,
-           overrides: list[str] | None = None, out_root: str | Path = "outputs") -> Path:
+           overrides: list[str] | None = None, out_root: str | Path = "outputs",
+           resume: str | Path | None = None) -> Path:
     """Train with DistributedDataParallel on `nproc` processes; return the run folder.
 
     One process per GPU (Kaggle's "GPU T4 x2": nproc=2), or CPU processes over gloo
     where there is no GPU. `trainer.batch_size` is per process: each step sees
     nproc x batch_size images. `overrides` are `section.field=value` strings, as `--set`.
+    `resume`: continue that run folder in place instead; the config's trainer fields
+    (epochs, time budget, ...) replace the checkpoint's, as a single-process resume does.
     """
     overrides = list(overrides or [])
     if nproc < 1:
@@ -80,17 +86,23 @@ def launch(config_path_or_cfg: str | Path | Config, nproc: int,
         else:
             config_path = Path(config_path_or_cfg).resolve()
         cfg = load_config(config_path, overrides)  # a bad override fails here, not in N ranks
-        # the run's name is decided here, so the run folder is known without parsing output
-        name = cfg.name or default_run_name(cfg)
-        overrides.append(f"name={json.dumps(name)}")
+        if resume is not None:
+            run_dir = Path(resume).resolve()
+            trainer = [f"trainer.{k}={json.dumps(v)}" for k, v in asdict(cfg.trainer).items()]
+            train_args = ["--resume", str(run_dir), *_sets(trainer)]
+        else:
+            # the run's name is decided here, so the run folder is known without parsing output
+            name = cfg.name or default_run_name(cfg)
+            run_dir = out_root / name
+            train_args = [str(config_path), *_sets([*overrides, f"name={json.dumps(name)}"]),
+                          "--out", str(out_root)]
 
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT),
                                                           env.get("PYTHONPATH")]))
         # torchrun would set 1 thread per process and warn; CPU ranks share the cores
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-        code, tail = _stream(torchrun_command(config_path, nproc, overrides, out_root), env)
-    run_dir = out_root / name
+        code, tail = _stream(torchrun_command(train_args, nproc), env)
     if code != 0:
         # `python -m lib` reports a user error as one "error: ..." line per rank
         errors = dict.fromkeys(line for line in tail.splitlines() if line.startswith("error: "))

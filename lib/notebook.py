@@ -138,23 +138,33 @@ def has_checkpoint(run_dir: str | Path) -> bool:
 
 
 def train_or_resume(cfg: Config, out_root: str | Path, resume: bool = True,
-                    progress: bool = True) -> Path:
+                    progress: bool = True, gpus: int = 1) -> Path:
     """Train `cfg` into out_root/<cfg.name>; continue its checkpoint when `resume` and one exists.
 
     A fresh run (resume=False) replaces the folder: its history would otherwise mix two runs.
+    gpus > 1: the same under torchrun with DDP, one process per GPU (Kaggle's T4 x2: 2),
+    its output streamed into the cell (lib.distributed.launch).
     """
+    from lib.distributed import launch
     from lib.train import train
 
     if not cfg.name:
         raise ConfigError("the run needs a name (the notebook's `name` parameter): it names "
                           "the run folder that resume continues")
+    if not isinstance(gpus, int) or gpus < 1:
+        raise ConfigError(f"gpus={gpus!r}: give the number of processes, 1 or more "
+                          "(2 on Kaggle's 'GPU T4 x2')")
     run_dir = Path(out_root) / cfg.name
     if resume and has_checkpoint(run_dir):
         print(f"resuming {run_dir}")
+        if gpus > 1:
+            return launch(cfg, gpus, out_root=out_root, resume=run_dir)
         return train(cfg, resume=run_dir, progress=progress)
     if run_dir.exists():
         print(f"starting afresh: removing the previous {run_dir}")
         shutil.rmtree(run_dir)
+    if gpus > 1:
+        return launch(cfg, gpus, out_root=out_root)
     return train(cfg, run_dir=run_dir, progress=progress)
 
 

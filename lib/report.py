@@ -25,6 +25,7 @@ from lib.tracking import read_history
 FAMILY_ORDER = ("dcgan", "cvae", "ddpm")
 FAMILY_COLORS = {"dcgan": "tab:blue", "cvae": "tab:green", "ddpm": "tab:red"}
 METRIC_KEYS = ("fid", "kid", "ssim_recon", "ssim_nearest", "ssim", "diversity")
+UNCERTAINTY_KEYS = ("fid_low", "fid_high", "kid_std")  # shown beside their metric
 MEDIA = ("evolution.gif", "reconstruction.gif", "generation.gif", "denoising.gif",
          "final_grid.png")
 SKIP_FOLDERS = {"notebooks", "report"}
@@ -83,7 +84,7 @@ def last_scores(history: list[dict]) -> dict:
     scores = {}
     for record in history:
         for key, value in record.items():
-            if key in METRIC_KEYS or key == "features":
+            if key in METRIC_KEYS or key in UNCERTAINTY_KEYS or key == "features":
                 scores[key] = value
     return scores
 

@@ -92,3 +92,19 @@ def test_sync_batchnorm_on_cpu_says_what_to_change():
     engine = Engine(torch.device("cpu"), None, world_size=2, sync_batchnorm=True)
     with pytest.raises(DeviceError, match="trainer.sync_batchnorm=false"):
         engine.wrap(nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2)))
+
+
+def test_notebook_helper_trains_and_resumes_on_two_processes(tmp_path, capfd):
+    """The training notebooks' `gpus` parameter: train_or_resume under torchrun, twice."""
+    from lib.config import load_config
+    from lib.notebook import train_or_resume
+
+    overrides = [*tiny(tmp_path, 2), "trainer.eval_samples=0", "name=nb_ddp"]
+    run = train_or_resume(load_config("configs/dcgan_demo.json", overrides), tmp_path, gpus=2)
+    assert run == tmp_path / "nb_ddp" and [r["step"] for r in history(run)] == [2]
+    assert "dcgan nb_ddp" in capfd.readouterr().out  # torchrun's progress, streamed to the cell
+    more = load_config("configs/dcgan_demo.json", [*overrides, "trainer.epochs=2"])
+    assert train_or_resume(more, tmp_path, gpus=2) == run  # continues in place
+    assert [r["step"] for r in history(run)] == [2, 4]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["step"] == 4 and summary["finished"]
