@@ -251,7 +251,7 @@ def image_bytes(obj) -> tuple[bytes, str]:
         return path.read_bytes(), path.suffix.lstrip(".").lower().replace("jpg", "jpeg")
     buf = io.BytesIO()
     if isinstance(obj, torch.Tensor):  # a uint8 (3, H, W) grid; tiny ones are upscaled
-        return viz.png_bytes(obj, scale=max(1, 256 // obj.shape[-1])), "png"
+        return viz.png_bytes(obj, scale=max(1, 512 // obj.shape[-1])), "png"
     if isinstance(obj, Image.Image):
         obj.save(buf, format="PNG")
         return buf.getvalue(), "png"
