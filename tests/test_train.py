@@ -3,6 +3,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from lib.checkpoint import load_checkpoint, load_models
@@ -91,3 +92,25 @@ def test_cli_errors_are_one_clear_line(tmp_path):
                   "--set", f"data.root={tmp_path}")
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert "cats" in out.stderr and str(tmp_path) in out.stderr
+
+
+@pytest.mark.parametrize("preset", ["dcgan_demo", "cvae_demo"])
+def test_fast_path_trains_to_the_same_weights_as_the_plain_one(tmp_path, tiny_overrides, preset):
+    """channels_last changes memory layout and kernel choice, never the maths: the weights
+    agree to float noise after several steps (fused Adam and autocast are GPU-only paths)."""
+    weights = {}
+    for layout in ("true", "false"):
+        cfg = load_config(f"configs/{preset}.json",
+                          [*tiny_overrides, f"trainer.channels_last={layout}",
+                           "trainer.precision=fp32", "wandb.mode=disabled",
+                           f"name=layout_{layout}"])
+        run = train(cfg, out_root=tmp_path, progress=False)
+        weights[layout] = load_checkpoint(run / "checkpoints" / "last.pt")["nets"]
+    fast, plain = weights["true"], weights["false"]
+    moved = 0
+    for net, state in plain.items():
+        for key, value in state.items():
+            torch.testing.assert_close(fast[net][key].contiguous(), value, rtol=1e-3, atol=1e-4,
+                                       msg=f"{net}.{key}")
+            moved += int(value.is_floating_point())
+    assert moved > 0
