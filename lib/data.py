@@ -32,6 +32,8 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 from tqdm.auto import tqdm
 
+from lib.checkpoint import atomic_save
+
 CACHE_VERSION = 1
 # read-only dataset mounts on Kaggle; tests point this elsewhere
 KAGGLE_INPUT = Path("/kaggle/input")
@@ -139,11 +141,8 @@ def _cache_file(root: Path, name: str, key: dict) -> Path:
 
 
 def _save_cache(path: Path, data: ImageData) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save({"version": CACHE_VERSION, "images": data.images, "labels": data.labels,
-                "class_names": data.class_names, "skipped": data.skipped}, tmp)
-    tmp.replace(path)
+    atomic_save({"version": CACHE_VERSION, "images": data.images, "labels": data.labels,
+                 "class_names": data.class_names, "skipped": data.skipped}, path)
 
 
 def _load_cache(path: Path, name: str) -> ImageData | None:

@@ -34,6 +34,7 @@ from torchmetrics.functional.image import structural_similarity_index_measure
 from torchmetrics.image.fid import FrechetInceptionDistance, NoTrainInceptionV3
 from torchmetrics.image.kid import KernelInceptionDistance
 
+from lib.checkpoint import atomic_save
 from lib.data import ImageData, to_float, to_unit
 
 CACHE_VERSION = 1
@@ -221,10 +222,7 @@ def _cache_path(cache_dir: Path, prefix: str, key: dict) -> Path:
 
 
 def _save(path: Path, blob: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save({"version": CACHE_VERSION, **blob}, tmp)
-    tmp.replace(path)  # atomic: a killed run never leaves half a cache file
+    atomic_save({"version": CACHE_VERSION, **blob}, path)  # a killed run leaves no half file
 
 
 def _load(path: Path) -> dict | None:

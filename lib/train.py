@@ -533,6 +533,22 @@ def make_checkpoint(cfg: Config, parts: Parts, sampler: BatchSampler, engine: En
     }
 
 
+def _mismatch(source: str | Path, e: Exception) -> CheckpointError:
+    return CheckpointError(
+        f"{source}: does not match this config ({type(e).__name__}: {str(e)[:300]}); "
+        f"resume with the run's own config (only trainer fields may change)")
+
+
+def load_weights(ckpt: dict, parts: Parts, source: str | Path = "checkpoint") -> None:
+    """The nets and EMA copies of `ckpt`; one that does not fit is a CheckpointError."""
+    try:
+        for group in ("nets", "ema"):
+            for k, net in getattr(parts, group).items():
+                _unwrap(net).load_state_dict(ckpt[group][k])
+    except (KeyError, RuntimeError, ValueError) as e:
+        raise _mismatch(source, e) from None
+
+
 def restore_checkpoint(ckpt: dict, parts: Parts, sampler: BatchSampler, engine: Engine,
                        rng: bool = True, source: str | Path = "checkpoint") -> None:
     """Load every state of `ckpt`; `rng=False` keeps the random streams running (rollbacks).
@@ -540,18 +556,14 @@ def restore_checkpoint(ckpt: dict, parts: Parts, sampler: BatchSampler, engine: 
     A checkpoint that does not fit the config (other model arguments, another
     family) is a CheckpointError naming the file, not a state-dict traceback.
     """
+    load_weights(ckpt, parts, source)
     try:
-        for group in ("nets", "ema"):
-            for k, net in getattr(parts, group).items():
-                _unwrap(net).load_state_dict(ckpt[group][k])
         for k, opt in parts.optimizers.items():
             opt.load_state_dict(ckpt["optimizers"][k])
         for k, sched in parts.schedulers.items():
             sched.load_state_dict(ckpt["schedulers"][k])
     except (KeyError, RuntimeError, ValueError) as e:
-        raise CheckpointError(
-            f"{source}: does not match this config ({type(e).__name__}: {str(e)[:300]}); "
-            f"resume with the run's own config (only trainer fields may change)") from None
+        raise _mismatch(source, e) from None
     for k, state in ckpt.get("scalers", {}).items():
         engine.scalers[k] = torch.amp.GradScaler(engine.device.type,
                                                  enabled=engine.amp_dtype == torch.float16)
@@ -626,16 +638,20 @@ def sampling_cost(family: Family, parts: Parts, engine: Engine, n: int = 64) -> 
 # Evaluation (lib.metrics does the scoring)
 
 
+def _rng_untouched(engine: Engine):
+    """Whatever runs inside leaves the torch RNG of the CPU and the training GPU as it was."""
+    return torch.random.fork_rng(devices=[engine.device] if engine.device.type == "cuda" else [])
+
+
 def make_evaluator(cfg: Config, data: ImageData, engine: Engine, features: str | None = None,
                    samples: int | None = None) -> Evaluator | None:
     """The run's Evaluator; None, with a warning, when `auto` features find no usable network."""
     t = cfg.trainer
     features = features or t.features
-    cuda = [engine.device] if engine.device.type == "cuda" else []
     try:
         # building it (a network's init, a cached classifier) must not move the training RNG:
         # a resumed run builds it after restoring that RNG
-        with torch.random.fork_rng(devices=cuda):
+        with _rng_untouched(engine):
             return Evaluator(data, features=features, num_samples=samples or t.eval_samples,
                              device=engine.device, cache_dir=Path(cfg.data.root) / "cache",
                              weights_path=t.inception_weights, seed=t.seed)
@@ -655,7 +671,7 @@ def evaluate_parts(family: Family, parts: Parts, evaluator: Evaluator, engine: E
     if conditional and evaluator.real_labels is not None:
         labels = torch.arange(n) % len(evaluator.class_names)  # balanced: every class scored
     device = engine.device
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    with _rng_untouched(engine):
         fake = to_uint8(family.sample(parts, n, labels, fixed_generator(seed + 2)))
         recon = None
         if family.reconstruct is not None:
@@ -687,9 +703,7 @@ def evaluate_checkpoint(run_dir: str | Path, samples: int | None = None,
     parts = family.build(cfg, data, engine)
     parts.class_names = data.class_names
     make_ema(parts, cfg.trainer.ema_decay)
-    for group in ("nets", "ema"):
-        for k, net in getattr(parts, group).items():
-            _unwrap(net).load_state_dict(ckpt[group][k])
+    load_weights(ckpt, parts, run_dir / "checkpoints" / checkpoint)
     evaluator = make_evaluator(cfg, data, engine, features, samples)
     if evaluator is None:
         raise MetricsError("no feature network is usable here; see the warning above")
