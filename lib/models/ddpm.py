@@ -416,7 +416,9 @@ class DDPM(nn.Module):
             steps = default(steps, min(self.sample_steps, self.timesteps))
             if not 1 <= steps <= self.timesteps:
                 raise ValueError(f"DDPM: steps must be in [1, {self.timesteps}], got {steps}")
-            times = torch.linspace(-1, self.timesteps - 1, steps + 1).round().long()
+            # on the CPU whatever the default device: the list is read back at once, and the
+            # config check builds models on the meta device, which holds no values
+            times = torch.linspace(-1, self.timesteps - 1, steps + 1, device="cpu").round().long()
             return times.flip(0).tolist()
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {list(SAMPLERS)}")
 
