@@ -67,6 +67,7 @@ class DataConfig:
     download: bool = False
     limit: int | None = None
     seed: int = 0
+    verify: bool = True  # MNIST's files must match the official MD5s
 
 
 @dataclass
