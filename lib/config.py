@@ -395,6 +395,12 @@ def check_model_args(spec: ModelSpec, data: DataConfig, source: str, where: str)
     from lib.models import MODEL_TYPES
 
     _check_choice(spec.type, MODEL_TYPES, source, f"{where}.type")
+    # the GAN's two sections each take their own network; `model` takes any other one
+    roles = {"generator": ["Generator"], "discriminator": ["Discriminator"]}
+    allowed = roles.get(where) or [t for t in MODEL_TYPES if t not in ("Generator",
+                                                                     "Discriminator")]
+    _check(spec.type in allowed, source, f"{where}.type",
+           f"{spec.type!r} cannot be the {where}; it takes {' or '.join(allowed)}")
     cls = MODEL_TYPES[spec.type]
     params = inspect.signature(cls.__init__).parameters
     hints = typing.get_type_hints(cls.__init__)

@@ -129,6 +129,9 @@ def preset(name):
      "must be divisible"),  # the model's own check, run at validation on the meta device
     ("dcgan_demo", "generator.args.hidden_dim=1000000", "generator.args", "GiB of weights"),
     ("ddpm_demo", "model.args.base_channels=1000000", "model.args", "GiB of weights"),
+    ("dcgan_train", "generator.type=CVAE", "generator.type", "takes Generator"),
+    ("dcgan_demo", "discriminator.type=Generator", "discriminator.type", "takes Discriminator"),
+    ("ddpm_demo", "model.type=Generator", "model.type", "takes CVAE or DDPM"),
     ("dcgan_demo", "data.root=a\u0000b", "data.root", "NUL"),
     ("dcgan_demo", "wandb.project=caf\udce9", "wandb.project", "UTF-8"),  # an undecodable argv
 ])
