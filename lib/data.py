@@ -135,12 +135,14 @@ def set_channels(images: torch.Tensor, channels: int | None) -> torch.Tensor:
     raise DatasetError(f"cannot convert {c}-channel images to {channels} channels")
 
 
-def _fingerprint(files: list[Path], **extra) -> str:
-    """What a cache entry is keyed on: every file read, with its size and modification time."""
+def _fingerprint(where: Path, files: list[Path], **extra) -> str:
+    """What a cache entry is keyed on: every file read (its name under `where`, size and
+    modification time), and `extra`."""
     digest = hashlib.sha256(json.dumps(extra, sort_keys=True).encode())
     for f in files:
         st = f.stat()
-        digest.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode(errors="surrogateescape"))
+        name = str(f.relative_to(where)).encode(errors="surrogateescape")
+        digest.update(name + f"\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return digest.hexdigest()
 
 
@@ -155,7 +157,7 @@ def _cached(cache_dir: Path | None, name: str, image_size: int, where: Path,
         return make()
     place = json.dumps([name, image_size, str(where.resolve())])
     path = cache_dir / f"{name}_{image_size}px_{hashlib.sha1(place.encode()).hexdigest()[:12]}.pt"
-    fingerprint = _fingerprint(files, **extra)
+    fingerprint = _fingerprint(where, files, **extra)
     data = _load_cache(path, name, fingerprint) if path.exists() else None
     if data is None:
         data = make()
@@ -633,12 +635,14 @@ def _read_mnist(folder: Path, files: list[Path], image_size: int, verify: bool) 
     if images.ndim != 3 or images.dtype != np.uint8 or len(labels) != len(images):
         raise DatasetError(f"mnist: {folder} holds images {images.shape} {images.dtype} and "
                            f"{len(labels)} labels; expected uint8 (N, 28, 28) and N labels")
-    outside = np.flatnonzero((labels < 0) | (labels > 9)) if labels.ndim == 1 else [0]
-    if labels.ndim != 1 or labels.dtype.kind not in "iu" or len(outside):
-        example = f"; label {labels[outside[0]]} at index {outside[0]}" if len(outside) else ""
+    if labels.ndim != 1 or labels.dtype.kind not in "iu":
+        raise DatasetError(f"mnist: {files[1]}: labels must be integers, one per image; got "
+                           f"{labels.dtype} {labels.shape}. Download the file again")
+    outside = np.flatnonzero((labels < 0) | (labels > 9))
+    if len(outside):
         raise DatasetError(f"mnist: {files[1]}: labels must be integers 0-9, one per image; "
-                           f"{len(outside)} are not{example}. The file is damaged: download "
-                           "it again")
+                           f"{len(outside)} are not; label {labels[outside[0]]} at index "
+                           f"{outside[0]}. The file is damaged: download it again")
     # copy: np.frombuffer arrays are read-only
     pixels = torch.from_numpy(images.copy()).unsqueeze(1)  # (N, 1, 28, 28)
     return ImageData(resize_images(pixels, image_size), torch.from_numpy(labels.astype(np.int64)),
