@@ -3,7 +3,10 @@
 The course project's layout (`generator`/`discriminator` with `type` + `args`,
 `*_optimizer`, `*_lr_scheduler`, `trainer`, `wandb`) loads unchanged; the CVAE
 and DDPM use one `model` with `optimizer` and `lr_scheduler`. Every mistake is
-a `ConfigError` naming the file and the dotted field.
+a `ConfigError` naming the file and the dotted field: unknown or ill-typed fields,
+sections the family would ignore, numbers beyond float32 / int64 or outside what
+training can use, and model arguments the model cannot be built from (each network
+is built on the meta device at validation, without memory or initialisation).
 """
 
 from __future__ import annotations
@@ -176,10 +179,12 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
-    keys = [k for k, _ in pairs]
-    for k in keys:
-        if keys.count(k) > 1:
-            raise ConfigError(f"field {k!r} is given twice in one object; keep one")
+    """An object's fields; json alone keeps the last of two equal keys without a word."""
+    seen = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise ConfigError(f"field {key!r:.60} is given twice in one object; keep one")
+        seen.add(key)
     return dict(pairs)
 
 
@@ -215,7 +220,7 @@ def apply_override(raw: dict, item: str, source: str = "<config>") -> None:
     try:
         value = parse_value(text)
     except ConfigError as e:
-        raise ConfigError(f"{source}: override {key.strip()}: {e}") from None
+        raise ConfigError(f"{source}: override {key.strip():.60}: {e}") from None
     *parents, last = key.strip().split(".")
     node = raw
     for i, part in enumerate(parents):
