@@ -20,16 +20,16 @@ from lib.checkpoint import CheckpointError
 from lib.config import ConfigError, load_config
 from lib.data import DatasetError
 from lib.device import DeviceError
-from lib.guard import DivergenceError
 from lib.metrics import MetricsError
 from lib.runner import NotebookFailed, RunnerError, run_notebooks
+from lib.training.guard import DivergenceError
 
 USER_ERRORS = (ConfigError, DatasetError, CheckpointError, DeviceError, MetricsError,
                RunnerError, FileNotFoundError)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from lib.train import resume, train
+    from lib.training.loop import resume, train
 
     if args.resume:
         if args.config:
@@ -46,7 +46,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from lib.train import evaluate_checkpoint
+    from lib.training.loop import evaluate_checkpoint
 
     result = evaluate_checkpoint(args.run_dir, args.samples, args.features)
     interval = (f" [{result['fid_low']:.3g}, {result['fid_high']:.3g}]"

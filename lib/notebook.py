@@ -23,7 +23,7 @@ import lib
 from lib import viz
 from lib.checkpoint import load_checkpoint, load_models
 from lib.config import Config, ConfigError, load_config
-from lib.tracking import read_history
+from lib.training.tracking import read_history
 
 KAGGLE_WORKING = Path("/kaggle/working")
 HEADLESS_ENV = "GENLAB_HEADLESS"  # set by the runner for the kernels it starts
@@ -143,10 +143,10 @@ def train_or_resume(cfg: Config, out_root: str | Path, resume: bool = True,
 
     A fresh run (resume=False) replaces the folder: its history would otherwise mix two runs.
     gpus > 1: the same under torchrun with DDP, one process per GPU (Kaggle's T4 x2: 2),
-    its output streamed into the cell (lib.distributed.launch).
+    its output streamed into the cell (lib.training.distributed.launch).
     """
-    from lib.distributed import launch
-    from lib.train import train
+    from lib.training.distributed import launch
+    from lib.training.loop import train
 
     if not cfg.name:
         raise ConfigError("the run needs a name (the notebook's `name` parameter): it names "

@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 
 from lib.config import Config
 from lib.notebook import image_bytes, read_json
-from lib.tracking import read_history
+from lib.training.tracking import read_history
 
 FAMILY_ORDER = ("dcgan", "cvae", "ddpm")
 FAMILY_COLORS = {"dcgan": "tab:blue", "cvae": "tab:green", "ddpm": "tab:red"}
@@ -140,7 +140,7 @@ def _time_sampling(run_dir: Path, n: int) -> float:
     from lib.checkpoint import load_checkpoint
     from lib.data import load_dataset
     from lib.device import setup_engine
-    from lib.train import FAMILIES, make_ema
+    from lib.training.loop import FAMILIES, make_ema
 
     ckpt = load_checkpoint(run_dir / "checkpoints" / "last.pt")
     cfg = Config.from_dict(ckpt["config"], str(run_dir))

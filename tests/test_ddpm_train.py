@@ -13,9 +13,9 @@ from lib.checkpoint import build_model, load_checkpoint, load_models
 from lib.config import Config, load_config
 from lib.data import load_dataset, to_float, to_uint8
 from lib.device import Engine
-from lib.distributed import launch
 from lib.models.ddpm import DDPM
-from lib.train import FAMILIES, train
+from lib.training.distributed import launch
+from lib.training.loop import FAMILIES, train
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 

@@ -26,8 +26,8 @@ from lib.metrics import (
     scores,
     ssim_pairs,
 )
-from lib.tracking import read_history
-from lib.train import Family, Parts, evaluate_parts, train
+from lib.training.loop import Family, Parts, evaluate_parts, train
+from lib.training.tracking import read_history
 from lib.viz import plot_metrics
 
 

@@ -21,9 +21,9 @@ from lib import checkpoint, device
 from lib.checkpoint import CheckpointError, atomic_save, load_checkpoint
 from lib.config import Config, ConfigError, apply_override, load_config
 from lib.device import DeviceError, check_cuda_arch
-from lib.guard import DivergenceError, Guard
-from lib.tracking import read_history
-from lib.train import FAMILIES, resume, train
+from lib.training.guard import DivergenceError, Guard
+from lib.training.loop import FAMILIES, resume, train
+from lib.training.tracking import read_history
 
 ROOT = Path(__file__).resolve().parents[1]
 WALL_CLOCK = {"images_per_sec", "train_seconds"}  # the only fields allowed to differ
@@ -108,9 +108,9 @@ def tree_digest(folder: Path) -> dict[str, str]:
 HANG_AFTER_SECOND_CHECKPOINT = """
     import os, sys, time
     from pathlib import Path
-    import lib.train
+    import lib.training.loop
 
-    real_save, periodic = lib.train.atomic_save, []
+    real_save, periodic = lib.training.loop.atomic_save, []
 
     def save(obj, path):
         if path.name == "last.pt" and len(periodic) == 2:  # step 12: history/snapshots ran on
@@ -120,7 +120,7 @@ HANG_AFTER_SECOND_CHECKPOINT = """
         if path.name.startswith("step_"):
             periodic.append(path)
 
-    lib.train.atomic_save = save
+    lib.training.loop.atomic_save = save
 """
 
 
@@ -304,10 +304,10 @@ def test_collapse_event_below_the_fraction():
 
 def stub_evaluation(monkeypatch, diversity: dict[int, float]):
     """Evaluation that reports `diversity[step]` (1.0 otherwise), each entry once."""
-    import lib.train
+    import lib.training.loop
 
     evaluator = type("StubEvaluator", (), {"features": "stub", "num_samples": 8})()
-    monkeypatch.setattr(lib.train, "make_evaluator", lambda *a, **k: evaluator)
+    monkeypatch.setattr(lib.training.loop, "make_evaluator", lambda *a, **k: evaluator)
     calls = []
 
     def evaluate(family, parts, evaluator, engine, seed):
@@ -315,7 +315,7 @@ def stub_evaluation(monkeypatch, diversity: dict[int, float]):
         calls.append(step)
         return {"fid": 100.0 - step, "diversity": diversity.pop(4 * (step + 1), 1.0)}
 
-    monkeypatch.setattr(lib.train, "evaluate_parts", evaluate)
+    monkeypatch.setattr(lib.training.loop, "evaluate_parts", evaluate)
     return calls
 
 

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from lib.config import WandbConfig
-from lib.tracking import Tracker, read_history, truncate_history, wandb_mode
+from lib.training.tracking import Tracker, read_history, truncate_history, wandb_mode
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from lib.checkpoint import load_checkpoint, load_models
 from lib.config import load_config
 from lib.data import load_dataset, to_float
 from lib.device import Engine, seed_everything
-from lib.train import FAMILIES, train
+from lib.training.loop import FAMILIES, train
 
 GAN_FILES = ["config.json", "history.jsonl", "checkpoints/last.pt", "evolution.gif",
              "final_grid.png", "samples/step_0000000.png"]

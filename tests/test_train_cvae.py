@@ -10,7 +10,7 @@ from sklearn.linear_model import LogisticRegression
 from lib.checkpoint import load_checkpoint, load_models
 from lib.config import load_config
 from lib.data import load_dataset, to_float
-from lib.train import train
+from lib.training.loop import train
 
 PRESET = "configs/cvae_demo.json"
 # DESIGN.md's run-folder contract for the CVAE

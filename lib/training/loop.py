@@ -52,9 +52,9 @@ from lib.config import (
 )
 from lib.data import ImageData, load_dataset, to_float, to_uint8
 from lib.device import Engine, make_optimizer, seed_everything, setup_engine
-from lib.guard import DivergenceError, Guard
 from lib.metrics import Evaluator, MetricsError
-from lib.tracking import Tracker, read_history, truncate_history
+from lib.training.guard import DivergenceError, Guard
+from lib.training.tracking import Tracker, read_history, truncate_history
 
 # ---------------------------------------------------------------------------
 # What a family provides

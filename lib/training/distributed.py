@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from lib.config import Config, load_config
-from lib.train import default_run_name
+from lib.training.loop import default_run_name
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
