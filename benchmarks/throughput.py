@@ -33,7 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lib.config import Config, DataConfig, ModelSpec, TrainerConfig  # noqa: E402
 from lib.data import make_shapes  # noqa: E402
 from lib.device import Engine, pick_amp_dtype, pick_device  # noqa: E402
-from lib.training.loop import FAMILIES, BatchSampler  # noqa: E402
+from lib.families import FAMILIES  # noqa: E402
+from lib.training.loop import BatchSampler  # noqa: E402
 
 BATCH = 128
 FAMILY_BATCH_CPU = 16  # CVAE/DDPM comparisons on a CPU: minutes, not half an hour

@@ -121,32 +121,6 @@ def snapshot_frames(samples_dir: Path, prefix: str = "step_") -> list[Path]:
     return sorted(Path(samples_dir).glob(f"{prefix}*.png"), key=step_of)
 
 
-def plot_history(history: list[dict], keys: list[str], path: str | Path, title: str = "") -> Path:
-    """One panel per key (those present in history), value against step."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    keys = [k for k in keys if any(isinstance(r.get(k), int | float) for r in history)]
-    fig, axes = plt.subplots(1, max(1, len(keys)), figsize=(4 * max(1, len(keys)), 3),
-                             squeeze=False)
-    for ax, key in zip(axes[0], keys, strict=False):
-        pts = np.array([(r["step"], r[key]) for r in history
-                        if isinstance(r.get(key), int | float)])
-        ax.plot(pts[:, 0], pts[:, 1], marker="." if len(pts) < 30 else None)
-        ax.set_title(key)
-        ax.set_xlabel("step")
-        ax.grid(alpha=0.3)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return Path(path)
-
-
-
 def _is_number(v) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool)
 
