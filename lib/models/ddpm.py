@@ -247,8 +247,9 @@ class DDPM(nn.Module):
 
     Trains by epsilon-prediction (the "simple" loss of Ho et al.) or, with
     prediction="v", by v-prediction: the target v = alpha_t eps - sigma_t x_0
-    stays of unit scale at every t, where eps says little about x_0 at high
-    noise and x_0 little about eps at low noise. loss_weighting="min_snr"
+    has unit scale at every t, and x_0 = alpha_t x_t - sigma_t v never divides
+    by a small alpha_t, as x_0 = (x_t - sigma_t eps) / alpha_t does at high
+    noise (magnifying eps's errors). loss_weighting="min_snr"
     weights each image's MSE so that the implied x_0 loss is weighted by
     min(SNR_t, min_snr_gamma) (Hang et al.): the nearly clean timesteps, easy
     and dominant in the plain loss, stop crowding out the rest. With
@@ -326,6 +327,8 @@ class DDPM(nn.Module):
         buffer("sqrt_recip_alphas_cumprod", (1.0 / alphas_cumprod).sqrt())
         buffer("sqrt_recipm1_alphas_cumprod", (1.0 / alphas_cumprod - 1).sqrt())
         buffer("snr", alphas_cumprod / (1.0 - alphas_cumprod))
+        # float64 on the host: DPM-Solver's per-step coefficients without a device sync
+        self.alphas_cumprod_host = alphas_cumprod.tolist()
         # The variance is 0 at t = 0; its log is clipped there (that step adds no noise anyway).
         buffer("posterior_log_variance_clipped",
                posterior_variance.clamp(min=posterior_variance[min(1, timesteps - 1)]).log())
@@ -490,7 +493,7 @@ class DDPM(nn.Module):
 
     def _alpha_sigma_lambda(self, t: int) -> tuple[float, float, float]:
         """alpha_t, sigma_t, lambda_t at one timestep, in float64 (lambda spans ~20 units)."""
-        abar = self.alphas_cumprod[t].double().item()
+        abar = self.alphas_cumprod_host[t]
         return math.sqrt(abar), math.sqrt(1.0 - abar), 0.5 * (math.log(abar) - math.log1p(-abar))
 
     def _randn(self, shape, generator: torch.Generator | None) -> torch.Tensor:
