@@ -64,7 +64,8 @@ def read_cats(run: Path) -> dict | None:
     steady = windows[1:] or windows
     ips = statistics.median(steady)
     batch = summary["images_seen"] / max(summary["step"], 1)
-    return {"iterations": summary["step"], "precision": summary["precision"],
+    return {"iterations": summary["step"], "finished": summary["finished"],
+            "precision": summary["precision"],
             "device": summary["device"], "images_per_sec": ips,
             "images_per_sec_overall": summary["images_seen"] / summary["train_seconds"],
             "batch": batch,
@@ -153,6 +154,9 @@ def markdown(result: dict) -> str:
                      f"images/s** (steady state; {cats['images_per_sec_overall']:.1f} overall); "
                      f"the full {FULL_RUN_ITERATIONS:,}-iteration run projected at "
                      f"**{cats['projected_full_run_minutes']:.1f} min**")
+        if not cats["finished"]:
+            lines.append("(stopped early by its time budget: the GPU is slower than the "
+                         "step's limit allows for --iters)")
     if result["targets"]:
         lines += ["", "## Targets", ""]
         for name, t in result["targets"].items():

@@ -98,16 +98,14 @@ def pick_amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
         return torch.float16
     if device.type != "cuda":
         return torch.bfloat16 if precision == "bf16" else None
-    native_bf16 = torch.cuda.get_device_capability(device) >= BF16_MIN_CAPABILITY
-    if precision == "bf16":
-        if not native_bf16:
-            major, minor = torch.cuda.get_device_capability(device)
-            warnings.warn(
-                f"trainer.precision='bf16' on {torch.cuda.get_device_name(device)} (compute "
-                f"capability {major}.{minor} < 8.0): bf16 is emulated there and slow; "
-                "precision='auto' picks fp16 with a grad scaler", stacklevel=2)
-        return torch.bfloat16
-    return torch.bfloat16 if native_bf16 else torch.float16
+    capability = torch.cuda.get_device_capability(device)
+    native_bf16 = capability >= BF16_MIN_CAPABILITY
+    if precision == "bf16" and not native_bf16:
+        warnings.warn(
+            f"trainer.precision='bf16' on {torch.cuda.get_device_name(device)} (compute "
+            f"capability {capability[0]}.{capability[1]} < 8.0): bf16 is emulated there and "
+            "slow; precision='auto' picks fp16 with a grad scaler", stacklevel=2)
+    return torch.bfloat16 if native_bf16 or precision == "bf16" else torch.float16
 
 
 def seed_everything(seed: int) -> None:
@@ -187,7 +185,7 @@ class Engine:
         run everything queued before the copy, so the CPU stops queuing the next kernels; from
         pinned memory with non_blocking=True the copy is queued like a kernel.
         """
-        if self.device.type != "cuda":
+        if self.device.type != "cuda" or host.device.type != "cpu":
             return host.to(self.device)
         return host.pin_memory().to(self.device, non_blocking=True)
 
