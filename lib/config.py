@@ -72,6 +72,8 @@ class TrainerConfig:
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
     channels_last: bool = True
     compile: bool = False
+    # torch.compile mode: default | reduce-overhead (CUDA graphs) | max-autotune | ...
+    compile_mode: str = "default"
     deterministic: bool = False
     ema_decay: float = 0.0  # 0 = no EMA copy of the weights
     # EMA warm-up (ema-pytorch's): decay min(ema_decay, 1 - (1 + step / ema_inv_gamma) **
@@ -292,6 +294,9 @@ def check_model_args(spec: ModelSpec, source: str, where: str) -> None:
             _check(spec.args[key] >= low, source, dotted, f"must be >= {low}, got {value}")
 
 
+COMPILE_MODES = {"default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"}
+
+
 def validate(cfg: Config, source: str = "<config>") -> None:
     for name in ("generator_optimizer", "discriminator_optimizer", "optimizer"):
         opt = getattr(cfg, name)
@@ -326,6 +331,7 @@ def validate(cfg: Config, source: str = "<config>") -> None:
     _check(t.ema_power >= 0, source, "trainer.ema_power", "must be >= 0 (0: no warm-up)")
     _check(t.ema_inv_gamma > 0, source, "trainer.ema_inv_gamma", "must be > 0")
     _check_choice(t.precision, {"auto", "fp32", "bf16", "fp16"}, source, "trainer.precision")
+    _check_choice(t.compile_mode, COMPILE_MODES, source, "trainer.compile_mode")
     _check_choice(t.features, {"auto", "classifier", "inception"}, source, "trainer.features")
     _check(re.fullmatch(r"auto|cpu|cuda(:\d+)?", t.device) is not None, source,
            "trainer.device", f"{t.device!r} is not auto, cpu, cuda or cuda:N")
