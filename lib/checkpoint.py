@@ -15,6 +15,10 @@ from pathlib import Path
 import torch
 
 FORMAT_VERSION = 1
+# What every checkpoint of this project holds, and what the code that reads one relies on:
+# the config and model specs rebuild the networks, the states resume the run exactly.
+REQUIRED = {"config": dict, "models": dict, "nets": dict, "step": int, "counters": dict,
+            "optimizers": dict, "schedulers": dict, "rng": dict}
 
 
 class CheckpointError(RuntimeError):
@@ -72,7 +76,28 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     if version > FORMAT_VERSION:
         raise CheckpointError(f"{path}: format {version} is newer than this "
                               f"code understands ({FORMAT_VERSION}); update the project")
+    _check_contents(ckpt, path)
     return ckpt
+
+
+def _check_contents(ckpt: dict, path: Path) -> None:
+    """Every required key with its type, and a {type, args} spec for every network."""
+    for key, kind in REQUIRED.items():
+        if key not in ckpt:
+            raise CheckpointError(f"{path}: damaged or not written by this project, its "
+                                  f"{key!r} entry is missing (a periodic checkpoints/step_*.pt "
+                                  "of the run can take the place of last.pt)")
+        if not isinstance(ckpt[key], kind) or isinstance(ckpt[key], bool):
+            raise CheckpointError(f"{path}: damaged checkpoint, its {key!r} entry is a "
+                                  f"{type(ckpt[key]).__name__}, expected {kind.__name__}")
+    for name, spec in ckpt["models"].items():
+        if not (isinstance(spec, dict) and isinstance(spec.get("type"), str)
+                and isinstance(spec.get("args"), dict)):
+            raise CheckpointError(f"{path}: damaged checkpoint, models[{name!r}] is not a "
+                                  "{type, args} network spec")
+        if name not in ckpt["nets"]:
+            raise CheckpointError(f"{path}: damaged checkpoint, no weights for {name!r} "
+                                  "(its 'nets' entry)")
 
 
 def _offending(error: Exception) -> str:

@@ -9,8 +9,8 @@ torchvision's raw IDX files; "cats", "artbench" and "folder" read folders of
 images through one reader; "artbench32" reads CIFAR-style pickled batches.
 Labelled datasets on disk use their training split only (MNIST's 60,000
 images, ArtBench-10's 50,000); the test split stays untouched for evaluation.
-Decoded tensors are cached under `root/cache/`: delete that folder after
-changing the files of a folder dataset.
+Decoded tensors are cached under `root/cache/`, keyed on the files read (names,
+sizes, modification times): adding, removing or editing one rebuilds the cache.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from lib.checkpoint import atomic_save
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: keyed on the files read, not only on the dataset's path
 # read-only dataset mounts on Kaggle; tests point this elsewhere
 KAGGLE_INPUT = Path("/kaggle/input")
 
@@ -135,22 +135,48 @@ def set_channels(images: torch.Tensor, channels: int | None) -> torch.Tensor:
     raise DatasetError(f"cannot convert {c}-channel images to {channels} channels")
 
 
-def _cache_file(root: Path, name: str, key: dict) -> Path:
-    digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
-    return root / "cache" / f"{name}_{key['image_size']}px_{digest}.pt"
+def _fingerprint(where: Path, files: list[Path], **extra) -> str:
+    """What a cache entry is keyed on: every file read (its name under `where`, size and
+    modification time), and `extra`."""
+    digest = hashlib.sha256(json.dumps(extra, sort_keys=True).encode())
+    for f in files:
+        st = f.stat()
+        name = str(f.relative_to(where)).encode(errors="surrogateescape")
+        digest.update(name + f"\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
 
 
-def _save_cache(path: Path, data: ImageData) -> None:
-    atomic_save({"version": CACHE_VERSION, "images": data.images, "labels": data.labels,
-                 "class_names": data.class_names, "skipped": data.skipped}, path)
+def _cached(cache_dir: Path | None, name: str, image_size: int, where: Path,
+            files: list[Path], make, **extra) -> ImageData:
+    """`make()`, or its cached result while `files` (and `extra`) are what they were.
+
+    One cache file per dataset, size and folder; a stale one is replaced in place
+    (atomically), so a changed folder never leaves old tensors behind.
+    """
+    if cache_dir is None:
+        return make()
+    place = json.dumps([name, image_size, str(where.resolve())])
+    path = cache_dir / f"{name}_{image_size}px_{hashlib.sha1(place.encode()).hexdigest()[:12]}.pt"
+    fingerprint = _fingerprint(where, files, **extra)
+    data = _load_cache(path, name, fingerprint) if path.exists() else None
+    if data is None:
+        data = make()
+        try:
+            atomic_save({"version": CACHE_VERSION, "fingerprint": fingerprint,
+                         "images": data.images, "labels": data.labels,
+                         "class_names": data.class_names, "skipped": data.skipped}, path)
+        except OSError as e:  # a read-only data root: the cache only saves time
+            print(f"[{name}] not cached, {path.parent} is not writable ({e.strerror})")
+    return data
 
 
-def _load_cache(path: Path, name: str) -> ImageData | None:
+def _load_cache(path: Path, name: str, fingerprint: str) -> ImageData | None:
     try:
         blob = torch.load(path, weights_only=True)
     except (OSError, RuntimeError, EOFError, pickle.UnpicklingError):
         return None
-    if not isinstance(blob, dict) or blob.get("version") != CACHE_VERSION:
+    if (not isinstance(blob, dict) or blob.get("version") != CACHE_VERSION
+            or blob.get("fingerprint") != fingerprint):
         return None
     return ImageData(blob["images"], blob["labels"], blob["class_names"], name, blob["skipped"])
 
@@ -280,16 +306,23 @@ def _interleave(groups: list[list[Path]]) -> tuple[list[Path], list[int]]:
 
 
 def read_images(files: list[Path], image_size: int, name: str, where: Path,
-                labels: list[int] | None = None,
-                class_names: list[str] | None = None) -> ImageData:
+                labels: list[int] | None = None, class_names: list[str] | None = None,
+                cache_dir: Path | None = None) -> ImageData:
     """Decode image files into uint8 (N, 3, image_size, image_size); unreadable ones are skipped.
 
     Each image is resized while decoding, so a folder of 256px images costs only
-    image_size-sized memory.
+    image_size-sized memory. With `cache_dir`, decoded once while the files stay the same.
     """
     if not files:
         raise DatasetError(f"{name}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) "
                            f"under {where}")
+    return _cached(cache_dir, name, image_size, where, files,
+                   lambda: _decode_all(files, image_size, name, where, labels, class_names),
+                   labels=labels, class_names=class_names)
+
+
+def _decode_all(files: list[Path], image_size: int, name: str, where: Path,
+                labels: list[int] | None, class_names: list[str] | None) -> ImageData:
     out = np.empty((len(files), 3, image_size, image_size), dtype=np.uint8)
     kept: list[int] = []
     bar = tqdm(files, desc=f"decoding {name}", unit="img", mininterval=5,
@@ -309,8 +342,12 @@ def read_images(files: list[Path], image_size: int, name: str, where: Path,
                      skipped=len(files) - len(kept))
 
 
-def read_image_folder(folder: Path, image_size: int, name: str) -> ImageData:
-    """A folder of images: class subfolders give labels (sorted names), loose files do not."""
+def read_image_folder(folder: Path, image_size: int, name: str,
+                      cache_dir: Path | None = None) -> ImageData:
+    """A folder of images: class subfolders give labels (sorted names), loose files do not.
+
+    A class folder none of whose files can be read is dropped, with a message.
+    """
     loose = [f for f in folder.iterdir()
              if f.is_file() and not _hidden(f.name) and f.suffix.lower() in IMAGE_SUFFIXES]
     classes = [d for d in _subdirs(folder) if _has_images(d)]
@@ -320,16 +357,38 @@ def read_image_folder(folder: Path, image_size: int, name: str) -> ImageData:
             f"({', '.join(d.name for d in classes)}); move the loose images into a class "
             "folder for labelled data, or point path at a folder of one kind")
     if not classes:
-        return read_images(list(_iter_images(folder)), image_size, name, folder)
-    files, labels = _interleave([list(_iter_images(d)) for d in classes])
-    return read_images(files, image_size, name, folder, labels, [d.name for d in classes])
+        return read_images(list(_iter_images(folder)), image_size, name, folder,
+                           cache_dir=cache_dir)
+    groups = [list(_iter_images(d)) for d in classes]
+    files, labels = _interleave(groups)
+    data = read_images(files, image_size, name, folder, labels, [d.name for d in classes],
+                       cache_dir)
+    return _drop_empty_classes(data, [len(g) for g in groups], folder)
+
+
+def _drop_empty_classes(data: ImageData, files_per_class: list[int], folder: Path) -> ImageData:
+    """Leave out classes that kept no image (all unreadable); renumber the others."""
+    counts = torch.bincount(data.labels, minlength=len(data.class_names)).tolist()
+    empty = [k for k, n in enumerate(counts) if n == 0]
+    if not empty:
+        return data
+    for k in empty:
+        print(f"[{data.name}] dropped class {data.class_names[k]!r}: none of the "
+              f"{files_per_class[k]} image file(s) in {folder / data.class_names[k]} "
+              "could be read")
+    kept = [k for k in range(len(counts)) if k not in empty]
+    new_index = torch.full((len(counts),), -1, dtype=torch.int64)
+    new_index[kept] = torch.arange(len(kept))
+    return ImageData(data.images, new_index[data.labels], [data.class_names[k] for k in kept],
+                     data.name, data.skipped)
 
 
 # ---------------------------------------------------------------------------
 # Datasets on disk
 
 
-def load_folder(image_size: int, path: str | None = None, **_) -> ImageData:
+def load_folder(image_size: int, path: str | None = None, cache_dir: Path | None = None,
+                **_) -> ImageData:
     """Any folder of images given by `path`."""
     if path is None:
         raise DatasetError("folder: give the folder of images as path=... (data.path in a "
@@ -337,14 +396,14 @@ def load_folder(image_size: int, path: str | None = None, **_) -> ImageData:
     folder = Path(path)
     if not folder.is_dir():
         raise _missing("folder", [folder], "path must be an existing folder of images.")
-    return read_image_folder(folder, image_size, "folder")
+    return read_image_folder(folder, image_size, "folder", cache_dir)
 
 
 CATS_KAGGLE = "spandan2/cats-faces-64x64-for-generative-models"
 
 
 def load_cats(image_size: int, root: str | Path = "data", path: str | None = None,
-              **_) -> ImageData:
+              cache_dir: Path | None = None, **_) -> ImageData:
     """64x64 cat faces: every image under the folder, unlabelled."""
     if path is not None:
         candidates = [Path(path)]
@@ -358,7 +417,8 @@ def load_cats(image_size: int, root: str | Path = "data", path: str | None = Non
             f"Get the Kaggle dataset {CATS_KAGGLE} (on Kaggle: Add Input; elsewhere: "
             f"`kaggle datasets download -d {CATS_KAGGLE}` and unzip) into "
             f"{Path(root) / 'cats'}, or pass its folder as path=..."))
-    return read_images(list(_iter_images(folder)), image_size, "cats", folder)
+    return read_images(list(_iter_images(folder)), image_size, "cats", folder,
+                       cache_dir=cache_dir)
 
 
 ARTBENCH_STYLES = ["art_nouveau", "baroque", "expressionism", "impressionism",
@@ -386,7 +446,7 @@ def _find_style_root(top: Path, max_depth: int = 3) -> Path | None:
 
 
 def load_artbench(image_size: int, root: str | Path = "data", path: str | None = None,
-                  **_) -> ImageData:
+                  cache_dir: Path | None = None, **_) -> ImageData:
     """ArtBench-10 256x256 ImageFolder layout (<style>/*.jpg), resized; the training split."""
     if path is not None:
         candidates = [Path(path)]
@@ -405,7 +465,8 @@ def load_artbench(image_size: int, root: str | Path = "data", path: str | None =
     dirs = {d.name.lower(): d for d in _subdirs(style_root)}
     groups = [list(_iter_images(dirs[s])) if s in dirs else [] for s in ARTBENCH_STYLES]
     files, labels = _interleave(groups)
-    return read_images(files, image_size, "artbench", style_root, labels, list(ARTBENCH_STYLES))
+    return read_images(files, image_size, "artbench", style_root, labels, list(ARTBENCH_STYLES),
+                       cache_dir)
 
 
 ARTBENCH32_FOLDER = "artbench-10-batches-py"
@@ -424,7 +485,7 @@ def _unpickle(file: Path) -> dict:
 
 
 def load_artbench32(image_size: int, root: str | Path = "data", path: str | None = None,
-                    **_) -> ImageData:
+                    cache_dir: Path | None = None, **_) -> ImageData:
     """ArtBench-10 32x32 python batches (data_batch_1..5; test_batch is left out)."""
     if path is not None:
         candidates = [Path(path), Path(path) / ARTBENCH32_FOLDER]
@@ -443,6 +504,12 @@ def load_artbench32(image_size: int, root: str | Path = "data", path: str | None
             candidates[0], KAGGLE_INPUT / "**" / ARTBENCH32_FOLDER]
         raise _missing("artbench32", looked_at, "Expected data_batch_1..5 there. " + extract)
     batches = sorted(folder.glob("data_batch_*"), key=lambda f: f.name.rsplit("_", 1)[-1].zfill(3))
+    meta = [folder / "meta"] if (folder / "meta").is_file() else []
+    return _cached(cache_dir, "artbench32", image_size, folder, batches + meta,
+                   lambda: _read_artbench32(folder, batches, image_size))
+
+
+def _read_artbench32(folder: Path, batches: list[Path], image_size: int) -> ImageData:
     images, labels = [], []
     for file in batches:
         batch = _unpickle(file)
@@ -464,17 +531,31 @@ def load_artbench32(image_size: int, root: str | Path = "data", path: str | None
 
 
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte")
+# MD5 of the uncompressed official files: what torchvision's .gz downloads (whose own MD5s,
+# f68b3c2d... and d53e105e..., torchvision checks when it fetches them) decompress to, and
+# what the mirrors that ship them unpacked (e.g. "train-images.idx3-ubyte") hold.
+MNIST_MD5 = {"train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
+             "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624"}
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
-def read_idx(file: Path) -> np.ndarray:
-    """An IDX file (gzipped or not): zero, zero, dtype code, ndim, big-endian int32 dims, data."""
+def _idx_bytes(file: Path) -> bytes:
+    """The contents of an IDX file, decompressed when it is gzipped (whatever its name)."""
     raw = file.read_bytes()
-    if raw[:2] == b"\x1f\x8b":  # gzip magic, whatever the file is called
+    if raw[:2] == b"\x1f\x8b":  # gzip magic
         try:
             raw = gzip.decompress(raw)
         except (OSError, EOFError) as e:
             raise DatasetError(f"{file}: broken gzip data ({e}); download it again") from e
+    return raw
+
+
+def read_idx(file: Path) -> np.ndarray:
+    """An IDX file (gzipped or not): zero, zero, dtype code, ndim, big-endian int32 dims, data."""
+    return _parse_idx(_idx_bytes(file), file)
+
+
+def _parse_idx(raw: bytes, file: Path) -> np.ndarray:
     if len(raw) < 4 or raw[:2] != b"\0\0" or raw[2] not in _IDX_DTYPES:
         raise DatasetError(f"{file} is not an IDX file (bad header {raw[:4]!r})")
     ndim, dtype = raw[3], np.dtype(_IDX_DTYPES[raw[2]])
@@ -500,8 +581,13 @@ def _find_mnist(candidates: list[Path]) -> Path | None:
 
 
 def load_mnist(image_size: int, root: str | Path = "data", path: str | None = None,
-               download: bool = False, **_) -> ImageData:
-    """MNIST's 60,000 training digits (the 10,000 test digits are left out), resized."""
+               download: bool = False, verify: bool = True, cache_dir: Path | None = None,
+               **_) -> ImageData:
+    """MNIST's 60,000 training digits (the 10,000 test digits are left out), resized.
+
+    `verify`: the files must be the official ones (their MD5); False reads any IDX files
+    under MNIST's names, such as a subset made for a test.
+    """
     base = Path(path) if path is not None else Path(root)
     candidates = [base, base / "raw", base / "MNIST" / "raw"] if path is not None else [
         base / "MNIST" / "raw"]
@@ -525,11 +611,38 @@ def load_mnist(image_size: int, root: str | Path = "data", path: str | None = No
             f"Expected {' and '.join(MNIST_FILES)} (.gz or not). Fetch them with "
             "load_dataset('mnist', ..., download=True) (data.download=true in a config; uses "
             f"torchvision.datasets.MNIST), or copy the raw files into {base / 'MNIST' / 'raw'}."))
-    images = read_idx(_idx_file(folder, MNIST_FILES[0]))  # (N, 28, 28)
-    labels = read_idx(_idx_file(folder, MNIST_FILES[1]))  # (N,)
+    files = [_idx_file(folder, stem) for stem in MNIST_FILES]
+    return _cached(cache_dir, "mnist", image_size, folder, files,
+                   lambda: _read_mnist(folder, files, image_size, verify), verify=verify)
+
+
+def _verified_idx(file: Path, stem: str, verify: bool) -> np.ndarray:
+    """The IDX array of `file`; with `verify`, only if its contents are the official `stem`'s."""
+    raw = _idx_bytes(file)
+    digest = hashlib.md5(raw, usedforsecurity=False).hexdigest() if verify else None
+    if verify and digest != MNIST_MD5[stem]:
+        raise DatasetError(
+            f"mnist: {file} is not the official {stem} (the MD5 of its IDX contents is "
+            f"{digest}, expected {MNIST_MD5[stem]}): the download is damaged or the file "
+            "holds other data. Delete it and download again (data.download=true), or set "
+            "data.verify=false to train on it as it is")
+    return _parse_idx(raw, file)
+
+
+def _read_mnist(folder: Path, files: list[Path], image_size: int, verify: bool) -> ImageData:
+    images = _verified_idx(files[0], MNIST_FILES[0], verify)  # (N, 28, 28)
+    labels = _verified_idx(files[1], MNIST_FILES[1], verify)  # (N,)
     if images.ndim != 3 or images.dtype != np.uint8 or len(labels) != len(images):
         raise DatasetError(f"mnist: {folder} holds images {images.shape} {images.dtype} and "
                            f"{len(labels)} labels; expected uint8 (N, 28, 28) and N labels")
+    if labels.ndim != 1 or labels.dtype.kind not in "iu":
+        raise DatasetError(f"mnist: {files[1]}: labels must be integers, one per image; got "
+                           f"{labels.dtype} {labels.shape}. Download the file again")
+    outside = np.flatnonzero((labels < 0) | (labels > 9))
+    if len(outside):
+        raise DatasetError(f"mnist: {files[1]}: labels must be integers 0-9, one per image; "
+                           f"{len(outside)} are not; label {labels[outside[0]]} at index "
+                           f"{outside[0]}. The file is damaged: download it again")
     # copy: np.frombuffer arrays are read-only
     pixels = torch.from_numpy(images.copy()).unsqueeze(1)  # (N, 1, 28, 28)
     return ImageData(resize_images(pixels, image_size), torch.from_numpy(labels.astype(np.int64)),
@@ -560,6 +673,7 @@ def load_dataset(
     download: bool = False,
     limit: int | None = None,
     seed: int = 0,
+    verify: bool = True,
     cache: bool = True,
 ) -> ImageData:
     """Load `dataset` as uint8 (N, C, H, W) at `image_size`, cached under `root/cache/`.
@@ -572,18 +686,10 @@ def load_dataset(
     if image_size < 4:
         raise DatasetError(f"image_size must be at least 4, got {image_size}")
     root = Path(root)
-    # no seed in the key: no cached loader depends on it, and a new seed must not re-decode
-    key = {"dataset": dataset, "image_size": image_size,
-           "path": str(Path(path).resolve()) if path else None}
-    cache_path = _cache_file(root, dataset, key)
-    data = None
-    if cache and dataset not in EMBEDDED and cache_path.exists():
-        data = _load_cache(cache_path, dataset)
-    if data is None:
-        data = LOADERS[dataset](image_size=image_size, root=root, path=path,
-                                download=download, seed=seed)
-        if cache and dataset not in EMBEDDED:
-            _save_cache(cache_path, data)
+    # the loaders on disk cache what they decode, keyed on the files they read
+    cache_dir = root / "cache" if cache and dataset not in EMBEDDED else None
+    data = LOADERS[dataset](image_size=image_size, root=root, path=path, download=download,
+                            seed=seed, verify=verify, cache_dir=cache_dir)
     if data.skipped:
         print(f"[{dataset}] skipped {data.skipped} unreadable image file(s)")
     images = set_channels(data.images, channels)

@@ -215,9 +215,8 @@ def test_two_gpus_train_with_sync_batchnorm(tmp_path):
     """DDP over NCCL with synchronised BatchNorm; the saved weights are plain BatchNorm ones
     (a single-GPU run or the evaluation rebuilds them). The step-level equality with one
     process on the whole batch is tests/test_distributed.py's SyncBatchNorm test."""
-    from lib.training.distributed import launch
-
     from lib.models.dcgan import Discriminator
+    from lib.training.distributed import launch
 
     cfg = config("dcgan", tmp_path, "name=syncbn", "trainer.sync_batchnorm=true")
     run = launch(cfg, 2, out_root=tmp_path)

@@ -214,14 +214,15 @@ def test_kill_during_checkpoint_write_keeps_the_previous_one(tmp_path):
 
 def test_failure_between_write_and_rename_keeps_the_previous_one(tmp_path, monkeypatch):
     path = tmp_path / "last.pt"
-    atomic_save({"format_version": 1, "step": 1, "w": torch.ones(3)}, path)
+    entries = {k: {} for k in checkpoint.REQUIRED if k != "step"}  # the keys load_checkpoint needs
+    atomic_save({"format_version": 1, "step": 1, "w": torch.ones(3), **entries}, path)
 
     def broken_replace(src, dst):
         raise OSError("disk vanished")
 
     monkeypatch.setattr(checkpoint.os, "replace", broken_replace)
     with pytest.raises(OSError, match="disk vanished"):
-        atomic_save({"format_version": 1, "step": 2, "w": torch.zeros(3)}, path)
+        atomic_save({"format_version": 1, "step": 2, "w": torch.zeros(3), **entries}, path)
     assert load_checkpoint(path)["step"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temp file left behind
 

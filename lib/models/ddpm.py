@@ -310,7 +310,10 @@ class DDPM(nn.Module):
         self.unet = UNet(n_channels, base_channels, list(channel_mults), num_res_blocks,
                          num_classes, dropout)
 
-        betas = beta_schedule(schedule, timesteps)  # (T,) float64
+        # The schedule is host maths (read back below): on the CPU whatever the default device,
+        # so that building on the meta device (the config check) works too.
+        with torch.device("cpu"):
+            betas = beta_schedule(schedule, timesteps)  # (T,) float64
         alphas = 1.0 - betas
         alphas_cumprod = torch.cumprod(alphas, dim=0)
         alphas_cumprod_prev = F.pad(alphas_cumprod[:-1], (1, 0), value=1.0)
@@ -528,9 +531,12 @@ class DDPM(nn.Module):
                 raise ValueError(f"DDPM: steps must be in [1, {self.timesteps}], got {steps}")
             spacing = default(spacing, "quadratic" if sampler == "dpm++2m" else "uniform")
             if spacing == "uniform":
-                times = torch.linspace(-1, self.timesteps - 1, steps + 1).round().long()
+                # on the CPU whatever the default device: the list is read back at once, and the
+                # config check builds models on the meta device, which holds no values
+                times = torch.linspace(-1, self.timesteps - 1, steps + 1,
+                                       device="cpu").round().long()
             else:
-                i = torch.arange(steps + 1)
+                i = torch.arange(steps + 1, device="cpu")
                 times = (self.timesteps * (i.double() / steps) ** 2 - 1).round().long()
                 # Rounding merges the smallest ones: push them apart, keeping `steps` distinct.
                 times = i + (times - i).cummax(0).values
