@@ -89,8 +89,17 @@ class Explorer:
         self.last_ms = 1000 * (time.perf_counter() - t0)
         self.status.value = f"rendered in {self.last_ms:.0f} ms"
 
-    def _repr_mimebundle_(self, **kwargs):
-        return self.ui._repr_mimebundle_(**kwargs)
+    def _ipython_display_(self) -> None:
+        # display(explorer) shows its controls; ipywidgets 7 widgets have no _repr_mimebundle_
+        from IPython.display import display
+
+        display(self.ui)
+
+
+def _tooltip(text: str) -> dict[str, str]:
+    """The hover text keyword: `tooltip` since ipywidgets 8, `description_tooltip` before."""
+    major = int(widgets.__version__.split(".")[0])
+    return {"tooltip": text} if major >= 8 else {"description_tooltip": text}
 
 
 def to_png(grid: torch.Tensor) -> bytes:
@@ -222,7 +231,8 @@ def ddpm_explorer(model: nn.Module, n_samples: int = 4, steps: int = 20, max_ste
         "guidance_scale": widgets.FloatSlider(
             value=1.0, min=0.0, max=8.0, step=0.25, description="guidance",
             continuous_update=False, disabled=not guided,
-            tooltip="1 = no guidance; needs a conditional model trained with cond_drop_prob > 0"),
+            **_tooltip("1 = no guidance; needs a conditional model trained with "
+                       "cond_drop_prob > 0")),
     }
     if model.num_classes > 0:
         names = class_names or [str(k) for k in range(model.num_classes)]

@@ -241,3 +241,16 @@ def test_ddpm_explorer_unconditional_has_no_guidance():
     explorer = ddpm_explorer(model, n_samples=2, steps=3)
     assert explorer.controls["guidance_scale"].disabled and "label" not in explorer.controls
     assert changes(explorer, "seed", 1)
+
+
+def test_an_explorer_displays_as_its_widgets(generator):
+    from IPython.core.interactiveshell import InteractiveShell
+    from IPython.display import display
+    from IPython.utils.capture import capture_output
+
+    InteractiveShell.instance()  # display() needs a shell to publish to
+    explorer = latent_explorer(generator, n_components=1, n_samples=1)
+    with capture_output() as captured:
+        display(explorer)
+    view = captured.outputs[0].data["application/vnd.jupyter.widget-view+json"]
+    assert view["model_id"] == explorer.ui.model_id
