@@ -1,6 +1,6 @@
 """Progress bars that read wherever a run is watched.
 
-A live notebook gets tqdm's widget. Everywhere else - papermill (the suite's
+A live notebook gets tqdm's widget (`tqdm.notebook`). Everywhere else - papermill (the suite's
 runner, Kaggle's "Save & Run All"), a log file, a terminal - gets plain text:
 a widget there is saved as a stale `0%| 0/400` (or nothing) in the executed
 notebook, and papermill's `--log-output` prints every redraw as a new line,
@@ -49,7 +49,7 @@ def progress_bar(total: int | None = None, initial: int = 0, desc: str = "",
     error. Outside one it stays on stderr, so a command's stdout keeps only its answer.
     """
     if live_notebook():
-        from tqdm.auto import tqdm
+        from tqdm.notebook import tqdm
 
         return tqdm(iterable, total=total, initial=initial, desc=desc, disable=disable,
                     unit=unit, mininterval=TERMINAL_INTERVAL_S)
