@@ -1,6 +1,7 @@
 """Command line.
 
-  python -m lib train CONFIG [--set k=v ...] [--out DIR] [--resume RUN_DIR]
+  python -m lib train CONFIG [--set k=v ...] [--out DIR]
+  python -m lib train --resume RUN_DIR [--set trainer.k=v ...] [--resume-with CONFIG] [--out DIR]
   python -m lib evaluate RUN_DIR [--samples N] [--features inception|classifier]
   python -m lib notebooks [--preset demo|gpu|FILE] [--only NAME ...] [-p key=value ...]
   python -m lib demo      (the whole notebook suite on embedded data, then the report's path)
@@ -31,14 +32,18 @@ def presets_hint() -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from lib.train import resume, train
+    from lib.training.loop import resume, train
 
     if args.resume:
         if args.config:
             raise ConfigError(f"give a CONFIG or --resume RUN_DIR, not both (got {args.config} "
-                              f"and --resume {args.resume}); change a resumed run with --set")
-        out = resume(args.resume, out_root=args.out, overrides=args.set)
+                              f"and --resume {args.resume}); change a resumed run with --set "
+                              f"or --resume-with")
+        out = resume(args.resume, out_root=args.out, overrides=args.set,
+                     config=args.resume_with)
     else:
+        if args.resume_with:
+            raise ConfigError(f"--resume-with {args.resume_with} goes with --resume RUN_DIR")
         if not args.config:
             raise ConfigError(f"train needs a CONFIG file (or --resume RUN_DIR); "
                               f"{presets_hint()}")
@@ -51,7 +56,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from lib.train import evaluate_checkpoint
+    from lib.training.evaluation import evaluate_checkpoint
 
     result = evaluate_checkpoint(args.run_dir, args.samples, args.features)
     interval = (f" [{result['fid_low']:.3g}, {result['fid_high']:.3g}]"
@@ -100,6 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="RUN_DIR",
                    help="continue the run in RUN_DIR from its last.pt; with --out, in a copy "
                         "under OUT (for read-only folders such as Kaggle inputs)")
+    p.add_argument("--resume-with", metavar="CONFIG",
+                   help="with --resume: the config asked for now (how torchrun gets a "
+                        "notebook's) instead of the checkpoint's own; its trainer fields apply, "
+                        "its model and data must be the run's")
     p.set_defaults(func=cmd_train)
     p = sub.add_parser("evaluate", help="score a run's final weights into RUN_DIR/metrics.json")
     p.add_argument("run_dir", metavar="RUN_DIR")
@@ -129,9 +138,9 @@ def errors() -> tuple[tuple[type[Exception], ...], tuple[type[Exception], ...]]:
     from lib.checkpoint import CheckpointError
     from lib.data import DatasetError
     from lib.device import DeviceError
-    from lib.guard import DivergenceError
     from lib.metrics import MetricsError
     from lib.runner import NotebookFailed, RunnerError
+    from lib.training.guard import DivergenceError
 
     return ((ConfigError, DatasetError, CheckpointError, DeviceError, MetricsError,
              RunnerError, FileNotFoundError), (DivergenceError, NotebookFailed))

@@ -72,8 +72,14 @@ class TrainerConfig:
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
     channels_last: bool = True
     compile: bool = False
+    # torch.compile mode: default | reduce-overhead (CUDA graphs) | max-autotune | ...
+    compile_mode: str = "default"
     deterministic: bool = False
     ema_decay: float = 0.0  # 0 = no EMA copy of the weights
+    # EMA warm-up (ema-pytorch's): decay min(ema_decay, 1 - (1 + step / ema_inv_gamma) **
+    # -ema_power), so a short run's average is not its initialisation; 0 = constant decay
+    ema_power: float = 0.0
+    ema_inv_gamma: float = 1.0
     grad_clip: float = 0.0  # 0 = no clipping
     sync_batchnorm: bool = False  # under DDP: synchronise BatchNorm statistics across ranks
     # divergence guard: a non-finite value or a loss spike rolls back to the last checkpoint
@@ -110,12 +116,10 @@ class Config:
 
     @property
     def family(self) -> str:
-        """"dcgan", "cvae" or "ddpm": which training recipe this config describes."""
-        if self.generator is not None:
-            return "dcgan"
-        from lib.models import MODEL_FAMILIES
+        """"dcgan", "cvae" or "ddpm": the family (lib.families) of the model type it trains."""
+        from lib.families import FAMILY_OF_TYPE
 
-        return MODEL_FAMILIES[self.model.type]
+        return FAMILY_OF_TYPE[(self.generator or self.model).type]
 
     @property
     def total_steps(self) -> int:
@@ -271,7 +275,7 @@ def _check_choice(value: str, choices, source: str, where: str) -> None:
 
 def check_model_args(spec: ModelSpec, source: str, where: str) -> None:
     """Model args must match the model's constructor: names and annotated types."""
-    from lib.models import MODEL_TYPES
+    from lib.families import MODEL_TYPES
 
     _check_choice(spec.type, MODEL_TYPES, source, f"{where}.type")
     cls = MODEL_TYPES[spec.type]
@@ -288,6 +292,9 @@ def check_model_args(spec: ModelSpec, source: str, where: str) -> None:
         if hints.get(key) is int and isinstance(default, int) and default >= 0:
             low = 1 if default > 0 else 0  # a size that defaults to 0 means "off"
             _check(spec.args[key] >= low, source, dotted, f"must be >= {low}, got {value}")
+
+
+COMPILE_MODES = {"default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"}
 
 
 def validate(cfg: Config, source: str = "<config>") -> None:
@@ -321,7 +328,10 @@ def validate(cfg: Config, source: str = "<config>") -> None:
     _check(0 <= t.collapse_fraction < 1, source, "trainer.collapse_fraction",
            f"must be in [0, 1), got {t.collapse_fraction}")
     _check(0 <= t.ema_decay < 1, source, "trainer.ema_decay", "must be in [0, 1)")
+    _check(t.ema_power >= 0, source, "trainer.ema_power", "must be >= 0 (0: no warm-up)")
+    _check(t.ema_inv_gamma > 0, source, "trainer.ema_inv_gamma", "must be > 0")
     _check_choice(t.precision, {"auto", "fp32", "bf16", "fp16"}, source, "trainer.precision")
+    _check_choice(t.compile_mode, COMPILE_MODES, source, "trainer.compile_mode")
     _check_choice(t.features, {"auto", "classifier", "inception"}, source, "trainer.features")
     _check(re.fullmatch(r"auto|cpu|cuda(:\d+)?", t.device) is not None, source,
            "trainer.device", f"{t.device!r} is not auto, cpu, cuda or cuda:N")

@@ -4,7 +4,7 @@ Every loader returns an `ImageData`: images stored once as uint8 (N, C, H, W)
 plus int64 labels where the dataset has classes. Models see floats in [-1, 1];
 `to_float` and `to_uint8` are the only conversions between the two.
 
-Datasets (see DESIGN.md): "digits" and "shapes" are embedded; "mnist" reads
+Datasets (the README's table): "digits" and "shapes" are embedded; "mnist" reads
 torchvision's raw IDX files; "cats", "artbench" and "folder" read folders of
 images through one reader; "artbench32" reads CIFAR-style pickled batches.
 Labelled datasets on disk use their training split only (MNIST's 60,000

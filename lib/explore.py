@@ -17,8 +17,7 @@ a headless notebook run.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -26,6 +25,7 @@ from torch import nn
 
 from lib import viz
 from lib.data import to_float
+from lib.families.base import chunked, device_of, eval_mode
 
 NONLINEARITIES = (nn.ReLU, nn.LeakyReLU, nn.SiLU, nn.GELU, nn.Tanh)
 
@@ -105,21 +105,6 @@ def seed_latent(seed: int, latent_dim: int, n: int | None = None) -> torch.Tenso
     return torch.randn(shape, generator=g)
 
 
-def device_of(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
-@contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Eval mode for the duration (BatchNorm must use running statistics for a batch of one)."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
-
-
 # ---------------------------------------------------------------------------
 # GANSpace for generators
 
@@ -148,18 +133,18 @@ def early_activations(generator: nn.Module, z: torch.Tensor,
         captured.append(output.flatten(1).float().cpu())
         raise _Stop
 
+    def features(chunk: torch.Tensor) -> torch.Tensor:
+        try:
+            generator(chunk.to(device_of(generator)))
+        except _Stop:
+            return captured.pop()
+        raise ValueError(f"layer {layer} did not run in {type(generator).__name__}.forward")
+
     handle = layer.register_forward_hook(hook)
     try:
-        for chunk in z.split(256):
-            try:
-                generator(chunk.to(device_of(generator)))
-            except _Stop:
-                pass
+        return chunked(features, z)
     finally:
         handle.remove()
-    if len(captured) != len(z.split(256)):
-        raise ValueError(f"layer {layer} did not run in {type(generator).__name__}.forward")
-    return torch.cat(captured)
 
 
 def ganspace_directions(generator: nn.Module, n_components: int = 8, n_samples: int = 1000,
@@ -244,13 +229,14 @@ def posterior_means(cvae: nn.Module, images: torch.Tensor, labels: torch.Tensor,
                     batch_size: int = 512) -> torch.Tensor:
     """Encoder means over a dataset: uint8 or [-1, 1] (N, C, H, W), (N,) -> (N, latent) CPU."""
     device = device_of(cvae)
-    mus = []
+
+    def means(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        x = to_float(x) if x.dtype == torch.uint8 else x
+        mu, _ = cvae.encode(x.to(device), y.to(device))
+        return mu.float().cpu()
+
     with eval_mode(cvae):
-        for x, y in zip(images.split(batch_size), labels.split(batch_size), strict=True):
-            x = to_float(x) if x.dtype == torch.uint8 else x
-            mu, _ = cvae.encode(x.to(device), y.to(device))
-            mus.append(mu.float().cpu())
-    return torch.cat(mus)
+        return chunked(means, images, labels, size=batch_size)
 
 
 def posterior_directions(cvae: nn.Module, images: torch.Tensor, labels: torch.Tensor,

@@ -22,10 +22,10 @@ from PIL import Image
 
 import lib
 from lib import viz
-from lib.checkpoint import load_checkpoint, load_models
 from lib.config import Config, ConfigError, load_config
 from lib.progress import live_notebook
-from lib.tracking import read_history
+from lib.rundir import RunDir
+from lib.training.tracking import read_history
 from lib.viz import fmt
 
 KAGGLE_WORKING = Path("/kaggle/working")
@@ -132,20 +132,18 @@ def config_from_parameters(preset: str | Path, **params) -> Config:
 # Train or resume
 
 
-def has_checkpoint(run_dir: str | Path) -> bool:
-    return (Path(run_dir) / "checkpoints" / "last.pt").is_file()
-
-
 def train_or_resume(cfg: Config, out_root: str | Path, resume: bool = True,
                     progress: bool = True, gpus: int = 1) -> Path:
     """Train `cfg` into out_root/<cfg.name>; continue its checkpoint when `resume` and one exists.
 
+    A resume keeps the checkpoint's model and data and takes `cfg`'s trainer fields (a
+    changed model or data field is a ConfigError naming it: lib.training.state.resume_config).
     A fresh run (resume=False) replaces the folder: its history would otherwise mix two runs.
     gpus > 1: the same under torchrun with DDP, one process per GPU (Kaggle's T4 x2: 2),
-    its output streamed into the cell (lib.distributed.launch).
+    its output streamed into the cell (lib.training.distributed.launch).
     """
-    from lib.distributed import launch
-    from lib.train import train
+    from lib.training.distributed import launch
+    from lib.training.loop import train
 
     if not cfg.name:
         raise ConfigError("the run needs a name (the notebook's `name` parameter): it names "
@@ -154,7 +152,7 @@ def train_or_resume(cfg: Config, out_root: str | Path, resume: bool = True,
         raise ConfigError(f"gpus={gpus!r}: give the number of processes, 1 or more "
                           "(2 on Kaggle's 'GPU T4 x2')")
     run_dir = Path(out_root) / cfg.name
-    if resume and has_checkpoint(run_dir):
+    if resume and RunDir(run_dir).has_checkpoint():
         print(f"resuming {run_dir}")
         if gpus > 1:
             return launch(cfg, gpus, out_root=out_root, resume=run_dir)
@@ -177,14 +175,14 @@ def read_json(path: Path) -> dict:
 
 def run_summary(run_dir: str | Path) -> dict:
     """summary.json merged with metrics.json (absent files give absent keys)."""
-    run_dir = Path(run_dir)
-    return {**read_json(run_dir / "summary.json"), **read_json(run_dir / "metrics.json")}
+    run = RunDir(run_dir)
+    return {**read_json(run.summary), **read_json(run.metrics)}
 
 
 def snapshot_strip(run_dir: str | Path, count: int = 6,
                    prefix: str = "step_") -> Image.Image | None:
     """`count` snapshots spread over the run, side by side with their step as caption."""
-    frames = viz.snapshot_frames(Path(run_dir) / "samples", prefix)
+    frames = viz.snapshot_frames(RunDir(run_dir).samples, prefix)
     if not frames:
         return None
     k = min(count, len(frames))
@@ -207,11 +205,12 @@ def history_figure(run_dir: str | Path):
 
 
 def trained_model(run_dir: str | Path) -> tuple[torch.nn.Module, list[str] | None]:
-    """The network a run samples with (EMA weights when kept) and the class names, eval mode."""
-    path = Path(run_dir) / "checkpoints" / "last.pt"
-    nets = load_models(path)
-    net = nets["generator"] if "generator" in nets else next(iter(nets.values()))
-    return net, load_checkpoint(path).get("class_names")
+    """The network a run samples with (EMA weights when kept), on the CPU in eval mode, and
+    the class names."""
+    from lib.training.evaluation import rebuild
+
+    rebuilt = rebuild(run_dir, device="cpu")
+    return rebuilt.sampler, rebuilt.parts.class_names
 
 
 # ---------------------------------------------------------------------------

@@ -13,24 +13,25 @@ import html
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 from matplotlib.figure import Figure
 
 from lib import viz
 from lib.config import Config
+from lib.families import FAMILIES, FAMILY_COLORS
 from lib.notebook import KAGGLE_WORKING, image_bytes, img_tag, on_kaggle, read_json
-from lib.tracking import read_history
+from lib.rundir import RunDir
+from lib.training.evaluation import rebuild, sampling_cost
+from lib.training.tracking import read_history
 from lib.viz import fmt
 
-FAMILY_ORDER = ("dcgan", "cvae", "ddpm")
-FAMILY_COLORS = {"dcgan": "tab:blue", "cvae": "tab:green", "ddpm": "tab:red"}
 METRIC_KEYS = ("fid", "kid", "ssim_recon", "ssim_nearest", "ssim", "diversity")
 UNCERTAINTY_KEYS = ("fid_low", "fid_high", "kid_std")  # shown beside their metric
-# what each picture of a run folder is; the first of two identical files is the one shown
-MEDIA = {
+# what each picture of a run folder (lib.rundir.MEDIA) shows, in the order the report shows
+# them; of two identical files the first is the one shown
+MEDIA_CAPTIONS = {
     "reconstruction.gif": "reconstructions over training: rows 1 and 3 rebuilt by the model, "
                           "rows 2 and 4 the real images they come from",
     "generation.gif": "generations over training: fixed prior noise decoded with every class "
@@ -77,23 +78,24 @@ def find_runs(out_root: str | Path) -> list[Path]:
     if not root.is_dir():
         return []
     runs = [d for d in root.iterdir() if d.is_dir() and d.name not in SKIP_FOLDERS
-            and (d / "config.json").is_file()
-            and ((d / "summary.json").is_file() or (d / "history.jsonl").is_file())]
+            and RunDir(d).config.is_file()
+            and (RunDir(d).summary.is_file() or RunDir(d).history.is_file())]
     return sorted(runs, key=lambda d: (_family_rank(_family_of(d)), d.name))
 
 
 def _family_of(run_dir: Path) -> str:
-    summary = read_json(run_dir / "summary.json")
+    summary = read_json(RunDir(run_dir).summary)
     if "family" in summary:
         return summary["family"]
     try:
-        return Config.from_dict(read_json(run_dir / "config.json"), str(run_dir)).family
+        return Config.from_dict(read_json(RunDir(run_dir).config), str(run_dir)).family
     except (ValueError, KeyError):
         return "unknown"
 
 
 def _family_rank(family: str) -> int:
-    return FAMILY_ORDER.index(family) if family in FAMILY_ORDER else len(FAMILY_ORDER)
+    order = list(FAMILIES)  # the registry's order
+    return order.index(family) if family in order else len(order)
 
 
 def last_scores(history: list[dict]) -> dict:
@@ -107,12 +109,12 @@ def last_scores(history: list[dict]) -> dict:
 
 
 def load_run(run_dir: str | Path) -> RunInfo:
-    run_dir = Path(run_dir)
-    config = read_json(run_dir / "config.json")
-    summary = read_json(run_dir / "summary.json")
+    run_dir, files = Path(run_dir), RunDir(run_dir)
+    config = read_json(files.config)
+    summary = read_json(files.summary)
     history = read_history(run_dir)
     last = history[-1] if history else {}
-    metrics = {**last_scores(history), **read_json(run_dir / "metrics.json")}
+    metrics = {**last_scores(history), **read_json(files.metrics)}
     data = config.get("data", {})
     return RunInfo(
         run_dir=run_dir, name=run_dir.name, family=_family_of(run_dir),
@@ -137,51 +139,21 @@ def load_runs(out_root: str | Path) -> list[RunInfo]:
 def sampling_seconds_per_image(run: RunInfo, n: int = 8) -> float | None:
     """Wall time per generated image, as the run recorded it or measured here (cached per step).
 
-    None when the run recorded none and cannot be rebuilt here (no checkpoint, data absent).
+    None when the run recorded none and cannot be rebuilt here (no checkpoint, no such device).
     """
     if run.sample_seconds_per_image is not None:
         return run.sample_seconds_per_image
-    cache = run.run_dir / "sampling.json"
+    cache = RunDir(run.run_dir).sampling_cache
     cached = read_json(cache)
     if cached.get("step") == run.step and cached.get("n") == n:
         return cached["seconds_per_image"]
     try:
-        seconds = _time_sampling(run.run_dir, n)
+        rebuilt = rebuild(run.run_dir)
+        seconds = sampling_cost(rebuilt.family, rebuilt.parts, rebuilt.engine, n)
     except (OSError, ValueError, RuntimeError, KeyError):
         return None
     cache.write_text(json.dumps({"step": run.step, "n": n, "seconds_per_image": seconds}) + "\n")
     return seconds
-
-
-def _time_sampling(run_dir: Path, n: int) -> float:
-    from lib.checkpoint import load_checkpoint
-    from lib.data import load_dataset
-    from lib.device import setup_engine
-    from lib.train import FAMILIES, make_ema
-
-    ckpt = load_checkpoint(run_dir / "checkpoints" / "last.pt")
-    cfg = Config.from_dict(ckpt["config"], str(run_dir))
-    cfg.trainer.compile = False  # time sampling, not compilation
-    family = FAMILIES[cfg.family]
-    engine = setup_engine(cfg.trainer)
-    data = load_dataset(**asdict(cfg.data))
-    parts = family.build(cfg, data, engine)
-    make_ema(parts, cfg.trainer.ema_decay)
-    for group in ("nets", "ema"):
-        for k, net in getattr(parts, group).items():
-            net.load_state_dict(ckpt[group][k])
-    labels = None
-    if data.num_classes:
-        labels = torch.arange(n) % data.num_classes
-    gen = torch.Generator().manual_seed(0)
-    family.sample(parts, 2, labels[:2] if labels is not None else None, gen)  # warm-up
-    if engine.device.type == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    family.sample(parts, n, labels, gen)
-    if engine.device.type == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - t0) / n
 
 
 # ---------------------------------------------------------------------------
@@ -299,8 +271,8 @@ def run_media(run: RunInfo) -> list[tuple[Path, str]]:
     (the CVAE's evolution.gif is its generation.gif)."""
     shown: dict[str, int] = {}
     media: list[tuple[Path, str]] = []
-    for name, caption in MEDIA.items():
-        path = run.run_dir / name
+    for name, caption in MEDIA_CAPTIONS.items():
+        path = RunDir(run.run_dir).media(name)
         if not path.is_file():
             continue
         digest = hashlib.sha256(path.read_bytes()).hexdigest()

@@ -1,5 +1,6 @@
 """Evaluation: scores against known values, caching, and the offline Inception path."""
 
+import dataclasses
 import hashlib
 import json
 import subprocess
@@ -17,6 +18,7 @@ from lib.checkpoint import load_checkpoint
 from lib.config import load_config
 from lib.data import ImageData, load_dataset
 from lib.device import Engine
+from lib.families import FAMILIES, Parts
 from lib.metrics import (
     INCEPTION_FILE,
     INCEPTION_URL,
@@ -26,8 +28,8 @@ from lib.metrics import (
     scores,
     ssim_pairs,
 )
-from lib.tracking import read_history
-from lib.train import Family, Parts, evaluate_parts, train
+from lib.training.loop import evaluate_parts, train
+from lib.training.tracking import read_history
 from lib.viz import plot_metrics
 
 
@@ -313,10 +315,10 @@ def test_evaluate_parts_scores_classes_and_reconstructions(evaluator, digits):
         return torch.stack([by_class[int(k)][i // 10].float() / 127.5 - 1
                             for i, k in enumerate(labels)])
 
-    family = Family(build=None, step=None, snapshot=None, sample=sample, finish=None,
-                    reconstruct=lambda parts, x, y: x)
+    family = dataclasses.replace(FAMILIES["cvae"], sample=sample,
+                                 reconstruct=lambda parts, x, y: x)
     parts = Parts(nets={}, optimizers={}, schedulers={},
-                  models={"model": {"type": "Stub", "args": {"num_classes": 10}}})
+                  specs={"model": {"type": "Stub", "args": {"num_classes": 10}}})
     result = evaluate_parts(family, parts, evaluator, Engine(torch.device("cpu"), None), seed=0)
     assert torch.equal(asked[0], torch.arange(300) % 10)  # balanced labels, every class scored
     assert all(f"fid_class_{k}" in result for k in range(10))

@@ -21,9 +21,12 @@ from lib import checkpoint, device
 from lib.checkpoint import CheckpointError, atomic_save, load_checkpoint
 from lib.config import Config, ConfigError, apply_override, load_config
 from lib.device import DeviceError, check_cuda_arch
-from lib.guard import DivergenceError, Guard
-from lib.tracking import read_history
-from lib.train import FAMILIES, resume, train
+from lib.families import FAMILIES
+from lib.training.distributed import launch
+from lib.training.evaluation import rebuild
+from lib.training.guard import DivergenceError, Guard
+from lib.training.loop import resume, train
+from lib.training.tracking import read_history
 
 ROOT = Path(__file__).resolve().parents[1]
 WALL_CLOCK = {"images_per_sec", "train_seconds"}  # the only fields allowed to differ
@@ -108,9 +111,9 @@ def tree_digest(folder: Path) -> dict[str, str]:
 HANG_AFTER_SECOND_CHECKPOINT = """
     import os, sys, time
     from pathlib import Path
-    import lib.train
+    import lib.training.loop
 
-    real_save, periodic = lib.train.atomic_save, []
+    real_save, periodic = lib.training.loop.atomic_save, []
 
     def save(obj, path):
         if path.name == "last.pt" and len(periodic) == 2:  # step 12: history/snapshots ran on
@@ -120,7 +123,7 @@ HANG_AFTER_SECOND_CHECKPOINT = """
         if path.name.startswith("step_"):
             periodic.append(path)
 
-    lib.train.atomic_save = save
+    lib.training.loop.atomic_save = save
 """
 
 
@@ -304,10 +307,10 @@ def test_collapse_event_below_the_fraction():
 
 def stub_evaluation(monkeypatch, diversity: dict[int, float]):
     """Evaluation that reports `diversity[step]` (1.0 otherwise), each entry once."""
-    import lib.train
+    import lib.training.loop
 
     evaluator = type("StubEvaluator", (), {"features": "stub", "num_samples": 8})()
-    monkeypatch.setattr(lib.train, "make_evaluator", lambda *a, **k: evaluator)
+    monkeypatch.setattr(lib.training.loop, "make_evaluator", lambda *a, **k: evaluator)
     calls = []
 
     def evaluate(family, parts, evaluator, engine, seed):
@@ -315,7 +318,7 @@ def stub_evaluation(monkeypatch, diversity: dict[int, float]):
         calls.append(step)
         return {"fid": 100.0 - step, "diversity": diversity.pop(4 * (step + 1), 1.0)}
 
-    monkeypatch.setattr(lib.train, "evaluate_parts", evaluate)
+    monkeypatch.setattr(lib.training.loop, "evaluate_parts", evaluate)
     return calls
 
 
@@ -453,10 +456,35 @@ def test_read_only_run_needs_out(tmp_path, monkeypatch):
         resume(run, progress=False)
 
 
+def test_resume_takes_trainer_fields_and_names_a_changed_data_field(tmp_path):
+    """The one resume rule, as a notebook resumes (its whole config) and as it hands a
+    resume to torchrun: the trainer fields apply, a data field must be the run's."""
+    config = tiny_config(tmp_path, epochs=1)
+    run = train(load_config(config), out_root=tmp_path, progress=False)
+    changed = load_config(config, ["data.image_size=32", "trainer.epochs=2"])
+    message = r"data\.image_size: the run in .* was trained with 16, now 32"
+    with pytest.raises(ConfigError, match=message):
+        train(changed, resume=run, progress=False)
+    with pytest.raises(ConfigError, match=message):  # before any process starts
+        launch(changed, 2, resume=run)
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 4  # nothing trained
+    assert train(load_config(config, ["trainer.epochs=2"]), resume=run, progress=False) == run
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 8
+    assert json.loads((run / "config.json").read_text())["trainer"]["epochs"] == 2
+
+
 def test_resume_refuses_a_checkpoint_that_does_not_fit(tmp_path):
     run = train(load_config(tiny_config(tmp_path, epochs=1)), out_root=tmp_path, progress=False)
-    with pytest.raises(CheckpointError, match="does not match this config"):
+    # the one resume rule: a model field differing from the checkpoint's is named
+    with pytest.raises(ConfigError, match=r"generator\.args\.hidden_dim: the run in .* was "
+                                          r"trained with 8, now 16"):
         resume(run, overrides=["generator.args.hidden_dim=16"], progress=False)
+    # weights that do not fit the specs a checkpoint carries are refused, naming the file
+    ckpt = load_checkpoint(run / "checkpoints" / "last.pt")
+    ckpt["models"]["generator"]["args"]["hidden_dim"] = 16
+    atomic_save(ckpt, run / "checkpoints" / "last.pt")
+    with pytest.raises(CheckpointError, match=r"last\.pt: does not match this config"):
+        rebuild(run)
 
 
 # ---------------------------------------------------------------------------

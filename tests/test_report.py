@@ -210,3 +210,9 @@ def test_report_of_a_read_only_root_goes_somewhere_writable(tmp_path, monkeypatc
     monkeypatch.chdir(tmp_path)
     assert report.report_dir(inputs) == tmp_path / "report"
     assert report.report_dir(tmp_path / "writable") == tmp_path / "writable" / "report"
+
+
+def test_every_media_file_of_a_run_has_a_caption():
+    from lib.rundir import MEDIA
+
+    assert set(report.MEDIA_CAPTIONS) == set(MEDIA)

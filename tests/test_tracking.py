@@ -3,9 +3,15 @@ import socket
 
 import pytest
 
-from lib import tracking
 from lib.config import WandbConfig
-from lib.tracking import Tracker, read_history, truncate_history, wandb_mode, wandb_reachable
+from lib.training import tracking
+from lib.training.tracking import (
+    Tracker,
+    read_history,
+    truncate_history,
+    wandb_mode,
+    wandb_reachable,
+)
 
 
 @pytest.fixture

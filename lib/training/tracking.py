@@ -22,6 +22,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from lib.config import WandbConfig
+from lib.rundir import RunDir
 
 
 def kaggle_secret(name: str) -> str | None:
@@ -113,7 +114,7 @@ class Tracker:
 
     def __init__(self, run_dir: Path, cfg: WandbConfig, run_name: str, config: dict,
                  enabled: bool = True):
-        self.history_path = Path(run_dir) / "history.jsonl"
+        self.history_path = RunDir(run_dir).history
         self.enabled = enabled  # False on DDP ranks other than 0
         self.mode = wandb_mode(cfg) if enabled else "disabled"
         self._wandb = None
@@ -147,16 +148,6 @@ class Tracker:
             except Exception as e:
                 self._warn(e)
 
-    def log_image(self, key: str, path: Path, step: int) -> None:
-        if self._wandb is None:
-            return
-        try:
-            import wandb
-
-            self._wandb.log({key: wandb.Image(str(path))}, step=step)
-        except Exception as e:
-            self._warn(e)
-
     def finish(self) -> None:
         if self._wandb is not None:
             try:
@@ -167,7 +158,7 @@ class Tracker:
 
 def _wandb_id(run_dir: Path) -> str:
     """A stable wandb run id per run folder, so a resumed run continues the same wandb run."""
-    id_file = Path(run_dir) / ".wandb_id"
+    id_file = RunDir(run_dir).wandb_id
     if id_file.exists():
         return id_file.read_text().strip()
     import uuid
@@ -179,7 +170,7 @@ def _wandb_id(run_dir: Path) -> str:
 
 def read_history(run_dir: str | Path) -> list[dict]:
     """All records of a run's history.jsonl (empty if there is none yet)."""
-    path = Path(run_dir) / "history.jsonl"
+    path = RunDir(run_dir).history
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -187,7 +178,7 @@ def read_history(run_dir: str | Path) -> list[dict]:
 
 def truncate_history(run_dir: str | Path, last_step: int) -> None:
     """Drop records logged after `last_step` (they belong to work a resume will redo)."""
-    path = Path(run_dir) / "history.jsonl"
+    path = RunDir(run_dir).history
     if path.exists():
         kept = [r for r in read_history(run_dir) if r.get("step", 0) <= last_step]
         path.write_text("".join(json.dumps(r) + "\n" for r in kept))
