@@ -81,7 +81,7 @@ install() {  # looks the modules up without importing them (seconds, not a minut
     if "$PY" - <<'EOF'
 import importlib.util, sys
 needed = ("lib", "torch", "torchvision", "torchmetrics", "torch_fidelity", "scipy", "sklearn",
-          "papermill", "matplotlib", "PIL", "imageio", "tqdm", "wandb", "pytest")
+          "papermill", "matplotlib", "PIL", "tqdm", "wandb", "pytest")
 missing = [name for name in needed if importlib.util.find_spec(name) is None]
 print("missing:", " ".join(missing) if missing else "nothing")
 sys.exit(1 if missing else 0)

@@ -17,16 +17,18 @@ import sys
 import time
 from pathlib import Path
 
-from lib.checkpoint import CheckpointError
 from lib.config import ConfigError, load_config
-from lib.data import DatasetError
-from lib.device import DeviceError
-from lib.metrics import MetricsError
-from lib.runner import NotebookFailed, RunnerError, run_notebooks
-from lib.training.guard import DivergenceError
 
-USER_ERRORS = (ConfigError, DatasetError, CheckpointError, DeviceError, MetricsError,
-               RunnerError, FileNotFoundError)
+# torch, torchmetrics and papermill are imported by the subcommands that use them, so that
+# `--help` and a mistyped option answer at once instead of after seconds of imports.
+
+
+def presets_hint() -> str:
+    """Where the JSON presets live and their names, for a config that was not found."""
+    folder = Path(__file__).resolve().parent.parent / "configs"
+    names = sorted(p.name for p in folder.glob("*.json") if not p.name.startswith("notebooks_"))
+    return (f"presets live in {folder}: {', '.join(names)}" if names
+            else "give a path to a JSON config such as configs/dcgan_demo.json")
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -43,7 +45,10 @@ def cmd_train(args: argparse.Namespace) -> None:
         if args.resume_with:
             raise ConfigError(f"--resume-with {args.resume_with} goes with --resume RUN_DIR")
         if not args.config:
-            raise ConfigError("train needs a CONFIG file (or --resume RUN_DIR)")
+            raise ConfigError(f"train needs a CONFIG file (or --resume RUN_DIR); "
+                              f"{presets_hint()}")
+        if not Path(args.config).is_file():
+            raise ConfigError(f"{args.config}: config file not found; {presets_hint()}")
         cfg = load_config(args.config, args.set)
         out = train(cfg, out_root=args.out or "outputs")
     if int(os.environ.get("RANK", 0)) == 0:  # under torchrun: one line, from rank 0
@@ -69,11 +74,15 @@ def _echo(line: str) -> None:
 
 
 def cmd_notebooks(args: argparse.Namespace) -> None:
+    from lib.runner import run_notebooks
+
     run_notebooks(args.only, args.preset, args.param, args.out, echo=_echo)
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
     """The notebook suite with the demo preset on embedded data; per-notebook timings."""
+    from lib.runner import run_notebooks
+
     t0 = time.monotonic()
     results = run_notebooks(None, "demo", args.param, args.out, echo=_echo)
     print("\ndemo timings")
@@ -84,7 +93,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m lib", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m lib", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("train", help="train a model from a JSON config")
     p.add_argument("config", nargs="?", help="JSON config, e.g. configs/dcgan_demo.json")
@@ -123,14 +133,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def errors() -> tuple[tuple[type[Exception], ...], tuple[type[Exception], ...]]:
+    """(mistakes the user can fix: exit 2, failures of a run: exit 1); imports torch."""
+    from lib.checkpoint import CheckpointError
+    from lib.data import DatasetError
+    from lib.device import DeviceError
+    from lib.metrics import MetricsError
+    from lib.runner import NotebookFailed, RunnerError
+    from lib.training.guard import DivergenceError
+
+    return ((ConfigError, DatasetError, CheckpointError, DeviceError, MetricsError,
+             RunnerError, FileNotFoundError), (DivergenceError, NotebookFailed))
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(argv)  # --help and usage errors end here, before torch
+    user_errors, run_errors = errors()
     try:
         args.func(args)
-    except USER_ERRORS as e:
+    except user_errors as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except (DivergenceError, NotebookFailed) as e:
+    except run_errors as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

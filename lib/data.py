@@ -30,9 +30,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
-from tqdm.auto import tqdm
 
 from lib.checkpoint import atomic_save
+from lib.progress import progress_bar
 
 CACHE_VERSION = 2  # 2: keyed on the files read, not only on the dataset's path
 # read-only dataset mounts on Kaggle; tests point this elsewhere
@@ -325,8 +325,8 @@ def _decode_all(files: list[Path], image_size: int, name: str, where: Path,
                 labels: list[int] | None, class_names: list[str] | None) -> ImageData:
     out = np.empty((len(files), 3, image_size, image_size), dtype=np.uint8)
     kept: list[int] = []
-    bar = tqdm(files, desc=f"decoding {name}", unit="img", mininterval=5,
-               disable=len(files) < PROGRESS_MIN_FILES)
+    bar = progress_bar(len(files), desc=f"decoding {name}", unit="img", iterable=files,
+                       disable=len(files) < PROGRESS_MIN_FILES)
     for i, file in enumerate(bar):
         try:
             out[len(kept)] = _decode(file, image_size)

@@ -152,19 +152,25 @@ def ganspace_directions(generator: nn.Module, n_components: int = 8, n_samples: 
     """GANSpace: PCA of early activations, regressed back onto the latents that caused them.
 
     With activations y_j = f(z_j), their PCA coordinates x_j, the latent directions are the
-    columns of U = argmin sum_j ||U x_j - z_j||^2. Each is normalised to unit length; one
-    slider unit is one prior sigma (z ~ N(0, I) has std 1 along any unit direction).
+    columns of U = argmin sum_j ||U x_j - z_j||^2, each normalised to unit length. One
+    slider unit moves the activations by one standard deviation of that component, as
+    measured by a finite step through the generator (not assumed from the fit).
     """
     latent_dim = generator.latent_dim
     z = seed_latent(seed, latent_dim, n_samples)  # (N, latent)
     with eval_mode(generator):
         y = early_activations(generator, z, layer)  # (N, D)
-    comps, _, explained = pca(y, n_components)
-    coords = (y - y.mean(0)) @ comps.T  # (N, K)
-    zc = (z - z.mean(0)).double()
-    u = torch.linalg.lstsq(coords.double(), zc).solution.float()  # (K, latent)
-    vectors = u / u.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    return Directions(vectors, torch.ones(len(vectors)), explained)
+        comps, std, explained = pca(y, n_components)
+        coords = (y - y.mean(0)) @ comps.T  # (N, K)
+        zc = (z - z.mean(0)).double()
+        u = torch.linalg.lstsq(coords.double(), zc).solution.float()  # (K, latent)
+        vectors = u / u.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        probe = z[:256]
+        y0 = y[: len(probe)]
+        # activation change along component k per unit of latent distance along direction k
+        gain = torch.stack([((early_activations(generator, probe + v, layer) - y0) @ c).mean()
+                            for v, c in zip(vectors, comps, strict=True)]).abs()
+    return Directions(vectors, std / gain.clamp_min(1e-6 * float(std.max())), explained)
 
 
 @torch.inference_mode()
@@ -182,6 +188,15 @@ def latent_point(latent_dim: int, seed_a: int, seed_b: int, t: float,
     if directions is not None and len(amounts):
         z = z + directions.offset(amounts)
     return z  # (latent_dim,)
+
+
+def latent_points(latent_dim: int, seed_a: int, seed_b: int, t: float, n: int,
+                  directions: Directions | None = None,
+                  amounts: Sequence[float] = ()) -> torch.Tensor:
+    """n neighbours of `latent_point`: image i walks from seed_a + i to seed_b + i, every one
+    moved by the same offset, so a direction is seen acting on several images. (n, latent)"""
+    return torch.stack([latent_point(latent_dim, seed_a + i, seed_b + i, t, directions, amounts)
+                        for i in range(n)])
 
 
 def latent_traversal_grid(generator: nn.Module, directions: Directions | None = None,
@@ -269,24 +284,47 @@ def class_traversal_grid(cvae: nn.Module, directions: Directions, label: int = 0
 # DDPM
 
 
-def ddpm_images(model: nn.Module, seed: int = 0, n: int = 4, steps: int = 20,
-                guidance_scale: float = 1.0, label: int | None = None) -> torch.Tensor:
-    """DDIM samples from the noise a seed stands for -> (n, C, H, W) in [-1, 1] on the CPU.
+ALL_CLASSES = -1  # a label that cycles over the classes (0, 1, 2, ...)
 
-    label=None cycles over the classes of a conditional model (0, 1, 2, ...).
+
+def ddpm_images(model: nn.Module, seed: int = 0, n: int = 4, steps: int | None = 20,
+                guidance_scale: float = 1.0, label: int | None = None,
+                sampler: str = "ddim", eta: float | None = None) -> torch.Tensor:
+    """Samples from the noise a seed stands for -> (n, C, H, W) in [-1, 1] on the CPU.
+
+    The seed fixes every random draw (x_T and the sampler's noise). label None or
+    ALL_CLASSES cycles over the classes of a conditional model. steps: None for samplers
+    that take every timestep ("ddpm"); eta: None for the model's own.
     """
     labels = None
-    if model.num_classes > 0 and label is not None:
+    if model.num_classes > 0 and label is not None and label != ALL_CLASSES:
         labels = torch.full((n,), int(label), dtype=torch.long)
     with eval_mode(model):
-        out = model.sample(n, labels=labels, sampler="ddim", steps=int(steps),
+        out = model.sample(n, labels=labels, sampler=sampler,
+                           steps=None if steps is None else int(steps), eta=eta,
                            guidance_scale=float(guidance_scale),
                            generator=torch.Generator().manual_seed(int(seed)))
     return out.float().cpu()
 
 
 def ddpm_grid(model: nn.Module, seed: int = 0, n: int = 8, steps: int = 20,
-              guidance_scales: Sequence[float] = (1.0,), label: int | None = None) -> torch.Tensor:
+              guidance_scales: Sequence[float] = (1.0,), label: int | None = None,
+              sampler: str = "ddim") -> torch.Tensor:
     """One row per guidance scale, the same starting noise in every row."""
-    images = torch.cat([ddpm_images(model, seed, n, steps, w, label) for w in guidance_scales])
+    images = torch.cat([ddpm_images(model, seed, n, steps, w, label, sampler)
+                        for w in guidance_scales])
     return viz.make_grid(images, nrow=n)
+
+
+def guidance_grid(model: nn.Module, seed: int = 0, n: int = 8, steps: int = 20,
+                  guidance_scales: Sequence[float] = (1.0,),
+                  class_names: Sequence[str] | None = None, sampler: str = "ddim"):
+    """`ddpm_grid` with its rows labelled by guidance scale -> a PIL image; the columns of a
+    conditional model cycle over the classes (named in the first row's caption)."""
+    grid = ddpm_grid(model, seed, n, steps, guidance_scales, sampler=sampler)
+    rows = viz.label_rows(grid, [f"guidance {w:g}" for w in guidance_scales], min_width=512)
+    if model.num_classes == 0:
+        return rows
+    names = list(class_names or range(model.num_classes))
+    columns = ", ".join(str(names[i % model.num_classes]) for i in range(n))
+    return viz.with_caption(rows, f"columns: {columns}", min_width=512)

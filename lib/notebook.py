@@ -9,9 +9,10 @@ override the preset; a run folder is resumed rather than overwritten.
 
 from __future__ import annotations
 
+import base64
+import html
 import io
 import json
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,11 +23,15 @@ from PIL import Image
 import lib
 from lib import viz
 from lib.config import Config, ConfigError, load_config
+from lib.progress import live_notebook
 from lib.rundir import RunDir
 from lib.training.tracking import read_history
+from lib.viz import fmt
 
 KAGGLE_WORKING = Path("/kaggle/working")
-HEADLESS_ENV = "GENLAB_HEADLESS"  # set by the runner for the kernels it starts
+# model arguments a config summary shows, where the model has them
+STUDENT_MODEL_ARGS = ("latent_dim", "kl_weight", "kl_warmup_steps", "timesteps", "schedule",
+                      "sampler", "sample_steps", "guidance_scale")
 
 # notebook parameter name -> dotted config field it sets
 PARAMETER_FIELDS = {
@@ -68,13 +73,7 @@ def interactive() -> bool:
     False under the suite's runner, Kaggle's "Save & Run All" and plain Python: there the
     notebooks draw static grids, which the executed copy keeps.
     """
-    if os.environ.get(HEADLESS_ENV) or os.environ.get("KAGGLE_KERNEL_RUN_TYPE") == "Batch":
-        return False
-    try:
-        from IPython import get_ipython
-    except ImportError:
-        return False
-    return hasattr(get_ipython(), "kernel")
+    return live_notebook()
 
 
 def project_root() -> Path | None:
@@ -200,34 +199,9 @@ def snapshot_strip(run_dir: str | Path, count: int = 6,
     return strip
 
 
-def history_figure(run_dir: str | Path, keys: list[str] | None = None):
-    """Loss / metric curves of a run as a matplotlib Figure (None before anything was logged)."""
-    from matplotlib.figure import Figure
-
-    history = read_history(run_dir)
-    if keys is None:
-        skip = {"step", "images_seen", "train_seconds", "lr"}
-        keys = [k for k in history[-1] if k not in skip and not k.startswith("lr_")] \
-            if history else []
-    keys = [k for k in keys if any(_is_number(r.get(k)) for r in history)]
-    if not keys:
-        return None
-    ncols = min(4, len(keys))
-    nrows = -(-len(keys) // ncols)
-    fig = Figure(figsize=(3.6 * ncols, 2.6 * nrows), layout="constrained")
-    for i, key in enumerate(keys):
-        ax = fig.add_subplot(nrows, ncols, i + 1)
-        pts = [(r["step"], r[key]) for r in history if _is_number(r.get(key))]
-        steps, values = zip(*pts, strict=True)
-        ax.plot(steps, values, marker="." if len(pts) < 30 else None)
-        ax.set_title(key, fontsize=10)
-        ax.set_xlabel("step")
-        ax.grid(alpha=0.3)
-    return fig
-
-
-def _is_number(v) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool)
+def history_figure(run_dir: str | Path):
+    """The run's metrics figure (`viz.metrics_figure`; None before anything was logged)."""
+    return viz.metrics_figure(read_history(run_dir), title=Path(run_dir).name)
 
 
 def trained_model(run_dir: str | Path) -> tuple[torch.nn.Module, list[str] | None]:
@@ -241,17 +215,34 @@ def trained_model(run_dir: str | Path) -> tuple[torch.nn.Module, list[str] | Non
 
 # ---------------------------------------------------------------------------
 # Showing things inline
+#
+# Every picture goes out as an HTML <img> with its bytes inline (plus a PNG for viewers
+# that drop HTML): nbconvert has no image/gif output, so a GIF displayed as an
+# IPython Image turns into the text "<IPython.core.display.Image object>" in exported
+# HTML. Tables are Markdown with numbers formatted by `fmt`.
 
 
 def image_bytes(obj) -> tuple[bytes, str]:
-    """PNG/GIF path, PIL image, uint8 grid tensor or matplotlib Figure -> (bytes, format)."""
+    """PNG/GIF/JPEG path, PIL image, uint8 grid tensor or matplotlib Figure -> (bytes, format).
+
+    Tiny rasters (8 px digits, a 274x36 slerp strip) are upscaled, pixels kept sharp.
+    """
     if isinstance(obj, str | Path):
         path = Path(obj)
-        return path.read_bytes(), path.suffix.lstrip(".").lower().replace("jpg", "jpeg")
+        fmt_ = path.suffix.lstrip(".").lower().replace("jpg", "jpeg")
+        if fmt_ == "gif":
+            return path.read_bytes(), "gif"
+        with Image.open(path) as img:
+            if viz.display_scale(*img.size) == 1:
+                return path.read_bytes(), fmt_
+            obj = img.convert("RGB")
+    if isinstance(obj, torch.Tensor):  # a uint8 (3, H, W) grid
+        obj = viz.to_pil(obj)
     buf = io.BytesIO()
-    if isinstance(obj, torch.Tensor):  # a uint8 (3, H, W) grid; tiny ones are upscaled
-        return viz.png_bytes(obj, scale=max(1, 512 // obj.shape[-1])), "png"
     if isinstance(obj, Image.Image):
+        scale = viz.display_scale(*obj.size)
+        if scale > 1:
+            obj = obj.resize((obj.width * scale, obj.height * scale), Image.NEAREST)
         obj.save(buf, format="PNG")
         return buf.getvalue(), "png"
     if hasattr(obj, "savefig"):
@@ -261,15 +252,49 @@ def image_bytes(obj) -> tuple[bytes, str]:
                     f"tensor or matplotlib Figure")
 
 
+def gif_still(data: bytes) -> bytes:
+    """The last frame of a GIF as PNG: what a viewer without HTML (or a PDF) shows instead."""
+    with Image.open(io.BytesIO(data)) as img:
+        img.seek(getattr(img, "n_frames", 1) - 1)
+        buf = io.BytesIO()
+        img.convert("RGB").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def img_tag(data: bytes, fmt_: str, alt: str, width: int | None = None) -> str:
+    """An inline <img>: never wider than the page, pixels kept sharp when scaled up."""
+    size = f' width="{width}"' if width else ""
+    return (f'<img alt="{html.escape(alt)}"{size} style="max-width:100%;height:auto;'
+            f'image-rendering:pixelated" src="data:image/{fmt_};base64,'
+            f'{base64.b64encode(data).decode()}">')
+
+
+def media_bundle(obj, caption: str | None = None, width: int | None = None) -> dict:
+    """The display bundle `show` sends: text/html (caption + <img>), image/png, text/plain."""
+    data, fmt_ = image_bytes(obj)
+    name = caption or (Path(obj).name if isinstance(obj, str | Path) else "image")
+    head = f"<p><strong>{html.escape(caption)}</strong></p>" if caption else ""
+    png = gif_still(data) if fmt_ == "gif" else data if fmt_ == "png" else None
+    bundle = {"text/html": f"<div>{head}{img_tag(data, fmt_, name, width)}</div>",
+              "text/plain": f"[{'animated GIF' if fmt_ == 'gif' else 'image'}: {name}]"}
+    if png is not None:
+        bundle["image/png"] = base64.b64encode(png).decode()
+    return bundle
+
+
 def markdown_table(rows: list[dict] | dict) -> str:
-    """Rows of equal keys (or one key -> value mapping) as a Markdown table."""
+    """Rows of equal keys (or one key -> value mapping) as a Markdown table, numbers by `fmt`."""
     if isinstance(rows, dict):
-        rows = [{"": k, "value": v} for k, v in rows.items()]
+        rows = [{"": k, "value": fmt(v, k)} for k, v in rows.items()]
     if not rows:
         return "*nothing to show*"
     head = list(rows[0])
-    lines = ["| " + " | ".join(map(str, head)) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(str(r.get(k, "-")) for k in head) + " |" for r in rows]
+
+    def cell(value, key: str = "") -> str:
+        return fmt(value, key).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(str(h) for h in head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(cell(r.get(k), k) for k in head) + " |" for r in rows]
     return "\n".join(lines)
 
 
@@ -280,9 +305,45 @@ def table(rows: list[dict] | dict) -> None:
     display(Markdown(markdown_table(rows)))
 
 
+def config_fields(cfg: Config) -> dict:
+    """The fields of a config a student reads before training, in reading order."""
+    t = cfg.trainer
+    model = cfg.model or cfg.generator
+    optimizers = {k: getattr(cfg, k) for k in ("optimizer", "generator_optimizer",
+                                                "discriminator_optimizer") if getattr(cfg, k)}
+    fields = {"run": cfg.name, "model": f"{cfg.family} ({model.type})" if model else cfg.family,
+              "data": f"{cfg.data.dataset}, {cfg.data.image_size} px"
+                      + (f", first {cfg.data.limit:,}" if cfg.data.limit else ""),
+              "steps": f"{t.epochs * t.iterations_per_epoch:,} ({t.epochs} epochs x "
+                       f"{t.iterations_per_epoch:,})",
+              "batch size": t.batch_size}
+    for key, opt in optimizers.items():
+        label = "lr" if key == "optimizer" else f"lr ({key.split('_')[0]})"
+        fields[label] = fmt(opt.lr, "lr") + f", betas {tuple(opt.betas)}"
+    for key in STUDENT_MODEL_ARGS:
+        if model and key in model.args:
+            fields[key] = model.args[key]
+    fields["log / snapshot every"] = f"{t.log_every_step:,} steps"
+    fields["evaluation"] = (f"{t.eval_samples:,} images, {t.features} features, "
+                            + (f"every {t.eval_every:,} steps" if t.eval_every else "at the end")
+                            if t.eval_samples else "off")
+    fields["device / precision"] = f"{t.device} / {t.precision}"
+    fields["time budget"] = f"{t.max_minutes:g} min" if t.max_minutes else "none"
+    fields["wandb"] = cfg.wandb.mode
+    return fields
+
+
+def config_summary(cfg: Config) -> None:
+    """A short table of what a run will do (the full config is saved as config.json)."""
+    table(config_fields(cfg))
+
+
 def show(obj, caption: str | None = None, width: int | None = None) -> None:
-    """Display an image inline, backend-free (works under papermill and in exported HTML)."""
-    from IPython.display import Image as IPImage
+    """Display an image or GIF inline as HTML that survives `nbconvert --to html`.
+
+    obj: a path, PIL image, uint8 grid tensor or matplotlib Figure; None or a missing
+    file says so instead of failing (a run may not have produced that picture).
+    """
     from IPython.display import Markdown, display
 
     if obj is None:
@@ -291,7 +352,4 @@ def show(obj, caption: str | None = None, width: int | None = None) -> None:
     if isinstance(obj, str | Path) and not Path(obj).is_file():
         display(Markdown(f"*{caption or Path(obj).name}: not produced by this run*"))
         return
-    data, fmt = image_bytes(obj)
-    if caption:
-        display(Markdown(f"**{caption}**"))
-    display(IPImage(data=data, format=fmt, width=width))
+    display(media_bundle(obj, caption, width), raw=True)
