@@ -12,6 +12,7 @@ On several GPUs (or CPU processes): `torchrun --nproc_per_node=N -m lib train CO
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 import time
@@ -29,6 +30,26 @@ def presets_hint() -> str:
     names = sorted(p.name for p in folder.glob("*.json") if not p.name.startswith("notebooks_"))
     return (f"presets live in {folder}: {', '.join(names)}" if names
             else "give a path to a JSON config such as configs/dcgan_demo.json")
+
+
+INTERRUPTED = 130  # the shell's code for a Ctrl-C
+
+
+def describe_os_error(e: OSError) -> str:
+    """One line: the path, what the system said, and what to do about it."""
+    if e.filename is None:
+        return str(e)
+    where = f"{e.filename} -> {e.filename2}" if e.filename2 else str(e.filename)
+    if isinstance(e, PermissionError) or e.errno == errno.EROFS:
+        todo = ("not writable by this user: give a writable folder (--out DIR; a read-only "
+                "run continues with --resume RUN --out DIR) or change its permissions")
+    elif e.errno == errno.ENOSPC:
+        todo = "the disk is full: free space or give another --out"
+    elif isinstance(e, FileNotFoundError):
+        todo = "check the path"
+    else:
+        todo = "check the path and that its folders are folders"
+    return f"{where}: {e.strerror or e} ({todo})"
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -66,7 +87,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
           f"{result['n_fake']} generated vs {result['n_real']} real)")
     for warning in result["warnings"]:
         print(f"warning: {warning}")
-    print(Path(args.run_dir) / "metrics.json")
+    if result.get("metrics_file"):
+        print(result["metrics_file"])
 
 
 def _echo(line: str) -> None:
@@ -139,11 +161,12 @@ def errors() -> tuple[tuple[type[Exception], ...], tuple[type[Exception], ...]]:
     from lib.data import DatasetError
     from lib.device import DeviceError
     from lib.metrics import MetricsError
+    from lib.rundir import RunFolderError
     from lib.runner import NotebookFailed, RunnerError
     from lib.training.guard import DivergenceError
 
     return ((ConfigError, DatasetError, CheckpointError, DeviceError, MetricsError,
-             RunnerError, FileNotFoundError), (DivergenceError, NotebookFailed))
+             RunnerError, RunFolderError, FileNotFoundError), (DivergenceError, NotebookFailed))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -157,6 +180,13 @@ def main(argv: list[str] | None = None) -> int:
     except run_errors as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except OSError as e:  # a read-only or missing folder: the path, not a traceback
+        print(f"error: {describe_os_error(e)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as e:  # training already said what it saved (Interrupted)
+        if not str(e):
+            print("interrupted", file=sys.stderr)
+        return INTERRUPTED
     return 0
 
 

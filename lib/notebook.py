@@ -24,7 +24,7 @@ import lib
 from lib import viz
 from lib.config import Config, ConfigError, load_config
 from lib.progress import live_notebook
-from lib.rundir import RunDir
+from lib.rundir import RunDir, check_name
 from lib.training.tracking import read_history
 from lib.viz import fmt
 
@@ -151,7 +151,7 @@ def train_or_resume(cfg: Config, out_root: str | Path, resume: bool = True,
     if not isinstance(gpus, int) or gpus < 1:
         raise ConfigError(f"gpus={gpus!r}: give the number of processes, 1 or more "
                           "(2 on Kaggle's 'GPU T4 x2')")
-    run_dir = Path(out_root) / cfg.name
+    run_dir = Path(out_root) / check_name(cfg.name)
     if resume and RunDir(run_dir).has_checkpoint():
         print(f"resuming {run_dir}")
         if gpus > 1:

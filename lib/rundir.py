@@ -7,6 +7,7 @@
       metrics.json      scores of `python -m lib evaluate`
       metrics.png       evaluation curves
       .wandb_id         the wandb run a resume continues
+      .lock             pid and host of the process writing the run (while it runs)
       checkpoints/      last.pt, best.pt (lowest FID), step_<NNNNNNN>.pt (periodic)
       samples/          <prefix>_<NNNNNNN>.png snapshots (step_, and the CVAE's recon_)
       evolution.gif, final_grid.png and a family's own media (MEDIA)
@@ -16,6 +17,9 @@ Training writes it, notebooks and the report read it; nothing else builds these 
 
 from __future__ import annotations
 
+import os
+import socket
+import sys
 from pathlib import Path
 
 from lib.viz import snapshot_frames, step_of
@@ -60,6 +64,11 @@ class RunDir:
     @property
     def wandb_id(self) -> Path:
         return self.root / ".wandb_id"
+
+    @property
+    def lock_file(self) -> Path:
+        """Held by the process writing the run (lock / unlock below)."""
+        return self.root / ".lock"
 
     @property
     def sampling_cache(self) -> Path:
@@ -115,3 +124,110 @@ class RunDir:
     def snapshots(self, prefix: str = "step") -> list[Path]:
         """The snapshots of one kind (`step`, `recon`), ordered by step."""
         return snapshot_frames(self.samples, f"{prefix}_")
+
+
+# -- claiming a folder -------------------------------------------------------
+
+
+class RunFolderError(RuntimeError):
+    """A run folder that cannot be claimed: in use by another live process."""
+
+
+def check_name(name: str) -> str:
+    """`name` as one folder name inside the output root, or a ConfigError naming `name`."""
+    from lib.config import ConfigError
+
+    seps = {"/", "\\", os.sep} | ({os.altsep} if os.altsep else set())
+    if (not isinstance(name, str) or not name or name in (".", "..") or "\0" in name
+            or any(s in name for s in seps) or Path(name).is_absolute()):
+        raise ConfigError(f"name: {name!r} is not a folder name; the run folder is "
+                          f"<out>/<name>, so give a plain name such as 'dcgan_cats' "
+                          f"(no '/', '..' or absolute path)")
+    return name
+
+
+def claim_new(out_root: str | Path, name: str) -> RunDir:
+    """A run folder that did not exist: out_root/name, else name-2, name-3, ...
+
+    os.mkdir is the claim, atomic on every filesystem: two runs of the same name
+    started together get two folders, and an existing run is never written into.
+    """
+    out_root = Path(out_root)
+    out_root.mkdir(parents=True, exist_ok=True)
+    check_name(name)
+    for i in range(1, 10_000):
+        root = out_root / (name if i == 1 else f"{name}-{i}")
+        try:
+            root.mkdir()
+        except FileExistsError:
+            continue
+        if i > 1:
+            print(f"note: {out_root / name} already exists; this run goes to {root} (to "
+                  f"continue the old one instead: python -m lib train --resume "
+                  f"{out_root / name})", file=sys.stderr)
+        return RunDir(root)
+    raise RunFolderError(f"{out_root}: {name}, {name}-2 ... {name}-9999 all exist; "
+                         f"choose another name or --out")
+
+
+def claim_exact(root: str | Path) -> RunDir:
+    """`root` itself as a new run folder (a notebook's out_root/name); taken is an error."""
+    root = Path(root)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir()
+    except FileExistsError:
+        raise RunFolderError(f"{root}: already exists (another run of this name started "
+                             f"meanwhile?); resume it or choose another name") from None
+    return RunDir(root)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def lock(run: RunDir) -> None:
+    """Hold run/.lock (this pid and host), created with O_EXCL: one writer per run folder.
+
+    A lock is held only by another live process of this host: a dead pid's (a kill),
+    another host's (a copied folder) or this process's own (a train() that raised
+    in a notebook) is taken over.
+    """
+    me = f"{os.getpid()} {socket.gethostname()}"
+    for _ in range(3):
+        try:
+            fd = os.open(run.lock_file, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                held = run.lock_file.read_text()
+            except FileNotFoundError:  # released meanwhile
+                continue
+            pid, _, host = held.partition(" ")
+            if (host.strip() == socket.gethostname() and pid.isdigit()
+                    and int(pid) != os.getpid() and _pid_alive(int(pid))):
+                raise RunFolderError(
+                    f"{run.root}: in use by process {pid} (a run still training or "
+                    f"resuming there); wait for it, or remove {run.lock_file} if no run "
+                    f"is using the folder") from None
+            if run.lock_file.read_text() == held:  # stale: take it over
+                run.lock_file.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(me)
+        return
+    raise RunFolderError(f"{run.lock_file}: could not take the lock (contended); retry")
+
+
+def unlock(run: RunDir) -> None:
+    """Release run/.lock if this process holds it."""
+    try:
+        if run.lock_file.read_text().partition(" ")[0] == str(os.getpid()):
+            run.lock_file.unlink()
+    except FileNotFoundError:
+        pass

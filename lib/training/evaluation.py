@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass, replace
@@ -104,7 +106,8 @@ def make_evaluator(cfg: Config, data: ImageData, engine: Engine, features: str |
         # a resumed run builds it after restoring that RNG
         with rng_untouched(engine):
             return Evaluator(data, features=features, num_samples=samples or t.eval_samples,
-                             device=engine.device, cache_dir=Path(cfg.data.root) / "cache",
+                             device=engine.device,
+                             cache_dir=writable_cache(Path(cfg.data.root) / "cache"),
                              weights_path=t.inception_weights, seed=t.seed)
     except MetricsError as e:
         if features != "auto":
@@ -152,5 +155,32 @@ def evaluate_checkpoint(run_dir: str | Path, samples: int | None = None,
         raise MetricsError("no feature network is usable here; see the warning above")
     result = {"step": rebuilt.step, "checkpoint": checkpoint,
               **evaluate_parts(rebuilt.family, rebuilt.parts, evaluator, engine, cfg.trainer.seed)}
-    run.metrics.write_text(json.dumps(result, indent=2) + "\n")
+    try:
+        run.metrics.write_text(json.dumps(result, indent=2) + "\n")
+        result["metrics_file"] = str(run.metrics)
+    except OSError as e:  # a read-only run (a Kaggle input): the scores are still the answer
+        result["warnings"] = [*result.get("warnings", []),
+                              f"{run.metrics} not written ({e.strerror or e}): the run folder "
+                              f"is read-only; the scores above are the result"]
     return result
+
+
+def writable_cache(cache_dir: Path) -> Path:
+    """`cache_dir`, or - when it cannot be written (a read-only data.root) - a user cache
+    folder, with a warning: the cache saves time, it is no reason to stop."""
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=cache_dir):
+            return cache_dir
+    except OSError as e:
+        fallback = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "genlab"
+        try:
+            fallback.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=fallback):
+                pass
+        except OSError:
+            fallback = Path(tempfile.gettempdir()) / f"genlab-cache-{os.getuid()}"
+            fallback.mkdir(parents=True, exist_ok=True)
+        warnings.warn(f"{cache_dir} is not writable ({e.strerror or e}); the metrics cache "
+                      f"goes to {fallback}", stacklevel=2)
+        return fallback

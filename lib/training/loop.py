@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,17 +29,19 @@ from lib.data import load_dataset
 from lib.device import Engine, seed_everything, setup_engine
 from lib.families import FAMILIES, Family, Parts
 from lib.metrics import Evaluator
-from lib.rundir import RunDir
+from lib.rundir import RunDir, check_name, claim_exact, claim_new, lock, unlock
 from lib.training.evaluation import best_fid, evaluate_parts, make_evaluator, sampling_cost
 from lib.training.guard import DivergenceError, Guard
 from lib.training.state import (
     BatchSampler,
+    check_folder,
     default_run_name,
     forget_after,
     make_checkpoint,
     prepare_resume,
     prune_checkpoints,
     restore_checkpoint,
+    restore_periodic,
     resumable,
     resume_config,
 )
@@ -53,12 +57,15 @@ def train(cfg: Config, out_root: str | Path = "outputs", run_dir: str | Path | N
     and the trainer fields `cfg` changes (lib.training.state.resume_config).
     """
     entered = time.monotonic()  # the time budget counts start-up too
+    if cfg.name:
+        check_name(cfg.name)  # before any start-up work: it names the run folder
     engine = setup_engine(cfg.trainer)
     # resume: the checkpoint's config, with the trainer fields asked for now
     ckpt = None
     if resume is not None:
         source = resumable(resume)
         ckpt = load_checkpoint(source.last, map_location=engine.device)
+        check_folder(source, ckpt)
         cfg = resume_config(ckpt["config"], cfg, source.root)
     family, t = FAMILIES[cfg.family], cfg.trainer
 
@@ -74,11 +81,17 @@ def train(cfg: Config, out_root: str | Path = "outputs", run_dir: str | Path | N
         seed_everything(t.seed + engine.rank)
     sampler = BatchSampler(data, t.batch_size, engine, t.seed + engine.rank)
 
-    # the run folder: named by rank 0's clock, or the resumed one (rank 0 copies it)
-    if resume is not None:
-        run_dir = prepare_resume(resume, run_dir).root if engine.is_main else run_dir or resume
-    run_dir = Path(run_dir) if run_dir else Path(out_root) / (cfg.name or default_run_name(cfg))
-    run = RunDir(engine.broadcast_object(str(run_dir)))
+    # the run folder, claimed and locked by rank 0: a new one (never an existing folder:
+    # name-2 when taken), or the resumed one (rank 0 copies it)
+    if engine.is_main:
+        if resume is not None:
+            run = prepare_resume(resume, run_dir)
+        elif run_dir is not None:
+            run = claim_exact(run_dir)
+        else:
+            run = claim_new(out_root, cfg.name or default_run_name(cfg))
+        lock(run)
+    run = RunDir(engine.broadcast_object(str(run.root) if engine.is_main else None))
     run.checkpoints.mkdir(parents=True, exist_ok=True)
     run.samples.mkdir(exist_ok=True)
 
@@ -89,6 +102,7 @@ def train(cfg: Config, out_root: str | Path = "outputs", run_dir: str | Path | N
         start, counters = ckpt["step"], ckpt["counters"]
         if engine.is_main:
             forget_after(run, start)
+            restore_periodic(run, start, t.save_period * t.iterations_per_epoch)
     if engine.is_main:
         cfg.save(run.config)  # a resume may have changed trainer fields
 
@@ -104,45 +118,47 @@ def train(cfg: Config, out_root: str | Path = "outputs", run_dir: str | Path | N
 
     total, save_every = cfg.total_steps, t.save_period * t.iterations_per_epoch
     step, stop = start, False
-    while step < total and not stop:
-        # one update of the family's recipe, then its schedulers and the EMA
-        step += 1
-        x, y = sampler.next()
-        logs = family.step(parts, x, y, step, engine, cfg)
-        for sched in parts.schedulers.values():
-            sched.step()
-        if parts.ema is not None:
-            parts.ema.update(parts.nets, step)
-        s.count(x.shape[0] * engine.world_size)
-        guard.watch(step, logs)
+    with s:  # Ctrl-C asks the loop to stop (Session.interrupted); the lock is released
+        while step < total and not stop:
+            # one update of the family's recipe, then its schedulers and the EMA
+            step += 1
+            x, y = sampler.next()
+            logs = family.step(parts, x, y, step, engine, cfg)
+            for sched in parts.schedulers.values():
+                sched.step()
+            if parts.ema is not None:
+                parts.ema.update(parts.nets, step)
+            s.count(x.shape[0] * engine.world_size)
+            guard.watch(step, logs)
 
-        is_log = step % t.log_every_step == 0 or step == total
-        is_save = step % save_every == 0 or step == total
-        is_eval = t.eval_samples and ((t.eval_every and step % t.eval_every == 0)
-                                      or step == total)
-        # divergence: judged where the loop logs or saves anyway (one device sync)
-        reason = s.diverged(step, before_save=is_save) if is_log or is_save else None
-        # evaluation: scores, the collapse watch (a reason to roll back, if asked), best.pt
-        metrics = {}
-        if reason is None and is_eval:
-            metrics, reason = s.evaluate(step)
-        # time budget: stop after this step, saved (checked first), leaving time for the media
-        stop = reason is None and step < total and s.out_of_time()
-        if stop and not is_save:
-            reason, is_save = s.diverged(step, before_save=True), True
-        # divergence or collapse: back to last.pt with a lower learning rate
-        if reason is not None:
-            step = s.roll_back(reason, step)
-            continue
+            is_log = step % t.log_every_step == 0 or step == total
+            is_save = step % save_every == 0 or step == total
+            is_eval = t.eval_samples and ((t.eval_every and step % t.eval_every == 0)
+                                          or step == total)
+            # divergence: judged where the loop logs or saves anyway (one device sync)
+            reason = s.diverged(step, before_save=is_save) if is_log or is_save else None
+            # evaluation: scores, the collapse watch (a reason to roll back, if asked), best.pt
+            metrics = {}
+            if reason is None and is_eval:
+                metrics, reason = s.evaluate(step)
+            # time budget or Ctrl-C: stop after this step, saved (checked first); media only
+            # for the budget, which leaves time for them
+            stop = reason is None and step < total and (s.out_of_time() or s.interrupted())
+            if stop and not is_save:
+                reason, is_save = s.diverged(step, before_save=True), True
+            # divergence or collapse: back to last.pt with a lower learning rate
+            if reason is not None:
+                step = s.roll_back(reason, step)
+                continue
 
-        # history line, progress bar and snapshot; then the checkpoint
-        if is_log:
-            s.log(step, logs, metrics)
-        elif metrics:
-            tracker.log(metrics, step)
-        if is_save:
-            s.save(step, periodic=step % save_every == 0)
-    s.finish(step, stopped=stop)
+            # history line, progress bar and snapshot; then the checkpoint
+            if is_log:
+                s.log(step, logs, metrics)
+            elif metrics:
+                tracker.log(metrics, step)
+            if is_save:
+                s.save(step, periodic=step % save_every == 0)
+        s.finish(step, stopped=stop)
     return run.root
 
 
@@ -165,7 +181,7 @@ def resume(run_dir: str | Path, out_root: str | Path | None = None,
         for item in overrides or []:
             apply_override(raw, item, str(source.last))
         cfg = Config.from_dict(raw, f"{source.last} (its config)")
-    target = Path(out_root) / source.name if out_root is not None else None
+    target = Path(out_root) / source.root.resolve().name if out_root is not None else None
     return train(cfg, run_dir=target, resume=source.root, progress=progress)
 
 
@@ -189,6 +205,35 @@ class Clock:
         return seconds, self.images / max(seconds, 1e-9)
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C honoured: the step finished and last.pt saved (the CLI exits with 130; a
+    notebook cell stops, as for any KeyboardInterrupt)."""
+
+
+class Interrupt:
+    """Ctrl-C (SIGINT; also Kaggle's interrupt button) turned into a request the loop reads
+    after each step. A second Ctrl-C interrupts at once, as Python would."""
+
+    def __init__(self):
+        self.requested = False
+        self.previous = None
+
+    def install(self) -> None:
+        if threading.current_thread() is threading.main_thread():  # signals: main only
+            self.previous = signal.signal(signal.SIGINT, self.handle)
+
+    def handle(self, signum, frame) -> None:
+        self.requested = True
+        signal.signal(signal.SIGINT, self.previous or signal.default_int_handler)
+        print("\ninterrupt: finishing this step and saving last.pt (Ctrl-C again to stop "
+              "at once, losing the steps since the last checkpoint)", file=sys.stderr)
+
+    def uninstall(self) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+            self.previous = None
+
+
 @dataclass
 class Session:
     cfg: Config
@@ -207,6 +252,17 @@ class Session:
     steps_done: int = 0  # steps run by this session, redone ones included
     save_cost: float = 0.0  # seconds the last save took: the budget keeps room for one
     clock: Clock = field(default_factory=Clock)
+    interrupt: Interrupt = field(default_factory=Interrupt)
+    by_interrupt: bool = False  # the run stops for a Ctrl-C
+
+    def __enter__(self):
+        self.interrupt.install()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.interrupt.uninstall()
+        if self.engine.is_main:
+            unlock(self.run)
 
     def __post_init__(self):
         self.best_fid = (best_fid(self.run, self.evaluator.features, self.start)
@@ -268,6 +324,11 @@ class Session:
         elapsed = time.monotonic() - self.entered
         per_step = elapsed / self.steps_done
         return self.engine.agree(elapsed + per_step + self.save_cost + 5 > budget)
+
+    def interrupted(self) -> bool:
+        """Has Ctrl-C been pressed (on rank 0: every rank stops at the same step)?"""
+        self.by_interrupt = self.engine.agree(self.interrupt.requested)
+        return self.by_interrupt
 
     def roll_back(self, reason: str, at_step: int) -> int:
         """Back to last.pt with a lower lr; the step it holds.
@@ -338,6 +399,17 @@ class Session:
         """The media and summary.json (rank 0); tracking and the process group closed."""
         self.bar.close()
         run, engine, total = self.run, self.engine, self.cfg.total_steps
+        launcher = (f"torchrun --nproc_per_node={engine.world_size}" if engine.distributed
+                    else "python")
+        if stopped and self.by_interrupt:
+            # Ctrl-C: last.pt is saved; no media (the user wants out), the cell stops
+            self.tracker.finish()
+            engine.close()
+            message = (f"interrupted after step {step}/{total}, last.pt saved; resume with: "
+                       f"{launcher} -m lib train --resume {run.root}")
+            if engine.is_main:
+                print(message, file=sys.stderr)
+            raise Interrupted(message)
         if engine.is_main:
             viz.save_gif(run.snapshots("step"), run.media("evolution.gif"))
             self.family.finish(self.parts, run)
@@ -352,8 +424,6 @@ class Session:
         self.tracker.finish()
         engine.close()
         if stopped and engine.is_main:
-            launcher = (f"torchrun --nproc_per_node={engine.world_size}" if engine.distributed
-                        else "python")
             print(f"time budget of {self.cfg.trainer.max_minutes:g} min reached at step "
                   f"{step}/{total}; resume with: {launcher} -m lib train --resume {run.root}")
 

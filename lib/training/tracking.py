@@ -17,6 +17,7 @@ import json
 import math
 import os
 import socket
+import sys
 import warnings
 from pathlib import Path
 from urllib.parse import urlparse
@@ -169,11 +170,22 @@ def _wandb_id(run_dir: Path) -> str:
 
 
 def read_history(run_dir: str | Path) -> list[dict]:
-    """All records of a run's history.jsonl (empty if there is none yet)."""
+    """All records of a run's history.jsonl (empty if there is none yet); a line that is
+    not JSON (torn by a kill mid-append) is dropped and reported on stderr."""
     path = RunDir(run_dir).history
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:  # a kill mid-append tears the last line
+            print(f"warning: {path}:{number}: dropped a torn or damaged line "
+                  f"({line[:60]!r}); a resume rewrites the history without it",
+                  file=sys.stderr)
+    return records
 
 
 def truncate_history(run_dir: str | Path, last_step: int) -> None:
