@@ -602,12 +602,14 @@ def prepare_resume(source: str | Path, run_dir: str | Path | None = None) -> Pat
         if (run_dir / "checkpoints" / "last.pt").exists():
             raise CheckpointError(f"{run_dir} already holds a run; resume that one "
                                   f"(--resume {run_dir}) or choose another --out")
-        for name in RUN_FILES:
-            if (source / name).is_file():
-                (run_dir / name).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(source / name, run_dir / name)
-        if (source / "samples").is_dir():
-            shutil.copytree(source / "samples", run_dir / "samples", dirs_exist_ok=True)
+        # contents only (copyfile): copy2/copytree would carry a read-only source's modes
+        # (r--r--r--) over, and the run could not write its history or snapshots
+        files = [name for name in RUN_FILES if (source / name).is_file()]
+        files += [f"samples/{f.name}" for f in sorted((source / "samples").glob("*"))
+                  if f.is_file()]
+        for name in files:
+            (run_dir / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source / name, run_dir / name)
     for tmp in (run_dir / "checkpoints").glob(".*.tmp"):  # left by a write that was killed
         tmp.unlink()
     return run_dir
@@ -654,7 +656,8 @@ def make_evaluator(cfg: Config, data: ImageData, engine: Engine, features: str |
         with _rng_untouched(engine):
             return Evaluator(data, features=features, num_samples=samples or t.eval_samples,
                              device=engine.device, cache_dir=Path(cfg.data.root) / "cache",
-                             weights_path=t.inception_weights, seed=t.seed)
+                             weights_path=t.inception_weights,
+                             download=t.inception_download, seed=t.seed)
     except MetricsError as e:
         if features != "auto":
             raise
