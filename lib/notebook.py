@@ -3,8 +3,10 @@
 A notebook cell stays a few lines because the decisions live here: outputs go to
 `/kaggle/working` on Kaggle and to the project's `outputs/` elsewhere; a preset
 file is found whether the notebook runs from the project root, from
-`notebooks/` or from a Kaggle dataset; parameters named like config fields
-override the preset; a run folder is resumed rather than overwritten.
+`notebooks/` or from a Kaggle dataset, by path or by name (`dcgan_train`);
+parameters named like config fields override the preset, and a parameter left at
+None keeps the preset's value; a run folder is resumed rather than overwritten, and
+a run from elsewhere (a previous Kaggle session's output) is copied in and continued.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ KAGGLE_WORKING = Path("/kaggle/working")
 STUDENT_MODEL_ARGS = ("latent_dim", "kl_weight", "kl_warmup_steps", "timesteps", "schedule",
                       "sampler", "sample_steps", "guidance_scale")
 
-# notebook parameter name -> dotted config field it sets
+# notebook parameter name -> dotted config field it sets (None: the preset's value stays)
 PARAMETER_FIELDS = {
     "name": "name",
     "dataset": "data.dataset",
@@ -41,6 +43,7 @@ PARAMETER_FIELDS = {
     "data_root": "data.root",
     "data_path": "data.path",
     "limit": "data.limit",
+    "dedupe": "data.dedupe",
     "epochs": "trainer.epochs",
     "iterations_per_epoch": "trainer.iterations_per_epoch",
     "batch_size": "trainer.batch_size",
@@ -49,6 +52,8 @@ PARAMETER_FIELDS = {
     "eval_every": "trainer.eval_every",
     "eval_samples": "trainer.eval_samples",
     "features": "trainer.features",
+    "inception_weights": "trainer.inception_weights",
+    "inception_download": "trainer.inception_download",
     "max_minutes": "trainer.max_minutes",
     "device": "trainer.device",
     "precision": "trainer.precision",
@@ -100,16 +105,25 @@ def resolve_paths(out_root: str = "auto", data_root: str = "auto") -> Paths:
 
 
 def find_preset(preset: str | Path) -> Path:
-    """A preset path as given, else relative to the project root (notebooks run from anywhere)."""
+    """A preset path as given, else relative to the project root, else a name under configs/.
+
+    Notebooks run from anywhere, so `configs/dcgan_train.json`, `dcgan_train.json` and
+    `dcgan_train` all find the project's configs/dcgan_train.json.
+    """
     path = Path(preset)
-    if path.is_file():
-        return path
     root = project_root()
-    if root is not None and (root / path).is_file():
-        return root / path
-    looked = sorted({str(Path.cwd()), str(root or Path.cwd())})
-    raise ConfigError(f"preset {str(preset)!r} not found (looked in {' and '.join(looked)}); "
-                      f"give a path to a JSON config such as configs/dcgan_demo.json")
+    candidates = [path]
+    if root is not None and not path.is_absolute():
+        json_name = path.name if path.suffix == ".json" else f"{path.name}.json"
+        candidates += [root / path, root / "configs" / json_name]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    names = sorted(p.stem for p in (root / "configs").glob("*.json")
+                   if not p.stem.startswith("notebooks_")) if root else []  # runner presets
+    looked = [str(path)] + ([f"{root} and {root / 'configs'}"] if root else [])
+    raise ConfigError(f"preset {str(preset)!r} not found (looked at {', '.join(looked)}); give "
+                      f"a JSON config path or a preset name: {', '.join(names) or 'none found'}")
 
 
 def config_from_parameters(preset: str | Path, **params) -> Config:
@@ -132,18 +146,46 @@ def config_from_parameters(preset: str | Path, **params) -> Config:
 # Train or resume
 
 
+def find_run(folder: str | Path, name: str) -> Path:
+    """`folder` when it is a run folder, else the one run folder called `name` below it.
+
+    So `resume_from` may name the run itself (`/kaggle/input/<x>/outputs/<run>`) or
+    the whole attached output of a previous session (`/kaggle/input/<x>`).
+    """
+    folder = Path(folder)
+    if RunDir(folder).has_checkpoint():
+        return folder
+    if not folder.is_dir():
+        raise ConfigError(f"resume_from={str(folder)!r}: no such folder; give the run folder "
+                          f"of a previous session (e.g. /kaggle/input/<notebook>/outputs/{name})")
+    found = sorted(p.parent.parent for p in folder.glob(f"**/{name}/checkpoints/last.pt"))
+    if len(found) == 1:
+        return found[0]
+    if found:
+        raise ConfigError(f"resume_from={str(folder)!r} holds {len(found)} runs named {name!r} "
+                          f"({', '.join(map(str, found))}); give the one to continue")
+    raise ConfigError(f"resume_from={str(folder)!r}: not a run folder (no checkpoints/last.pt) "
+                      f"and no run folder {name!r} below it; on Kaggle, attach the previous "
+                      f"version's output (Add Input) and give its outputs/{name} folder")
+
+
 def train_or_resume(cfg: Config, out_root: str | Path, resume: bool = True,
-                    progress: bool = True, gpus: int = 1) -> Path:
+                    resume_from: str | Path | None = None, progress: bool = True,
+                    gpus: int = 1) -> Path:
     """Train `cfg` into out_root/<cfg.name>; continue its checkpoint when `resume` and one exists.
 
     A resume keeps the checkpoint's model and data and takes `cfg`'s trainer fields (a
     changed model or data field is a ConfigError naming it: lib.training.state.resume_config).
     A fresh run (resume=False) replaces the folder: its history would otherwise mix two runs.
+    `resume_from`: a run folder elsewhere, e.g. a previous Kaggle session's output attached
+    read-only under /kaggle/input: copied into out_root/<cfg.name> (writable) and continued
+    there, unless that folder already holds a checkpoint (this session's continuation).
     gpus > 1: the same under torchrun with DDP, one process per GPU (Kaggle's T4 x2: 2),
     its output streamed into the cell (lib.training.distributed.launch).
     """
     from lib.training.distributed import launch
     from lib.training.loop import train
+    from lib.training.state import prepare_resume
 
     if not cfg.name:
         raise ConfigError("the run needs a name (the notebook's `name` parameter): it names "
@@ -151,7 +193,17 @@ def train_or_resume(cfg: Config, out_root: str | Path, resume: bool = True,
     if not isinstance(gpus, int) or gpus < 1:
         raise ConfigError(f"gpus={gpus!r}: give the number of processes, 1 or more "
                           "(2 on Kaggle's 'GPU T4 x2')")
+    if resume_from and not resume:
+        raise ConfigError(f"resume_from={str(resume_from)!r} with resume=False: set resume=True "
+                          "to continue that run, or clear resume_from to start afresh")
     run_dir = Path(out_root) / check_name(cfg.name)
+    if resume_from and RunDir(run_dir).has_checkpoint():
+        print(f"{run_dir} already holds a run of that name: continuing it, not {resume_from} "
+              f"(remove {run_dir} to copy that one in)")
+    elif resume_from:
+        source = find_run(resume_from, cfg.name)
+        print(f"copying {source} to {run_dir}")
+        prepare_resume(source, run_dir)
     if resume and RunDir(run_dir).has_checkpoint():
         print(f"resuming {run_dir}")
         if gpus > 1:

@@ -400,7 +400,9 @@ class DDPM(nn.Module):
             drop = torch.rand(b, device=x.device) < self.cond_drop_prob
             labels = labels.masked_fill(drop, self.num_classes)  # index num_classes = null class
         t = torch.randint(0, self.timesteps, (b,), device=x.device)
-        noise = torch.randn_like(x)
+        # drawn in (B, C, H, W) order, then laid out like x: randn_like fills memory order,
+        # which gave a channels_last batch other noise than the same batch laid out plainly
+        noise = torch.empty_like(x).copy_(torch.randn(x.shape, device=x.device, dtype=x.dtype))
         out = self.unet(self.q_sample(x, t, noise), t, labels)
         target = noise if self.prediction == "eps" else self.v_target(x, t, noise)
         if self.loss_weighting == "none":
