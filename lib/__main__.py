@@ -1,7 +1,9 @@
 """Command line.
 
   python -m lib train CONFIG [--set k=v ...] [--out DIR] [--resume RUN_DIR]
+                  [--features F] [--inception-weights PATH] [--download]
   python -m lib evaluate RUN_DIR [--samples N] [--features inception|classifier]
+                  [--inception-weights PATH] [--download]
   python -m lib notebooks [--preset demo|gpu|FILE] [--only NAME ...] [-p key=value ...]
   python -m lib demo      (the whole notebook suite on embedded data, then the report's path)
 
@@ -21,16 +23,29 @@ from lib.config import ConfigError, load_config
 from lib.data import DatasetError
 from lib.device import DeviceError
 from lib.guard import DivergenceError
-from lib.metrics import MetricsError
+from lib.metrics import MetricsError, protocol_summary
 from lib.runner import NotebookFailed, RunnerError, run_notebooks
 
 USER_ERRORS = (ConfigError, DatasetError, CheckpointError, DeviceError, MetricsError,
                RunnerError, FileNotFoundError)
 
 
+def _evaluation_overrides(args: argparse.Namespace) -> list[str]:
+    """train's evaluation flags as the --set overrides they abbreviate."""
+    overrides = list(args.set or [])
+    if args.features:
+        overrides.append(f"trainer.features={args.features}")
+    if args.inception_weights:
+        overrides.append(f"trainer.inception_weights={args.inception_weights}")
+    if args.download:
+        overrides.append("trainer.inception_download=true")
+    return overrides
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     from lib.train import resume, train
 
+    args.set = _evaluation_overrides(args)
     if args.resume:
         if args.config:
             raise ConfigError(f"give a CONFIG or --resume RUN_DIR, not both (got {args.config} "
@@ -48,12 +63,13 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from lib.train import evaluate_checkpoint
 
-    result = evaluate_checkpoint(args.run_dir, args.samples, args.features)
+    result = evaluate_checkpoint(args.run_dir, args.samples, args.features,
+                                 inception_weights=args.inception_weights, download=args.download)
     interval = (f" [{result['fid_low']:.3g}, {result['fid_high']:.3g}]"
                 if "fid_low" in result else "")
     print(f"step {result['step']}: FID {result['fid']:.4g}{interval}, "
-          f"diversity {result['diversity']:.3g} ({result['features']} features, "
-          f"{result['n_fake']} generated vs {result['n_real']} real)")
+          f"diversity {result['diversity']:.3g}")
+    print(f"protocol: {protocol_summary(result['protocol'])}")
     for warning in result["warnings"]:
         print(f"warning: {warning}")
     print(Path(args.run_dir) / "metrics.json")
@@ -78,6 +94,15 @@ def cmd_demo(args: argparse.Namespace) -> None:
     print(f"report: {(Path(args.out) / 'report' / 'report.html').resolve()}")
 
 
+def _evaluation_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--features", choices=["auto", "classifier", "inception"],
+                   help="feature network for FID/KID (default: the config's trainer.features)")
+    p.add_argument("--inception-weights", metavar="PATH",
+                   help="a local Inception weights file (.pth state dict or TorchScript .pt)")
+    p.add_argument("--download", action="store_true",
+                   help="if no Inception weights file is found, download the standard one once")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m lib", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -90,13 +115,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="RUN_DIR",
                    help="continue the run in RUN_DIR from its last.pt; with --out, in a copy "
                         "under OUT (for read-only folders such as Kaggle inputs)")
+    _evaluation_flags(p)
     p.set_defaults(func=cmd_train)
     p = sub.add_parser("evaluate", help="score a run's final weights into RUN_DIR/metrics.json")
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--samples", type=int, help="generated images to score (default: the "
                    "config's trainer.eval_samples)")
-    p.add_argument("--features", choices=["auto", "classifier", "inception"],
-                   help="feature network (default: the config's trainer.features)")
+    _evaluation_flags(p)
     p.set_defaults(func=cmd_evaluate)
     p = sub.add_parser("notebooks", help="execute the notebook suite with papermill")
     p.add_argument("--preset", default="demo",

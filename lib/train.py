@@ -654,7 +654,8 @@ def make_evaluator(cfg: Config, data: ImageData, engine: Engine, features: str |
         with _rng_untouched(engine):
             return Evaluator(data, features=features, num_samples=samples or t.eval_samples,
                              device=engine.device, cache_dir=Path(cfg.data.root) / "cache",
-                             weights_path=t.inception_weights, seed=t.seed)
+                             weights_path=t.inception_weights, download=t.inception_download,
+                             seed=t.seed)
     except MetricsError as e:
         if features != "auto":
             raise
@@ -692,11 +693,14 @@ def _best_fid(run_dir: Path, features: str, ckpt_dir: Path, step: int) -> float:
 
 
 def evaluate_checkpoint(run_dir: str | Path, samples: int | None = None,
-                        features: str | None = None, checkpoint: str = "last.pt") -> dict:
+                        features: str | None = None, checkpoint: str = "last.pt",
+                        inception_weights: str | None = None, download: bool = False) -> dict:
     """Score a run's final weights; the result is also written to RUN_DIR/metrics.json."""
     run_dir = Path(run_dir)
     ckpt = load_checkpoint(run_dir / "checkpoints" / checkpoint)
     cfg = Config.from_dict(ckpt["config"], f"{run_dir}/checkpoints/{checkpoint}")
+    cfg.trainer.inception_weights = inception_weights or cfg.trainer.inception_weights
+    cfg.trainer.inception_download = download or cfg.trainer.inception_download
     family = FAMILIES[cfg.family]
     engine = setup_engine(cfg.trainer)
     data = load_dataset(**asdict(cfg.data))
