@@ -27,9 +27,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from lib.config import load_config  # noqa: E402
-from lib.data import ImageData, load_dataset, to_uint8  # noqa: E402
+from lib.data import (  # noqa: E402
+    ImageData,
+    distinct_indices,  # noqa: E402
+    load_dataset,
+    to_uint8,
+)
 from lib.families.base import fixed_generator  # noqa: E402
-from lib.metrics import Evaluator, distinct_indices, protocol_summary  # noqa: E402
+from lib.metrics import Evaluator, protocol_summary  # noqa: E402
 from lib.training.evaluation import rebuild  # noqa: E402
 from lib.training.loop import train  # noqa: E402
 

@@ -1,8 +1,10 @@
 """Command line.
 
   python -m lib train CONFIG [--set k=v ...] [--out DIR]
+                  [--features F] [--inception-weights PATH] [--download]
   python -m lib train --resume RUN_DIR [--set trainer.k=v ...] [--resume-with CONFIG] [--out DIR]
   python -m lib evaluate RUN_DIR [--samples N] [--features inception|classifier]
+                  [--inception-weights PATH] [--download]
   python -m lib notebooks [--preset demo|gpu|FILE] [--only NAME ...] [-p key=value ...]
   python -m lib demo      (the whole notebook suite on embedded data, then the report's path)
 
@@ -52,9 +54,22 @@ def describe_os_error(e: OSError) -> str:
     return f"{where}: {e.strerror or e} ({todo})"
 
 
+def _evaluation_overrides(args: argparse.Namespace) -> list[str]:
+    """train's evaluation flags as the --set overrides they abbreviate."""
+    overrides = list(args.set or [])
+    if args.features:
+        overrides.append(f"trainer.features={args.features}")
+    if args.inception_weights:
+        overrides.append(f"trainer.inception_weights={args.inception_weights}")
+    if args.download:
+        overrides.append("trainer.inception_download=true")
+    return overrides
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     from lib.training.loop import resume, train
 
+    args.set = _evaluation_overrides(args)
     if args.resume:
         if args.config:
             raise ConfigError(f"give a CONFIG or --resume RUN_DIR, not both (got {args.config} "
@@ -77,14 +92,16 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
+    from lib.metrics import protocol_summary
     from lib.training.evaluation import evaluate_checkpoint
 
-    result = evaluate_checkpoint(args.run_dir, args.samples, args.features)
+    result = evaluate_checkpoint(args.run_dir, args.samples, args.features,
+                                 inception_weights=args.inception_weights, download=args.download)
     interval = (f" [{result['fid_low']:.3g}, {result['fid_high']:.3g}]"
                 if "fid_low" in result else "")
     print(f"step {result['step']}: FID {result['fid']:.4g}{interval}, "
-          f"diversity {result['diversity']:.3g} ({result['features']} features, "
-          f"{result['n_fake']} generated vs {result['n_real']} real)")
+          f"diversity {result['diversity']:.3g}")
+    print(f"protocol: {protocol_summary(result['protocol'])}")
     for warning in result["warnings"]:
         print(f"warning: {warning}")
     if result.get("metrics_file"):
@@ -114,6 +131,15 @@ def cmd_demo(args: argparse.Namespace) -> None:
     print(f"report: {(Path(args.out) / 'report' / 'report.html').resolve()}")
 
 
+def _evaluation_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--features", choices=["auto", "classifier", "inception"],
+                   help="feature network for FID/KID (default: the config's trainer.features)")
+    p.add_argument("--inception-weights", metavar="PATH",
+                   help="a local Inception weights file (.pth state dict or TorchScript .pt)")
+    p.add_argument("--download", action="store_true",
+                   help="if no Inception weights file is found, download the standard one once")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m lib", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -131,13 +157,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --resume: the config asked for now (how torchrun gets a "
                         "notebook's) instead of the checkpoint's own; its trainer fields apply, "
                         "its model and data must be the run's")
+    _evaluation_flags(p)
     p.set_defaults(func=cmd_train)
     p = sub.add_parser("evaluate", help="score a run's final weights into RUN_DIR/metrics.json")
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--samples", type=int, help="generated images to score (default: the "
                    "config's trainer.eval_samples)")
-    p.add_argument("--features", choices=["auto", "classifier", "inception"],
-                   help="feature network (default: the config's trainer.features)")
+    _evaluation_flags(p)
     p.set_defaults(func=cmd_evaluate)
     p = sub.add_parser("notebooks", help="execute the notebook suite with papermill")
     p.add_argument("--preset", default="demo",

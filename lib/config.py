@@ -83,7 +83,7 @@ class TrainerConfig:
     eval_samples: int = 500  # generated images per evaluation (CPU-sized); 0 = no evaluation
     features: str = "auto"  # feature network for FID/KID: auto | classifier | inception
     inception_weights: str | None = None  # local FID Inception weights for offline machines
-    inception_download: bool = False  # fetch the FID Inception weights when missing (online)
+    inception_download: bool = False  # fetch the standard Inception weights once if none is found
     seed: int = 0
     max_minutes: float = 0.0  # time budget; 0 = none
     device: str = "auto"  # auto | cpu | cuda | cuda:N

@@ -154,7 +154,7 @@ def duplicate_groups(images: torch.Tensor) -> list[list[int]]:
     resized), so two files that decode to the same pixels count as one image.
     """
     groups: dict[bytes, list[int]] = {}
-    for i, image in enumerate(images.numpy()):  # (C, H, W) uint8 each
+    for i, image in enumerate(images.detach().cpu().numpy()):  # (C, H, W) uint8 each
         groups.setdefault(hashlib.blake2b(image.tobytes(), digest_size=16).digest(), []).append(i)
     repeated = [g for g in groups.values() if len(g) > 1]
     return sorted(repeated, key=lambda g: (-len(g), g[0]))

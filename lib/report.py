@@ -21,6 +21,7 @@ from matplotlib.figure import Figure
 from lib import viz
 from lib.config import Config
 from lib.families import FAMILIES, FAMILY_COLORS
+from lib.metrics import protocol_summary
 from lib.notebook import KAGGLE_WORKING, image_bytes, img_tag, on_kaggle, read_json
 from lib.rundir import RunDir
 from lib.training.evaluation import rebuild, sampling_cost
@@ -103,7 +104,7 @@ def last_scores(history: list[dict]) -> dict:
     scores = {}
     for record in history:
         for key, value in record.items():
-            if key in METRIC_KEYS or key in UNCERTAINTY_KEYS or key == "features":
+            if key in METRIC_KEYS or key in UNCERTAINTY_KEYS or key in ("features", "protocol"):
                 scores[key] = value
     return scores
 
@@ -193,6 +194,7 @@ def table_rows(runs: list[RunInfo], sampling: dict[str, float | None] | None = N
             "features": fmt(m.get("features")),
             "FID": with_uncertainty(m, "fid"), "KID": with_uncertainty(m, "kid"),
             "SSIM": ssim_of(m), "diversity": fmt(m.get("diversity")),
+            "FID protocol": protocol_summary(m.get("protocol")),
             "wall time (s)": fmt(run.train_seconds),
             "images/s": fmt(run.images_per_sec),
             "sampling ms/image": fmt(per_image * 1000 if per_image is not None else None),

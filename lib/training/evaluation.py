@@ -108,7 +108,8 @@ def make_evaluator(cfg: Config, data: ImageData, engine: Engine, features: str |
             return Evaluator(data, features=features, num_samples=samples or t.eval_samples,
                              device=engine.device,
                              cache_dir=writable_cache(Path(cfg.data.root) / "cache"),
-                             weights_path=t.inception_weights, seed=t.seed)
+                             weights_path=t.inception_weights,
+                             download=t.inception_download, seed=t.seed)
     except MetricsError as e:
         if features != "auto":
             raise
@@ -145,11 +146,19 @@ def best_fid(run: RunDir, features: str, step: int) -> float:
 
 
 def evaluate_checkpoint(run_dir: str | Path, samples: int | None = None,
-                        features: str | None = None, checkpoint: str = "last.pt") -> dict:
-    """Score a run's weights (last.pt, or e.g. best.pt); the result also goes to metrics.json."""
+                        features: str | None = None, checkpoint: str = "last.pt",
+                        inception_weights: str | None = None, download: bool = False) -> dict:
+    """Score a run's weights (last.pt, or e.g. best.pt); the result also goes to metrics.json.
+
+    `inception_weights` / `download` stand in for the config's trainer fields of those names
+    (the machine that evaluates may not be the one that trained)."""
     run = RunDir(run_dir)
     rebuilt = rebuild(run.root, checkpoint)
-    cfg, engine = rebuilt.cfg, rebuilt.engine
+    engine = rebuilt.engine
+    trainer = replace(rebuilt.cfg.trainer,
+                      inception_weights=inception_weights or rebuilt.cfg.trainer.inception_weights,
+                      inception_download=download or rebuilt.cfg.trainer.inception_download)
+    cfg = replace(rebuilt.cfg, trainer=trainer)
     evaluator = make_evaluator(cfg, load_dataset(**asdict(cfg.data)), engine, features, samples)
     if evaluator is None:
         raise MetricsError("no feature network is usable here; see the warning above")
