@@ -168,7 +168,7 @@ def test_translation_shifts_in_zeros_and_cutout_zeros_a_rectangle():
     assert torch.equal(cut[:, :1].expand_as(cut), cut)  # the same hole in every channel
     holes = cut[:, 0] == 0  # (n, H, W)
     area = holes.flatten(1).sum(1)
-    # an 8 x 8 square, clipped at the border down to at most a quarter of itself
+    # an 8 x 8 square; clipping at the border leaves at least a quarter of it
     assert area.max() == 64 and area.min() >= 16
     rows, cols = holes.any(2).sum(1), holes.any(1).sum(1)
     assert torch.equal(rows * cols, area)  # a rectangle, not scattered pixels
