@@ -128,13 +128,13 @@ EOF
 
 if [ "$DRY_RUN" = 1 ]; then
     TP_ARGS=(--size 16 --batch 8 --images 32 --iters 1 --rounds 1 --warmup 1
-             --options --compile --compile-backend eager --family-batch 2)
+             --options --compile --layers --compile-backend eager --family-batch 2)
     CATS="$OUT/fake_cats"
     ITERS=4
     CATS_ARGS=(--set data.image_size=16 --set trainer.batch_size=8 --set "data.root=$OUT/data")
     LIMITS=(300 60 120 300 180)
 else
-    TP_ARGS=(--options --compile)
+    TP_ARGS=(--options --compile --layers)
     CATS_ARGS=()
     LIMITS=(90 20 200 160 110)  # seconds: 10 min in all, with the summary's 20
 fi

@@ -144,6 +144,12 @@ def markdown(result: dict) -> str:
         lines += ["", f"project / reference: **{throughput['speedup']:.2f}x**"]
         if "cudagraph_skips" in throughput:
             lines.append(f"CUDA graph fallbacks: {throughput['cudagraph_skips']}")
+        if "kernel_limit" in throughput:
+            limit = throughput["kernel_limit"]
+            conv, step = limit["project_conv_seconds"], limit["measured_seconds"]["project"]
+            lines.append(f"the project's convolutions alone take {conv * 1e3:.1f} ms of its "
+                         f"{step * 1e3:.1f} ms iteration ({conv / step:.0%}); the rest is "
+                         "other kernels, launches and Python")
     lines += ["", "## Course preset on the cats (configs/dcgan_train.json)", ""]
     cats = result["cats"]
     if cats is None:

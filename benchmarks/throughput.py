@@ -17,11 +17,12 @@ measured matmul peak.
 
 `--options` adds one row per speed option switched off (or on) against the project's
 defaults; `--compile` adds torch.compile and, on CUDA, CUDA graphs
-(compile_mode="reduce-overhead"). CVAE and DDPM are compared with the project's own
-plain-fp32 NCHW path unless `--no-families`.
+(compile_mode="reduce-overhead"); `--layers` times every convolution alone and compares
+their sum (the kernel limit) with the measured iteration. CVAE and DDPM are compared with
+the project's own plain-fp32 NCHW path unless `--no-families`.
 
     python benchmarks/throughput.py [--iters 8] [--rounds 3] [--images 3000] [--jpegs DIR]
-        [--options] [--compile] [--no-families] [--json FILE]
+        [--options] [--compile] [--layers] [--no-families] [--json FILE]
 """
 
 from __future__ import annotations
@@ -280,6 +281,100 @@ def cudagraph_skips() -> int:
     return counters["inductor"]["cudagraph_skips"]
 
 
+# --- the kernel limit ------------------------------------------------------------
+
+def conv_inputs(net: nn.Module, x: torch.Tensor) -> list[tuple[nn.Module, torch.Tensor]]:
+    """Every convolution of `net` with the input it sees on `x`, in forward order."""
+    seen = []
+    hooks = [m.register_forward_hook(lambda m, inp, out: seen.append((m, inp[0].detach())))
+             for m in net.modules() if isinstance(m, nn.Conv2d | nn.ConvTranspose2d)]
+    with torch.no_grad():
+        net(x)
+    for h in hooks:
+        h.remove()
+    return seen
+
+
+def kernel_seconds(conv: nn.Module, x: torch.Tensor, dtype, device, reps: int) -> dict:
+    """Median seconds of the three kernels of one layer: forward, input grad, weight grad."""
+    transposed = isinstance(conv, nn.ConvTranspose2d)
+    w = conv.weight.detach().to(dtype)
+    x = x.to(dtype)
+    geometry = (conv.stride, conv.padding, conv.dilation, transposed,
+                getattr(conv, "output_padding", (0, 0)), conv.groups)
+    y = torch.ops.aten.convolution(x, w, None, *geometry)
+    grad = torch.randn_like(y)
+    kernels = {
+        "forward": lambda: torch.ops.aten.convolution(x, w, None, *geometry),
+        "input grad": lambda: torch.ops.aten.convolution_backward(
+            grad, x, w, None, *geometry, [True, False, False]),
+        "weight grad": lambda: torch.ops.aten.convolution_backward(
+            grad, x, w, None, *geometry, [False, True, False]),
+    }
+    out = {}
+    for name, run in kernels.items():
+        run()
+        times = []
+        for _ in range(reps):
+            sync(device)
+            t0 = time.perf_counter()
+            run()
+            sync(device)
+            times.append(time.perf_counter() - t0)
+        out[name] = statistics.median(times)
+    return out
+
+
+def kernel_limit(row: ProjectStep, reps: int) -> tuple[float, float, list]:
+    """Seconds per iteration the convolutions alone need: (project, reference, per layer).
+
+    Per iteration D runs forward three times (real, fake, fake again in the G step) and
+    G once. Backward: D's weight gradients twice (its real and fake passes; the reference
+    a third time in the G step), D's input gradients in all three passes except where the
+    input is data (layer 1 of the real and the detached fake pass); G's weight gradients
+    once, its input gradients except for the noise.
+    """
+    G, D = (row.parts.nets[k] for k in ("generator", "discriminator"))  # eager, unwrapped
+    engine, batch = row.engine, row.cfg.trainer.batch_size
+    dtype = engine.amp_dtype or torch.float32
+    noise = torch.randn(batch, G.latent_dim, device=engine.device)
+    fake = G(noise).detach()
+    layers = []
+    for net_name, net, x in (("G", G, noise), ("D", D, fake)):
+        for i, (conv, inp) in enumerate(conv_inputs(net, x)):
+            t = kernel_seconds(conv, inp, dtype, engine.device, reps)
+            first = i == 0
+            if net_name == "D":
+                need = {"forward": 3, "weight grad": 2, "input grad": 1 if first else 3}
+            else:
+                need = {"forward": 1, "weight grad": 1, "input grad": 0 if first else 1}
+            layers.append((f"{net_name}{i + 1}", t, need))
+    project = sum(t[k] * n for _, t, need in layers for k, n in need.items())
+    reference = project + sum(t["weight grad"] for name, t, _ in layers if name[0] == "D")
+    return project, reference, layers
+
+
+def report_kernel_limit(row: ProjectStep, speeds: dict, reps: int, results: dict) -> None:
+    project_s, reference_s, layers = kernel_limit(row, reps)
+    batch = row.cfg.trainer.batch_size
+    print(f"\n{'layer':<6}{'forward':>10}{'input grad':>12}{'weight grad':>13}  (ms)")
+    for name, t, _ in layers:
+        print(f"{name:<6}{t['forward'] * 1e3:10.1f}{t['input grad'] * 1e3:12.1f}"
+              f"{t['weight grad'] * 1e3:13.1f}")
+    measured = {label: batch / statistics.median(speeds[label])
+                for label in ("reference (dcgan/main.py)", "project")}
+    for label, conv_s in (("project", project_s), ("reference (dcgan/main.py)", reference_s)):
+        print(f"{label}: convolutions alone {conv_s:.3f} s/iteration (at most "
+              f"{batch / conv_s:.1f} images/s); measured {measured[label]:.3f} s: "
+              f"{conv_s / measured[label]:.0%} of the iteration in conv kernels")
+    print(f"project's kernel limit / reference's measured speed: "
+          f"{measured['reference (dcgan/main.py)'] / project_s:.2f}x")
+    results["kernel_limit"] = {
+        "project_conv_seconds": project_s, "reference_conv_seconds": reference_s,
+        "measured_seconds": measured,
+        "layers": {name: t for name, t, _ in layers}}
+
+
 def dcgan_rows(args, device, amp, data, folder: Path) -> dict:
     """The project's row, then one row per speed option changed from its default."""
     cfg = dcgan_config(args.batch, args.size)
@@ -326,6 +421,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--compile", action="store_true", help="also time torch.compile")
     parser.add_argument("--compile-backend", default="inductor",
                         help="'eager' checks the compile rows in seconds (no code generation)")
+    parser.add_argument("--layers", action="store_true",
+                        help="time every convolution alone: the step's kernel limit")
     parser.add_argument("--no-families", action="store_true", help="skip CVAE and DDPM")
     parser.add_argument("--family-batch", type=int, help="CVAE/DDPM batch (default: GPU 128, "
                         "CPU 16: a 64 px DDPM step at 128 takes a CPU ~40 s)")
@@ -356,8 +453,11 @@ def main(argv: list[str] | None = None) -> dict:
         flops = {label: flops_per_step(rows[label])
                  for label in ("reference (dcgan/main.py)", "project")}
         skips = cudagraph_skips() if args.compile else 0
+        project_row = rows["project"]
         del rows  # DataLoader workers end here, before the temporary JPEGs go
     report_rows(speeds, flops, peak, args, device, results)
+    if args.layers:
+        report_kernel_limit(project_row, speeds, max(3, args.rounds), results)
     if args.compile and device.type == "cuda":
         print(f"CUDA graph fallbacks (inductor cudagraph_skips): {skips}")
         results["cudagraph_skips"] = skips
