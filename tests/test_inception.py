@@ -126,7 +126,9 @@ def test_features_do_not_depend_on_how_images_are_batched(tmp_path):
     whole = ev.extract(fake)
     pieces = torch.cat([ev.extract(fake[:7]), ev.extract(fake[7:])])
     assert torch.equal(whole, pieces)  # every batch is padded to FEATURE_BATCH images
-    assert ev.evaluate(fake)["fid"] == ev.evaluate(fake[torch.randperm(73)])["fid"]
+    # the same images in another order: equal up to the summation order of the statistics
+    assert ev.evaluate(fake)["fid"] == pytest.approx(ev.evaluate(fake[torch.randperm(73)])["fid"],
+                                                     rel=1e-9, abs=1e-12)
 
 
 def test_own_file_is_usable_and_named_as_not_standard(tmp_path):
