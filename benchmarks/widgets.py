@@ -6,7 +6,7 @@ slowest) over --updates moves of each control kind, with the split between the
 model and the PNG encoding. Every move goes to a new setting: the DDPM explorer's
 cache of past renders is never what is timed.
 
-    python benchmarks/widgets.py [--updates 20] [--threads N] [--dcgan-samples 9]
+    python benchmarks/widgets.py [--updates 20] [--threads N] [--dcgan-samples 4]
                                  [--ddpm-steps 10] [--ddpm-sampler ddim] [--ddpm-samples 1]
 """
 
@@ -54,7 +54,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--updates", type=int, default=20)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
-    parser.add_argument("--dcgan-samples", type=int, default=9, help="images in the DCGAN grid")
+    parser.add_argument("--dcgan-samples", type=int, default=4, help="images in the DCGAN grid")
     parser.add_argument("--ddpm-steps", type=int, default=10)
     parser.add_argument("--ddpm-sampler", default="ddim")
     parser.add_argument("--ddpm-samples", type=int, default=1)
