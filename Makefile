@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench lint clean
+.PHONY: demo test bench gpu-check lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,12 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/throughput.py
 	$(PY) benchmarks/widgets.py
+
+# On a GPU machine, with the interpreter that has torch (no venv: it would fetch torch again):
+#   make gpu-check CATS=/kaggle/input/cats-faces-64x64-for-generative-models [OUT=dir]
+gpu-check:
+	PYTHON=$(PYTHON) bash benchmarks/gpu_check.sh $(if $(CATS),--cats $(CATS)) \
+		$(if $(OUT),--out $(OUT)) $(GPU_CHECK_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check lib tests benchmarks

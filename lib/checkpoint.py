@@ -13,7 +13,6 @@ import tempfile
 from pathlib import Path
 
 import torch
-from torch import nn
 
 FORMAT_VERSION = 1
 # What every checkpoint of this project holds, and what the code that reads one relies on:
@@ -107,23 +106,3 @@ def _offending(error: Exception) -> str:
         if "Unsupported" in line or "GLOBAL" in line:
             return line.strip().removeprefix("WeightsUnpickler error: ")[:200]
     return str(error).splitlines()[0][:200] if str(error) else "unpickling failed"
-
-
-def build_model(type_name: str, args: dict) -> nn.Module:
-    from lib.models import MODEL_TYPES
-
-    if type_name not in MODEL_TYPES:
-        raise CheckpointError(f"unknown model type {type_name!r}; known: {sorted(MODEL_TYPES)}")
-    return MODEL_TYPES[type_name](**args)
-
-
-def load_models(path: str | Path, use_ema: bool = True, map_location="cpu") -> dict[str, nn.Module]:
-    """Rebuild every network of a checkpoint in eval mode (EMA weights when present)."""
-    ckpt = load_checkpoint(path, map_location)
-    nets = {}
-    for name, spec in ckpt["models"].items():
-        net = build_model(spec["type"], spec["args"])
-        state = ckpt["ema"].get(name) if use_ema and ckpt.get("ema") else None
-        net.load_state_dict(state or ckpt["nets"][name])
-        nets[name] = net.eval()
-    return nets

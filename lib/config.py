@@ -71,6 +71,7 @@ class DataConfig:
     limit: int | None = None
     seed: int = 0
     verify: bool = True  # MNIST's files must match the official MD5s
+    dedupe: bool = False  # drop exact duplicate images (identical decoded pixels) at load
 
 
 @dataclass
@@ -85,14 +86,21 @@ class TrainerConfig:
     eval_samples: int = 500  # generated images per evaluation (CPU-sized); 0 = no evaluation
     features: str = "auto"  # feature network for FID/KID: auto | classifier | inception
     inception_weights: str | None = None  # local FID Inception weights for offline machines
+    inception_download: bool = False  # fetch the standard Inception weights once if none is found
     seed: int = 0
     max_minutes: float = 0.0  # time budget; 0 = none
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
     channels_last: bool = True
     compile: bool = False
+    # torch.compile mode: default | reduce-overhead (CUDA graphs) | max-autotune | ...
+    compile_mode: str = "default"
     deterministic: bool = False
     ema_decay: float = 0.0  # 0 = no EMA copy of the weights
+    # EMA warm-up (ema-pytorch's): decay min(ema_decay, 1 - (1 + step / ema_inv_gamma) **
+    # -ema_power), so a short run's average is not its initialisation; 0 = constant decay
+    ema_power: float = 0.0
+    ema_inv_gamma: float = 1.0
     grad_clip: float = 0.0  # 0 = no clipping
     sync_batchnorm: bool = False  # under DDP: synchronise BatchNorm statistics across ranks
     # divergence guard: a non-finite value or a loss spike rolls back to the last checkpoint
@@ -129,12 +137,10 @@ class Config:
 
     @property
     def family(self) -> str:
-        """"dcgan", "cvae" or "ddpm": which training recipe this config describes."""
-        if self.generator is not None:
-            return "dcgan"
-        from lib.models import MODEL_FAMILIES
+        """"dcgan", "cvae" or "ddpm": the family (lib.families) of the model type it trains."""
+        from lib.families import FAMILY_OF_TYPE
 
-        return MODEL_FAMILIES[self.model.type]
+        return FAMILY_OF_TYPE[(self.generator or self.model).type]
 
     @property
     def total_steps(self) -> int:
@@ -151,6 +157,9 @@ class Config:
     def from_dict(cls, raw: Any, source: str = "<config>") -> Config:
         if isinstance(raw, dict):
             check_sections(raw, source)
+        if _too_deep(raw):
+            raise ConfigError(f"{source}: arrays or objects nested too deeply (over {MAX_DEPTH} "
+                              "levels)")
         cfg = _build(cls, raw, "", source)
         validate(cfg, source)
         return cfg
@@ -188,10 +197,32 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
     return dict(pairs)
 
 
+MAX_DEPTH = 32  # no config nests deeper than a handful of levels
+
+
+def _too_deep(value) -> bool:
+    """Deeper than MAX_DEPTH, counted without recursion: how deep Python itself can go
+    (asdict, deepcopy, json) depends on the stack already in use, so the bound is ours."""
+    level = [value]
+    for _ in range(MAX_DEPTH + 1):
+        level = [v for item in level if isinstance(item, (list, dict))
+                 for v in (item.values() if isinstance(item, dict) else item)]
+        if not level:
+            return False
+    return True
+
+
+def _bounded(value):
+    if _too_deep(value):
+        raise ConfigError(f"not a config: arrays or objects nested too deeply (over {MAX_DEPTH} "
+                          "levels)")
+    return value
+
+
 def _parse_json(text: str):
     """JSON text -> value; a ConfigError (no file named) for what Python's parser cannot take."""
     try:
-        return json.loads(text, object_pairs_hook=_unique_keys)
+        return _bounded(json.loads(text, object_pairs_hook=_unique_keys))
     except ConfigError:
         raise
     except json.JSONDecodeError as e:
@@ -205,7 +236,7 @@ def _parse_json(text: str):
 def parse_value(text: str):
     """A command-line value: JSON when it parses (numbers, true, null, lists), else the string."""
     try:
-        return json.loads(text, object_pairs_hook=_unique_keys)
+        return _bounded(json.loads(text, object_pairs_hook=_unique_keys))
     except json.JSONDecodeError:
         return text
     except (RecursionError, ValueError):  # JSON, but too deep, too long or with a key twice
@@ -397,7 +428,7 @@ ARG_RULES = {
 
 def check_model_args(spec: ModelSpec, data: DataConfig, source: str, where: str) -> None:
     """Model args must match the model's constructor: names, annotated types, sane values."""
-    from lib.models import MODEL_TYPES
+    from lib.families import MODEL_TYPES
 
     _check_choice(spec.type, MODEL_TYPES, source, f"{where}.type")
     # the GAN's two sections each take their own network; `model` takes any other one
@@ -451,7 +482,7 @@ def _meta_build(type_name: str, args_json: str) -> tuple[int, str | None]:
     """(bytes of weights and buffers, None), or (0, the model's own complaint)."""
     import torch
 
-    from lib.models import MODEL_TYPES
+    from lib.families import MODEL_TYPES
 
     try:
         with torch.device("meta"):
@@ -468,6 +499,9 @@ def _check_optimizer(opt: OptimizerConfig, source: str, name: str) -> None:
            f"{name}.betas", f"must be two numbers in [0, 1), got {_show(opt.betas)}")
     _check(0 <= opt.weight_decay <= 1, source, f"{name}.weight_decay",
            f"must be in [0, 1], got {opt.weight_decay}")
+
+
+COMPILE_MODES = {"default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"}
 
 
 def validate(cfg: Config, source: str = "<config>") -> None:
@@ -500,7 +534,10 @@ def validate(cfg: Config, source: str = "<config>") -> None:
     _check(0 <= t.collapse_fraction < 1, source, "trainer.collapse_fraction",
            f"must be in [0, 1), got {t.collapse_fraction}")
     _check(0 <= t.ema_decay < 1, source, "trainer.ema_decay", "must be in [0, 1)")
+    _check(t.ema_power >= 0, source, "trainer.ema_power", "must be >= 0 (0: no warm-up)")
+    _check(t.ema_inv_gamma > 0, source, "trainer.ema_inv_gamma", "must be > 0")
     _check_choice(t.precision, {"auto", "fp32", "bf16", "fp16"}, source, "trainer.precision")
+    _check_choice(t.compile_mode, COMPILE_MODES, source, "trainer.compile_mode")
     _check_choice(t.features, {"auto", "classifier", "inception"}, source, "trainer.features")
     _check(re.fullmatch(r"auto|cpu|cuda(:\d{1,3})?", t.device) is not None, source,
            "trainer.device", f"{_show(t.device)} is not auto, cpu, cuda or cuda:N")

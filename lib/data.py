@@ -4,7 +4,7 @@ Every loader returns an `ImageData`: images stored once as uint8 (N, C, H, W)
 plus int64 labels where the dataset has classes. Models see floats in [-1, 1];
 `to_float` and `to_uint8` are the only conversions between the two.
 
-Datasets (see DESIGN.md): "digits" and "shapes" are embedded; "mnist" reads
+Datasets (the README's table): "digits" and "shapes" are embedded; "mnist" reads
 torchvision's raw IDX files; "cats", "artbench" and "folder" read folders of
 images through one reader; "artbench32" reads CIFAR-style pickled batches.
 Labelled datasets on disk use their training split only (MNIST's 60,000
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -30,9 +31,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
-from tqdm.auto import tqdm
 
 from lib.checkpoint import atomic_save
+from lib.progress import progress_bar
 
 CACHE_VERSION = 2  # 2: keyed on the files read, not only on the dataset's path
 # read-only dataset mounts on Kaggle; tests point this elsewhere
@@ -144,6 +145,25 @@ def _fingerprint(where: Path, files: list[Path], **extra) -> str:
         name = str(f.relative_to(where)).encode(errors="surrogateescape")
         digest.update(name + f"\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return digest.hexdigest()
+
+
+def duplicate_groups(images: torch.Tensor) -> list[list[int]]:
+    """Indices of images with identical pixels, one list per repeated image, largest first.
+
+    Exact duplicates only: a hash of each image's uint8 pixels as loaded (decoded and
+    resized), so two files that decode to the same pixels count as one image.
+    """
+    groups: dict[bytes, list[int]] = {}
+    for i, image in enumerate(images.detach().cpu().numpy()):  # (C, H, W) uint8 each
+        groups.setdefault(hashlib.blake2b(image.tobytes(), digest_size=16).digest(), []).append(i)
+    repeated = [g for g in groups.values() if len(g) > 1]
+    return sorted(repeated, key=lambda g: (-len(g), g[0]))
+
+
+def distinct_indices(images: torch.Tensor) -> torch.Tensor:
+    """Indices of the first occurrence of every distinct image, in order (int64)."""
+    later = {i for group in duplicate_groups(images) for i in group[1:]}
+    return torch.tensor([i for i in range(len(images)) if i not in later], dtype=torch.long)
 
 
 def _cached(cache_dir: Path | None, name: str, image_size: int, where: Path,
@@ -325,8 +345,8 @@ def _decode_all(files: list[Path], image_size: int, name: str, where: Path,
                 labels: list[int] | None, class_names: list[str] | None) -> ImageData:
     out = np.empty((len(files), 3, image_size, image_size), dtype=np.uint8)
     kept: list[int] = []
-    bar = tqdm(files, desc=f"decoding {name}", unit="img", mininterval=5,
-               disable=len(files) < PROGRESS_MIN_FILES)
+    bar = progress_bar(len(files), desc=f"decoding {name}", unit="img", iterable=files,
+                       disable=len(files) < PROGRESS_MIN_FILES)
     for i, file in enumerate(bar):
         try:
             out[len(kept)] = _decode(file, image_size)
@@ -404,12 +424,20 @@ CATS_KAGGLE = "spandan2/cats-faces-64x64-for-generative-models"
 
 def load_cats(image_size: int, root: str | Path = "data", path: str | None = None,
               cache_dir: Path | None = None, **_) -> ImageData:
-    """64x64 cat faces: every image under the folder, unlabelled."""
+    """64x64 cat faces: every image under the folder (subfolders included), unlabelled.
+
+    The folder is `path`, else `root/cats` (the tarball `cats/<n>.jpg` extracted into
+    root), else the shallowest folder named cats* under /kaggle/input: the dataset's
+    slug `/kaggle/input/cats-faces-.../` or, on newer mounts and mirrors, a `cats/`
+    folder deeper down (`/kaggle/input/datasets/<owner>/<slug>/cats/`).
+    """
     if path is not None:
         candidates = [Path(path)]
         looked_at: list[Path | str] = candidates
     else:
-        candidates = [Path(root) / "cats", *_search_dirs(KAGGLE_INPUT, "cats*")]
+        # lazily: the search stops at the first folder with images
+        candidates = itertools.chain([Path(root) / "cats"],
+                                     _search_dirs(KAGGLE_INPUT, "cats*", max_depth=7))
         looked_at = [Path(root) / "cats", KAGGLE_INPUT / "**" / "cats*"]
     folder = next((c for c in candidates if c.is_dir() and _has_images(c)), None)
     if folder is None:
@@ -674,12 +702,14 @@ def load_dataset(
     limit: int | None = None,
     seed: int = 0,
     verify: bool = True,
+    dedupe: bool = False,
     cache: bool = True,
 ) -> ImageData:
     """Load `dataset` as uint8 (N, C, H, W) at `image_size`, cached under `root/cache/`.
 
     The keyword names match the `data` section of a config, so
-    `load_dataset(**asdict(cfg.data))` works.
+    `load_dataset(**asdict(cfg.data))` works. `dedupe` keeps the first of each set of
+    identical images (see `duplicate_groups`), before `limit` takes the first N.
     """
     if dataset not in LOADERS:
         raise DatasetError(f"unknown dataset {dataset!r}; choose one of {sorted(LOADERS)}")
@@ -692,8 +722,14 @@ def load_dataset(
                             seed=seed, verify=verify, cache_dir=cache_dir)
     if data.skipped:
         print(f"[{dataset}] skipped {data.skipped} unreadable image file(s)")
-    images = set_channels(data.images, channels)
-    labels = data.labels
+    images, labels = data.images, data.labels
+    if dedupe:
+        keep = distinct_indices(images)  # the first of each set, with its label
+        print(f"[{dataset}] dedupe: dropped {len(images) - len(keep)} exact duplicate "
+              f"image(s); {len(keep)} distinct of {len(images)}")
+        images = images[keep]
+        labels = labels[keep] if labels is not None else None
+    images = set_channels(images, channels)
     if limit is not None and limit < len(images):
         images, labels = images[:limit], labels[:limit] if labels is not None else None
     return ImageData(images, labels, data.class_names, dataset, data.skipped)

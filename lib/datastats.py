@@ -1,5 +1,9 @@
 """Numbers and pictures of a dataset, for the data-exploration notebook.
 
+Duplicates are counted because the Kaggle cat faces hold thousands of exact copies:
+they weigh some images twice in training, bias FID's reference statistics, and make a
+memorised copy look like a new sample. `data.dedupe` drops them at load.
+
 The pixel histograms exist because of the course project's costliest bug: images
 fed to a tanh generator's discriminator in [0, 1] instead of [-1, 1]. Drawn side
 by side with the generator's output range, the mismatch is visible at a glance.
@@ -12,7 +16,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from lib import viz
-from lib.data import ImageData, to_float
+from lib.data import ImageData, duplicate_groups, to_float
 
 
 def class_names(data: ImageData) -> list[str]:
@@ -120,3 +124,35 @@ def mean_images(data: ImageData) -> Image.Image:
     grid = viz.make_grid(means.round().to(torch.uint8), nrow=len(means))
     return viz.with_caption(viz.to_pil(grid), "mean image per class, in class order",
                             min_width=max(256, 48 * len(means)))
+
+
+def duplicates(data: ImageData, groups: list[list[int]] | None = None) -> dict:
+    """How many images are exact copies of an earlier one (identical decoded pixels)."""
+    groups = duplicate_groups(data.images) if groups is None else groups
+    copies = sum(len(g) - 1 for g in groups)
+    return {"images": len(data), "distinct": len(data) - copies, "duplicates": copies,
+            "duplicate_share": round(copies / max(1, len(data)), 4),
+            "repeated_images": len(groups), "largest_group": max(map(len, groups), default=1)}
+
+
+def duplicate_rows(groups: list[list[int]], top: int = 5, show: int = 6) -> list[dict]:
+    """The `top` largest groups: their size and the first `show` indices (file order)."""
+    return [{"copies": len(g), "indices": ", ".join(map(str, g[:show])) +
+             (", ..." if len(g) > show else "")} for g in groups[:top]]
+
+
+def duplicates_figure(data: ImageData, groups: list[list[int]], top: int = 4,
+                      per_group: int = 6) -> Image.Image | None:
+    """The `top` largest groups side by side, one row each (blank tiles pad short rows)."""
+    if not groups:
+        return None
+    rows = []
+    for group in groups[:top]:
+        row = data.images[group[:per_group]]
+        if len(row) < per_group:
+            pad = torch.full((per_group - len(row), *row.shape[1:]), 255, dtype=torch.uint8)
+            row = torch.cat([row, pad])
+        rows.append(row)
+    grid = viz.make_grid(torch.cat(rows), nrow=per_group)
+    return viz.label_rows(grid, [f"{len(g)} copies" for g in groups[:top]],
+                          min_width=max(256, 64 * per_group))

@@ -7,7 +7,8 @@ and compilation, and wraps models for DistributedDataParallel under torchrun.
 
 Under `torchrun` (RANK / WORLD_SIZE / LOCAL_RANK in the environment) each process
 joins one process group - NCCL when it trains on a GPU, gloo on CPUs - and the
-Engine carries the few collective operations the training loop needs.
+Engine carries the few collective operations the training loop needs. A
+one-process torchrun joins one too, so a single GPU runs the same NCCL path as two.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -79,17 +81,31 @@ def pick_device(name: str) -> torch.device:
     return device
 
 
+BF16_MIN_CAPABILITY = (8, 0)  # Ampere: bf16 tensor cores; before it bf16 is emulated
+
+
 def pick_amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """None means plain fp32."""
+    """The autocast dtype for trainer.precision; None means plain fp32.
+
+    "auto": bf16 on GPUs of compute capability >= 8.0 (A100, L4, H100: native bf16,
+    no grad scaler needed), fp16 + GradScaler below (P100, V100, T4: fp16 tensor
+    cores or fast fp16, bf16 only emulated - `torch.cuda.is_bf16_supported()` says
+    True on a T4 all the same), fp32 on CPUs (bf16 without AMX measured slower).
+    """
     if precision == "fp32":
         return None
-    if precision == "bf16":
-        return torch.bfloat16
     if precision == "fp16":
         return torch.float16
-    if device.type == "cuda":  # auto
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return None  # auto on CPU: measured slower in bf16 without AMX
+    if device.type != "cuda":
+        return torch.bfloat16 if precision == "bf16" else None
+    capability = torch.cuda.get_device_capability(device)
+    native_bf16 = capability >= BF16_MIN_CAPABILITY
+    if precision == "bf16" and not native_bf16:
+        warnings.warn(
+            f"trainer.precision='bf16' on {torch.cuda.get_device_name(device)} (compute "
+            f"capability {capability[0]}.{capability[1]} < 8.0): bf16 is emulated there and "
+            "slow; precision='auto' picks fp16 with a grad scaler", stacklevel=2)
+    return torch.bfloat16 if native_bf16 or precision == "bf16" else torch.float16
 
 
 def seed_everything(seed: int) -> None:
@@ -104,8 +120,13 @@ class Engine:
     amp_dtype: torch.dtype | None
     channels_last: bool = True
     compile: bool = False
+    # torch.compile's mode: "reduce-overhead" replays CUDA graphs (one launch per graph
+    # instead of one per kernel: what a small model at batch 128 on a fast GPU is bound by)
+    compile_mode: str = "default"
+    compile_backend: str = "inductor"  # "eager": trace only, for quick checks on a CPU
     rank: int = 0
     world_size: int = 1
+    in_group: bool = False  # joined a torch.distributed process group (torchrun)
     sync_batchnorm: bool = False
     owns_process_group: bool = False  # setup_engine started it, close() ends it
     scalers: dict[str, torch.amp.GradScaler] = field(default_factory=dict)
@@ -116,7 +137,7 @@ class Engine:
 
     @property
     def distributed(self) -> bool:
-        return self.world_size > 1
+        return self.world_size > 1 or self.in_group
 
     @property
     def precision(self) -> str:
@@ -133,7 +154,9 @@ class Engine:
         if self.channels_last:
             net = net.to(memory_format=torch.channels_last)
         if self.compile:
-            net = torch.compile(net)
+            # a mode is an inductor setting; other backends take none
+            mode = self.compile_mode if self.compile_backend == "inductor" else None
+            net = torch.compile(net, mode=mode, backend=self.compile_backend)
         return net
 
     def wrap(self, net: nn.Module) -> nn.Module:
@@ -154,6 +177,17 @@ class Engine:
             net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
         device_ids = [self.device.index] if self.device.type == "cuda" else None
         return DistributedDataParallel(net, device_ids=device_ids)
+
+    def upload(self, host: torch.Tensor) -> torch.Tensor:
+        """A host tensor (e.g. an epoch's permutation) on the device, without stalling the host.
+
+        From ordinary (pageable) memory `.to("cuda")` makes the CPU wait until the GPU has
+        run everything queued before the copy, so the CPU stops queuing the next kernels; from
+        pinned memory with non_blocking=True the copy is queued like a kernel.
+        """
+        if self.device.type != "cuda" or host.device.type != "cpu":
+            return host.to(self.device)
+        return host.pin_memory().to(self.device, non_blocking=True)
 
     def batch(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (B, C, H, W) on the device -> [-1, 1] floats in the training layout."""
@@ -226,10 +260,19 @@ class Engine:
         self.owns_process_group = False
 
 
+def launched_distributed() -> bool:
+    """Started by torchrun (or another launcher of the env:// rendezvous), even as one process."""
+    return int(os.environ.get("WORLD_SIZE", 1)) > 1 or (
+        "RANK" in os.environ and "MASTER_ADDR" in os.environ)
+
+
 def init_distributed(device: torch.device) -> tuple[int, int, bool]:
-    """(rank, world_size, started) from torchrun's environment; joins the process group."""
-    world_size = int(os.environ.get("WORLD_SIZE", 1))
-    if world_size == 1:
+    """(rank, world_size, started) from torchrun's environment; joins the process group.
+
+    A one-process torchrun joins a group of one: DDP and the collectives then run
+    (trivially) the code a multi-GPU run runs, which a machine with one GPU can test.
+    """
+    if not launched_distributed():
         return 0, 1, False
     started = not dist.is_initialized()
     if started:
@@ -241,11 +284,9 @@ def init_distributed(device: torch.device) -> tuple[int, int, bool]:
     return dist.get_rank(), dist.get_world_size(), started
 
 
-def setup_engine(cfg: TrainerConfig) -> Engine:
-    device = pick_device(cfg.device)
-    check_cuda_arch(device)
-    rank, world_size, started = init_distributed(device)
-    if cfg.deterministic:
+def configure_backends(device: torch.device, deterministic: bool) -> None:
+    """Process-wide kernel choices: reproducible kernels, or on GPUs cuDNN autotuning + TF32."""
+    if deterministic:
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = False
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -253,15 +294,27 @@ def setup_engine(cfg: TrainerConfig) -> Engine:
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+
+
+def setup_engine(cfg: TrainerConfig) -> Engine:
+    device = pick_device(cfg.device)
+    check_cuda_arch(device)
+    rank, world_size, started = init_distributed(device)
+    configure_backends(device, cfg.deterministic)
     return Engine(device=device, amp_dtype=pick_amp_dtype(cfg.precision, device),
-                  channels_last=cfg.channels_last, compile=cfg.compile, rank=rank,
-                  world_size=world_size, sync_batchnorm=cfg.sync_batchnorm,
+                  channels_last=cfg.channels_last, compile=cfg.compile,
+                  compile_mode=cfg.compile_mode, rank=rank, world_size=world_size,
+                  in_group=dist.is_initialized(), sync_batchnorm=cfg.sync_batchnorm,
                   owns_process_group=started)
 
 
-def make_optimizer(params, lr: float, betas, weight_decay: float,
-                   device: torch.device) -> torch.optim.Adam:
-    """Adam with the fused kernel on GPUs (one launch for all parameters)."""
-    fused = device.type == "cuda"
+def make_optimizer(params, lr: float, betas, weight_decay: float, device: torch.device,
+                   fused: bool | None = None) -> torch.optim.Adam:
+    """Adam with the fused kernel on GPUs (a few launches for all parameters, and under fp16
+    the grad scaler's inf check stays on the device); multi-tensor (foreach) otherwise.
+
+    `fused` None: fused on CUDA. The fused and foreach kernels compute the same update.
+    """
+    fused = device.type == "cuda" if fused is None else fused
     return torch.optim.Adam(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay,
                             fused=fused or None, foreach=None if fused else True)

@@ -17,8 +17,7 @@ a headless notebook run.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -26,6 +25,7 @@ from torch import nn
 
 from lib import viz
 from lib.data import to_float
+from lib.families.base import chunked, device_of, eval_mode
 
 NONLINEARITIES = (nn.ReLU, nn.LeakyReLU, nn.SiLU, nn.GELU, nn.Tanh)
 
@@ -105,21 +105,6 @@ def seed_latent(seed: int, latent_dim: int, n: int | None = None) -> torch.Tenso
     return torch.randn(shape, generator=g)
 
 
-def device_of(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
-@contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Eval mode for the duration (BatchNorm must use running statistics for a batch of one)."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
-
-
 # ---------------------------------------------------------------------------
 # GANSpace for generators
 
@@ -148,18 +133,18 @@ def early_activations(generator: nn.Module, z: torch.Tensor,
         captured.append(output.flatten(1).float().cpu())
         raise _Stop
 
+    def features(chunk: torch.Tensor) -> torch.Tensor:
+        try:
+            generator(chunk.to(device_of(generator)))
+        except _Stop:
+            return captured.pop()
+        raise ValueError(f"layer {layer} did not run in {type(generator).__name__}.forward")
+
     handle = layer.register_forward_hook(hook)
     try:
-        for chunk in z.split(256):
-            try:
-                generator(chunk.to(device_of(generator)))
-            except _Stop:
-                pass
+        return chunked(features, z)
     finally:
         handle.remove()
-    if len(captured) != len(z.split(256)):
-        raise ValueError(f"layer {layer} did not run in {type(generator).__name__}.forward")
-    return torch.cat(captured)
 
 
 def ganspace_directions(generator: nn.Module, n_components: int = 8, n_samples: int = 1000,
@@ -167,19 +152,25 @@ def ganspace_directions(generator: nn.Module, n_components: int = 8, n_samples: 
     """GANSpace: PCA of early activations, regressed back onto the latents that caused them.
 
     With activations y_j = f(z_j), their PCA coordinates x_j, the latent directions are the
-    columns of U = argmin sum_j ||U x_j - z_j||^2. Each is normalised to unit length; one
-    slider unit is one prior sigma (z ~ N(0, I) has std 1 along any unit direction).
+    columns of U = argmin sum_j ||U x_j - z_j||^2, each normalised to unit length. One
+    slider unit moves the activations by one standard deviation of that component, as
+    measured by a finite step through the generator (not assumed from the fit).
     """
     latent_dim = generator.latent_dim
     z = seed_latent(seed, latent_dim, n_samples)  # (N, latent)
     with eval_mode(generator):
         y = early_activations(generator, z, layer)  # (N, D)
-    comps, _, explained = pca(y, n_components)
-    coords = (y - y.mean(0)) @ comps.T  # (N, K)
-    zc = (z - z.mean(0)).double()
-    u = torch.linalg.lstsq(coords.double(), zc).solution.float()  # (K, latent)
-    vectors = u / u.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    return Directions(vectors, torch.ones(len(vectors)), explained)
+        comps, std, explained = pca(y, n_components)
+        coords = (y - y.mean(0)) @ comps.T  # (N, K)
+        zc = (z - z.mean(0)).double()
+        u = torch.linalg.lstsq(coords.double(), zc).solution.float()  # (K, latent)
+        vectors = u / u.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        probe = z[:256]
+        y0 = y[: len(probe)]
+        # activation change along component k per unit of latent distance along direction k
+        gain = torch.stack([((early_activations(generator, probe + v, layer) - y0) @ c).mean()
+                            for v, c in zip(vectors, comps, strict=True)]).abs()
+    return Directions(vectors, std / gain.clamp_min(1e-6 * float(std.max())), explained)
 
 
 @torch.inference_mode()
@@ -197,6 +188,15 @@ def latent_point(latent_dim: int, seed_a: int, seed_b: int, t: float,
     if directions is not None and len(amounts):
         z = z + directions.offset(amounts)
     return z  # (latent_dim,)
+
+
+def latent_points(latent_dim: int, seed_a: int, seed_b: int, t: float, n: int,
+                  directions: Directions | None = None,
+                  amounts: Sequence[float] = ()) -> torch.Tensor:
+    """n neighbours of `latent_point`: image i walks from seed_a + i to seed_b + i, every one
+    moved by the same offset, so a direction is seen acting on several images. (n, latent)"""
+    return torch.stack([latent_point(latent_dim, seed_a + i, seed_b + i, t, directions, amounts)
+                        for i in range(n)])
 
 
 def latent_traversal_grid(generator: nn.Module, directions: Directions | None = None,
@@ -229,13 +229,14 @@ def posterior_means(cvae: nn.Module, images: torch.Tensor, labels: torch.Tensor,
                     batch_size: int = 512) -> torch.Tensor:
     """Encoder means over a dataset: uint8 or [-1, 1] (N, C, H, W), (N,) -> (N, latent) CPU."""
     device = device_of(cvae)
-    mus = []
+
+    def means(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        x = to_float(x) if x.dtype == torch.uint8 else x
+        mu, _ = cvae.encode(x.to(device), y.to(device))
+        return mu.float().cpu()
+
     with eval_mode(cvae):
-        for x, y in zip(images.split(batch_size), labels.split(batch_size), strict=True):
-            x = to_float(x) if x.dtype == torch.uint8 else x
-            mu, _ = cvae.encode(x.to(device), y.to(device))
-            mus.append(mu.float().cpu())
-    return torch.cat(mus)
+        return chunked(means, images, labels, size=batch_size)
 
 
 def posterior_directions(cvae: nn.Module, images: torch.Tensor, labels: torch.Tensor,
@@ -283,24 +284,47 @@ def class_traversal_grid(cvae: nn.Module, directions: Directions, label: int = 0
 # DDPM
 
 
-def ddpm_images(model: nn.Module, seed: int = 0, n: int = 4, steps: int = 20,
-                guidance_scale: float = 1.0, label: int | None = None) -> torch.Tensor:
-    """DDIM samples from the noise a seed stands for -> (n, C, H, W) in [-1, 1] on the CPU.
+ALL_CLASSES = -1  # a label that cycles over the classes (0, 1, 2, ...)
 
-    label=None cycles over the classes of a conditional model (0, 1, 2, ...).
+
+def ddpm_images(model: nn.Module, seed: int = 0, n: int = 4, steps: int | None = 20,
+                guidance_scale: float = 1.0, label: int | None = None,
+                sampler: str = "ddim", eta: float | None = None) -> torch.Tensor:
+    """Samples from the noise a seed stands for -> (n, C, H, W) in [-1, 1] on the CPU.
+
+    The seed fixes every random draw (x_T and the sampler's noise). label None or
+    ALL_CLASSES cycles over the classes of a conditional model. steps: None for samplers
+    that take every timestep ("ddpm"); eta: None for the model's own.
     """
     labels = None
-    if model.num_classes > 0 and label is not None:
+    if model.num_classes > 0 and label is not None and label != ALL_CLASSES:
         labels = torch.full((n,), int(label), dtype=torch.long)
     with eval_mode(model):
-        out = model.sample(n, labels=labels, sampler="ddim", steps=int(steps),
+        out = model.sample(n, labels=labels, sampler=sampler,
+                           steps=None if steps is None else int(steps), eta=eta,
                            guidance_scale=float(guidance_scale),
                            generator=torch.Generator().manual_seed(int(seed)))
     return out.float().cpu()
 
 
 def ddpm_grid(model: nn.Module, seed: int = 0, n: int = 8, steps: int = 20,
-              guidance_scales: Sequence[float] = (1.0,), label: int | None = None) -> torch.Tensor:
+              guidance_scales: Sequence[float] = (1.0,), label: int | None = None,
+              sampler: str = "ddim") -> torch.Tensor:
     """One row per guidance scale, the same starting noise in every row."""
-    images = torch.cat([ddpm_images(model, seed, n, steps, w, label) for w in guidance_scales])
+    images = torch.cat([ddpm_images(model, seed, n, steps, w, label, sampler)
+                        for w in guidance_scales])
     return viz.make_grid(images, nrow=n)
+
+
+def guidance_grid(model: nn.Module, seed: int = 0, n: int = 8, steps: int = 20,
+                  guidance_scales: Sequence[float] = (1.0,),
+                  class_names: Sequence[str] | None = None, sampler: str = "ddim"):
+    """`ddpm_grid` with its rows labelled by guidance scale -> a PIL image; the columns of a
+    conditional model cycle over the classes (named in the first row's caption)."""
+    grid = ddpm_grid(model, seed, n, steps, guidance_scales, sampler=sampler)
+    rows = viz.label_rows(grid, [f"guidance {w:g}" for w in guidance_scales], min_width=512)
+    if model.num_classes == 0:
+        return rows
+    names = list(class_names or range(model.num_classes))
+    columns = ", ".join(str(names[i % model.num_classes]) for i in range(n))
+    return viz.with_caption(rows, f"columns: {columns}", min_width=512)

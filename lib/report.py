@@ -8,26 +8,45 @@ from a small classifier and FID from Inception are not comparable.
 
 from __future__ import annotations
 
-import base64
+import hashlib
 import html
 import json
+import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 from matplotlib.figure import Figure
 
+from lib import viz
 from lib.config import Config
-from lib.notebook import image_bytes, read_json
-from lib.tracking import read_history
+from lib.families import FAMILIES, FAMILY_COLORS
+from lib.metrics import protocol_summary
+from lib.notebook import KAGGLE_WORKING, image_bytes, img_tag, on_kaggle, read_json
+from lib.rundir import RunDir
+from lib.training.evaluation import rebuild, sampling_cost
+from lib.training.tracking import read_history
+from lib.viz import fmt
 
-FAMILY_ORDER = ("dcgan", "cvae", "ddpm")
-FAMILY_COLORS = {"dcgan": "tab:blue", "cvae": "tab:green", "ddpm": "tab:red"}
 METRIC_KEYS = ("fid", "kid", "ssim_recon", "ssim_nearest", "ssim", "diversity")
 UNCERTAINTY_KEYS = ("fid_low", "fid_high", "kid_std")  # shown beside their metric
-MEDIA = ("evolution.gif", "reconstruction.gif", "generation.gif", "denoising.gif",
-         "final_grid.png")
+# what each picture of a run folder (lib.rundir.MEDIA) shows, in the order the report shows
+# them; of two identical files the first is the one shown
+MEDIA_CAPTIONS = {
+    "reconstruction.gif": "reconstructions over training: rows 1 and 3 rebuilt by the model, "
+                          "rows 2 and 4 the real images they come from",
+    "generation.gif": "generations over training: fixed prior noise decoded with every class "
+                      "label, one row per class",
+    "evolution.gif": "training progress: the same fixed noise sampled at each snapshot",
+    "denoising.gif": "sampling with the final weights: from pure noise to images, one frame "
+                     "per sampler step",
+    "final_grid.png": "final samples of the trained model",
+}
+KID_NOTE = ("KID is the squared MMD between real and generated features under a cubic "
+            "polynomial kernel: unitless, and its scale follows the feature network. With "
+            "Inception features it is typically 0.001-0.05 (papers often quote KID x 1000); "
+            "with the small classifier's features it can read in the tens or thousands. "
+            "Compare KIDs only between runs with the same features.")
 SKIP_FOLDERS = {"notebooks", "report"}
 
 
@@ -60,23 +79,24 @@ def find_runs(out_root: str | Path) -> list[Path]:
     if not root.is_dir():
         return []
     runs = [d for d in root.iterdir() if d.is_dir() and d.name not in SKIP_FOLDERS
-            and (d / "config.json").is_file()
-            and ((d / "summary.json").is_file() or (d / "history.jsonl").is_file())]
+            and RunDir(d).config.is_file()
+            and (RunDir(d).summary.is_file() or RunDir(d).history.is_file())]
     return sorted(runs, key=lambda d: (_family_rank(_family_of(d)), d.name))
 
 
 def _family_of(run_dir: Path) -> str:
-    summary = read_json(run_dir / "summary.json")
+    summary = read_json(RunDir(run_dir).summary)
     if "family" in summary:
         return summary["family"]
     try:
-        return Config.from_dict(read_json(run_dir / "config.json"), str(run_dir)).family
+        return Config.from_dict(read_json(RunDir(run_dir).config), str(run_dir)).family
     except (ValueError, KeyError):
         return "unknown"
 
 
 def _family_rank(family: str) -> int:
-    return FAMILY_ORDER.index(family) if family in FAMILY_ORDER else len(FAMILY_ORDER)
+    order = list(FAMILIES)  # the registry's order
+    return order.index(family) if family in order else len(order)
 
 
 def last_scores(history: list[dict]) -> dict:
@@ -84,18 +104,18 @@ def last_scores(history: list[dict]) -> dict:
     scores = {}
     for record in history:
         for key, value in record.items():
-            if key in METRIC_KEYS or key in UNCERTAINTY_KEYS or key == "features":
+            if key in METRIC_KEYS or key in UNCERTAINTY_KEYS or key in ("features", "protocol"):
                 scores[key] = value
     return scores
 
 
 def load_run(run_dir: str | Path) -> RunInfo:
-    run_dir = Path(run_dir)
-    config = read_json(run_dir / "config.json")
-    summary = read_json(run_dir / "summary.json")
+    run_dir, files = Path(run_dir), RunDir(run_dir)
+    config = read_json(files.config)
+    summary = read_json(files.summary)
     history = read_history(run_dir)
     last = history[-1] if history else {}
-    metrics = {**last_scores(history), **read_json(run_dir / "metrics.json")}
+    metrics = {**last_scores(history), **read_json(files.metrics)}
     data = config.get("data", {})
     return RunInfo(
         run_dir=run_dir, name=run_dir.name, family=_family_of(run_dir),
@@ -120,70 +140,25 @@ def load_runs(out_root: str | Path) -> list[RunInfo]:
 def sampling_seconds_per_image(run: RunInfo, n: int = 8) -> float | None:
     """Wall time per generated image, as the run recorded it or measured here (cached per step).
 
-    None when the run recorded none and cannot be rebuilt here (no checkpoint, data absent).
+    None when the run recorded none and cannot be rebuilt here (no checkpoint, no such device).
     """
     if run.sample_seconds_per_image is not None:
         return run.sample_seconds_per_image
-    cache = run.run_dir / "sampling.json"
+    cache = RunDir(run.run_dir).sampling_cache
     cached = read_json(cache)
     if cached.get("step") == run.step and cached.get("n") == n:
         return cached["seconds_per_image"]
     try:
-        seconds = _time_sampling(run.run_dir, n)
+        rebuilt = rebuild(run.run_dir)
+        seconds = sampling_cost(rebuilt.family, rebuilt.parts, rebuilt.engine, n)
     except (OSError, ValueError, RuntimeError, KeyError):
         return None
     cache.write_text(json.dumps({"step": run.step, "n": n, "seconds_per_image": seconds}) + "\n")
     return seconds
 
 
-def _time_sampling(run_dir: Path, n: int) -> float:
-    from lib.checkpoint import load_checkpoint
-    from lib.data import load_dataset
-    from lib.device import setup_engine
-    from lib.train import FAMILIES, make_ema
-
-    ckpt = load_checkpoint(run_dir / "checkpoints" / "last.pt")
-    cfg = Config.from_dict(ckpt["config"], str(run_dir))
-    cfg.trainer.compile = False  # time sampling, not compilation
-    family = FAMILIES[cfg.family]
-    engine = setup_engine(cfg.trainer)
-    data = load_dataset(**asdict(cfg.data))
-    parts = family.build(cfg, data, engine)
-    make_ema(parts, cfg.trainer.ema_decay)
-    for group in ("nets", "ema"):
-        for k, net in getattr(parts, group).items():
-            net.load_state_dict(ckpt[group][k])
-    labels = None
-    if data.num_classes:
-        labels = torch.arange(n) % data.num_classes
-    gen = torch.Generator().manual_seed(0)
-    family.sample(parts, 2, labels[:2] if labels is not None else None, gen)  # warm-up
-    if engine.device.type == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    family.sample(parts, n, labels, gen)
-    if engine.device.type == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - t0) / n
-
-
 # ---------------------------------------------------------------------------
 # Tables
-
-
-def fmt(value, digits: int = 3) -> str:
-    """A table cell: '-' for absent, short floats, thousands separators for big ints."""
-    if value is None or value == "":
-        return "-"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, int):
-        return f"{value:,}"
-    if isinstance(value, float):
-        if value != value:  # NaN
-            return "-"
-        return f"{value:.{digits}g}" if abs(value) < 1e4 else f"{value:,.0f}"
-    return str(value)
 
 
 def ssim_of(metrics: dict) -> str:
@@ -219,7 +194,8 @@ def table_rows(runs: list[RunInfo], sampling: dict[str, float | None] | None = N
             "features": fmt(m.get("features")),
             "FID": with_uncertainty(m, "fid"), "KID": with_uncertainty(m, "kid"),
             "SSIM": ssim_of(m), "diversity": fmt(m.get("diversity")),
-            "wall time (s)": fmt(run.train_seconds, 4),
+            "FID protocol": protocol_summary(m.get("protocol")),
+            "wall time (s)": fmt(run.train_seconds),
             "images/s": fmt(run.images_per_sec),
             "sampling ms/image": fmt(per_image * 1000 if per_image is not None else None),
         })
@@ -239,85 +215,113 @@ def html_table(rows: list[dict]) -> str:
 # Figures
 
 
-def _numbers(history: list[dict], key: str, x: str = "step") -> tuple[list, list]:
-    pts = [(r[x], r[key]) for r in history
-           if isinstance(r.get(key), int | float) and isinstance(r.get(x), int | float)]
-    return ([p[0] for p in pts], [p[1] for p in pts]) if pts else ([], [])
-
-
-def curve_keys(run: RunInfo) -> list[str]:
-    """The metrics a run logged over steps; its losses when it logged no metrics."""
-    present = {k for r in run.history for k in r}
-    keys = [k for k in METRIC_KEYS if k in present]
-    return keys or sorted(k for k in present if k.startswith("loss"))
-
-
 def run_curves_figure(run: RunInfo) -> Figure | None:
-    keys = curve_keys(run)
-    if not keys:
-        return None
-    fig = Figure(figsize=(3.4 * len(keys), 2.6), layout="constrained")
-    for i, key in enumerate(keys):
-        ax = fig.add_subplot(1, len(keys), i + 1)
-        steps, values = _numbers(run.history, key)
-        ax.plot(steps, values, marker="." if len(steps) < 30 else None,
-                color=FAMILY_COLORS.get(run.family))
-        ax.set_title(key, fontsize=10)
-        ax.set_xlabel("step")
-        ax.grid(alpha=0.3)
-    fig.suptitle(f"{run.name} ({run.family}, {run.dataset})", fontsize=11)
-    return fig
+    """The run's metrics figure (`viz.metrics_figure`), titled with its family and data."""
+    return viz.metrics_figure(run.history, title=f"{run.name} ({run.family}, {run.dataset})")
+
+
+def comparable_group(run: RunInfo) -> tuple[str, str]:
+    """(feature network, image size) of a run's FID: only runs in one group share an axis."""
+    size = run.metrics.get("image_size", run.image_size)
+    return str(run.metrics.get("features", "?")), f"{size} px" if size else "? px"
+
+
+def _fid_over_time(run: RunInfo) -> tuple[list[float], list[float]]:
+    pts = [(r["train_seconds"], r["fid"]) for r in run.history
+           if viz.is_number(r.get("fid")) and viz.is_number(r.get("train_seconds"))]
+    if not pts and viz.is_number(run.metrics.get("fid")) and run.train_seconds:
+        pts = [(run.train_seconds, run.metrics["fid"])]
+    return [p[0] for p in pts], [p[1] for p in pts]
 
 
 def quality_compute_figure(runs: list[RunInfo]) -> Figure:
     """FID against training wall time, one line per run (its evaluations), coloured by family.
 
-    Runs without FID are named under the plot, so a missing score is never a missing run.
+    One panel per feature network and image size: FIDs from different features or sizes
+    are not comparable, so they never share an axis. Runs without FID are named under the
+    plot, so a missing score is never a missing run.
     """
-    fig = Figure(figsize=(7, 4), layout="constrained")
-    ax = fig.add_subplot()
-    unscored = []
-    for run in runs:
-        secs, fids = _numbers(run.history, "fid", x="train_seconds")
-        if not fids and isinstance(run.metrics.get("fid"), int | float) and run.train_seconds:
-            secs, fids = [run.train_seconds], [run.metrics["fid"]]
-        if fids:
+    scored = [r for r in runs if _fid_over_time(r)[1]]
+    groups = sorted({comparable_group(r) for r in scored})
+    fig = Figure(figsize=(min(12.0, 5.5 * max(1, len(groups))), 3.8), layout="constrained")
+    axes = fig.subplots(1, max(1, len(groups)), squeeze=False)[0]
+    for ax, group in zip(axes, groups, strict=False):
+        for run in (r for r in scored if comparable_group(r) == group):
+            secs, fids = _fid_over_time(run)
             ax.plot(secs, fids, marker="o", color=FAMILY_COLORS.get(run.family, "tab:gray"),
                     label=f"{run.family}: {run.name}")
-        else:
-            unscored.append(run.name)
-    features = sorted({str(r.metrics["features"]) for r in runs if "features" in r.metrics})
-    ax.set_xlabel("training wall time (s)")
-    ax.set_ylabel(f"FID ({', '.join(features)} features)" if features else "FID")
-    ax.set_title("quality versus compute (lower is better)")
-    ax.grid(alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
+        ax.set_title(f"{group[0]} features, {group[1]}", fontsize=10)
+        ax.set_xlabel("training wall time (s)")
+        ax.set_ylabel("FID (lower is better)")
+        ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    else:
-        ax.text(0.5, 0.5, "no run recorded FID", ha="center", va="center",
-                transform=ax.transAxes, color="gray")
+    if not groups:
+        axes[0].text(0.5, 0.5, "no run recorded FID", ha="center", va="center",
+                     transform=axes[0].transAxes, color="gray")
+    fig.suptitle("quality versus compute" + (" (one panel per feature network and image "
+                                             "size: not comparable across panels)"
+                                             if len(groups) > 1 else ""), fontsize=11)
+    unscored = [r.name for r in runs if r not in scored]
     if unscored:
         fig.text(0.01, 0.005, "without FID: " + ", ".join(unscored), fontsize=8, color="gray",
                  va="bottom")
     return fig
 
 
+def run_media(run: RunInfo) -> list[tuple[Path, str]]:
+    """(file, caption) of each picture in the run folder, byte-identical twins shown once
+    (the CVAE's evolution.gif is its generation.gif)."""
+    shown: dict[str, int] = {}
+    media: list[tuple[Path, str]] = []
+    for name, caption in MEDIA_CAPTIONS.items():
+        path = RunDir(run.run_dir).media(name)
+        if not path.is_file():
+            continue
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        if digest in shown:
+            kept, text = media[shown[digest]]
+            media[shown[digest]] = (kept, f"{text} (also saved as {name})")
+            continue
+        shown[digest] = len(media)
+        media.append((path, f"{name}: {caption}"))
+    return media
+
+
+def report_dir(out_root: str | Path) -> Path:
+    """Where the report goes: out_root/report, or - when out_root is read-only (a Kaggle
+    input) - /kaggle/working/outputs/report on Kaggle, else ./report."""
+    candidates = [Path(out_root) / "report"]
+    if on_kaggle():
+        candidates.append(KAGGLE_WORKING / "outputs" / "report")
+    candidates.append(Path.cwd() / "report")
+    for folder in candidates:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            continue
+        if os.access(folder, os.W_OK):
+            return folder
+    raise OSError(f"no writable folder for the report (tried {', '.join(map(str, candidates))})"
+                  "; pass a writable path to export_html")
+
+
 # ---------------------------------------------------------------------------
 # HTML export
 
 
-def _img_tag(obj, alt: str, width: int | None = None) -> str:
+def _img_tag(obj, alt: str) -> str:
     data, fmt_ = image_bytes(obj)
-    size = f' width="{width}"' if width else ""
-    return (f'<img alt="{html.escape(alt)}"{size} '
-            f'src="data:image/{fmt_};base64,{base64.b64encode(data).decode()}">')
+    return img_tag(data, fmt_, alt)
 
 
-CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
-table{border-collapse:collapse;font-size:13px}th,td{border:1px solid #ccc;padding:4px 8px;
-text-align:right}th{background:#f2f2f2}td:nth-child(-n+3),th:nth-child(-n+3){text-align:left}
-.media{display:flex;flex-wrap:wrap;gap:12px;align-items:flex-start}
-figure{margin:0}figcaption{font-size:12px;color:#555}img{image-rendering:pixelated}"""
+CSS = """body{font-family:system-ui,sans-serif;margin:2em auto;padding:0 1em;max-width:1200px;
+color:#222}img{max-width:100%;height:auto;image-rendering:pixelated}
+table{border-collapse:collapse;font-size:13px;display:block;overflow-x:auto}
+th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}th{background:#f2f2f2}
+td:nth-child(-n+3),th:nth-child(-n+3){text-align:left}
+.media{display:flex;flex-wrap:wrap;gap:16px;align-items:flex-start}
+figure{margin:0;max-width:100%}figcaption{font-size:12px;color:#555;max-width:40em}
+.note{font-size:13px;color:#444;max-width:60em}"""
 
 
 def export_html(runs: list[RunInfo], path: str | Path,
@@ -329,23 +333,30 @@ def export_html(runs: list[RunInfo], path: str | Path,
     parts = [f"<h1>Run report</h1><p>{len(runs)} run(s), generated "
              f"{time.strftime('%Y-%m-%d %H:%M')}. FID/KID/diversity are computed from the "
              f"feature network named in <em>features</em>; numbers from different feature "
-             f"networks or sample counts are not comparable. Sampling time is the run's own "
-             f"record where it kept one, else measured on the machine that made this report."
-             f"</p>", html_table(rows)]
+             f"networks, image sizes or sample counts are not comparable. FID is shown with "
+             f"its 95% bootstrap interval, KID with its std over subsets. Sampling time is "
+             f"the run's own record where it kept one, else measured on the machine that made "
+             f"this report.</p>", html_table(rows),
+             f'<p class="note">{html.escape(KID_NOTE)}</p>']
     quality = quality_compute_figure(runs)
     quality.savefig(path.parent / "quality_vs_compute.png", dpi=100)
-    parts.append("<h2>Quality versus compute</h2>" + _img_tag(quality, "quality vs compute"))
+    parts.append("<h2>Quality versus compute</h2>"
+                 + _figure(quality, "FID against training wall time, one line per run"))
     for run in runs:
         parts.append(f"<h2>{html.escape(run.name)}</h2><p>{run.family} on {run.dataset}, "
-                     f"{fmt(run.step)} steps, {fmt(run.train_seconds, 4)} s</p>")
+                     f"{fmt(run.step)} steps, {fmt(run.train_seconds)} s of training</p>")
         curves = run_curves_figure(run)
         if curves is not None:
             curves.savefig(path.parent / f"{run.name}_curves.png", dpi=100)
-            parts.append(_img_tag(curves, f"{run.name} curves"))
-        media = [m for m in MEDIA if (run.run_dir / m).is_file()]
-        figures = "".join(f"<figure>{_img_tag(run.run_dir / m, m, width=256)}"
-                          f"<figcaption>{m}</figcaption></figure>" for m in media)
+            parts.append(_figure(curves, f"{run.name}: losses and scores against the "
+                                         "training step"))
+        figures = "".join(_figure(p, caption) for p, caption in run_media(run))
         parts.append(f'<div class="media">{figures}</div>')
     path.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>Run report"
                     f"</title><style>{CSS}</style></head><body>{''.join(parts)}</body></html>\n")
     return path
+
+
+def _figure(obj, caption: str) -> str:
+    return (f"<figure>{_img_tag(obj, caption)}<figcaption>{html.escape(caption)}"
+            f"</figcaption></figure>")

@@ -1,13 +1,16 @@
-"""Pictures of runs: sample grids, labelled GIFs, metric curves.
+"""Pictures of runs: sample grids, labelled GIFs, the metrics figure.
 
 Grids are uint8 (C, H, W) tensors so they can be written, compared and shown
-without knowing the model that made them.
+without knowing the model that made them. `metrics_figure` is the one drawing
+of a run's curves: the notebooks, the report and the run folder's metrics.png
+all show it.
 """
 
 from __future__ import annotations
 
 import io
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -121,100 +124,253 @@ def snapshot_frames(samples_dir: Path, prefix: str = "step_") -> list[Path]:
     return sorted(Path(samples_dir).glob(f"{prefix}*.png"), key=step_of)
 
 
-def plot_history(history: list[dict], keys: list[str], path: str | Path, title: str = "") -> Path:
-    """One panel per key (those present in history), value against step."""
-    import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    keys = [k for k in keys if any(isinstance(r.get(k), int | float) for r in history)]
-    fig, axes = plt.subplots(1, max(1, len(keys)), figsize=(4 * max(1, len(keys)), 3),
-                             squeeze=False)
-    for ax, key in zip(axes[0], keys, strict=False):
-        pts = np.array([(r["step"], r[key]) for r in history
-                        if isinstance(r.get(key), int | float)])
-        ax.plot(pts[:, 0], pts[:, 1], marker="." if len(pts) < 30 else None)
-        ax.set_title(key)
-        ax.set_xlabel("step")
-        ax.grid(alpha=0.3)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return Path(path)
+# ---------------------------------------------------------------------------
+# Numbers and pictures as a person reads them
 
 
+def fmt(value, key: str = "") -> str:
+    """A number as a table shows it: 3 significant digits ('15.5', '0.451'), thousands
+    separators from 1,000 on ('1,654' images/s, '12,800' images), small ones and learning
+    rates in short scientific form ('8.97e-5'); '-' for absent or NaN, yes/no for flags."""
+    if value is None or (isinstance(value, str | list | tuple) and not value):
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        value = float(value)  # numpy's float64 too
+        if value != value:
+            return "-"
+        if value == 0:
+            return "0"
+        if abs(value) < 1e-3 or (key.startswith("lr") and abs(value) < 0.1):
+            mantissa, exponent = f"{value:.2e}".split("e")
+            return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+        return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.3g}"
+    if isinstance(value, list | tuple):
+        return "; ".join(fmt(v) for v in value)
+    return str(value)
 
-def _is_number(v) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool)
+
+def display_scale(width: int, height: int, min_width: int = 512, min_height: int = 128,
+                  max_width: int = 1100) -> int:
+    """Nearest-neighbour factor that makes a tiny grid readable (a 274x36 strip -> 4x) without
+    pushing it past max_width (a page's column)."""
+    scale = max(-(-min_width // width), -(-min_height // height))
+    return max(1, min(scale, max_width // width))
 
 
-def _series(history: list[dict], key: str) -> np.ndarray:
-    """(step, value) rows of the records that carry a number under `key`."""
-    rows = [(r["step"], r[key]) for r in history if _is_number(r.get(key))]
+# ---------------------------------------------------------------------------
+# The metrics figure: one drawing for the notebooks, the report and a run's metrics.png
+
+
+@dataclass(frozen=True)
+class Series:
+    key: str  # history key
+    label: str
+    band: tuple[str, str] | str = ()  # its (low, high) keys, or its std key
+
+
+@dataclass(frozen=True)
+class Panel:
+    title: str
+    ylabel: str
+    series: tuple[Series, ...]
+    smooth: bool = False  # per-batch training numbers are noisy: a smoothed line over them
+    reference: float | None = None  # a horizontal guide, e.g. "as diverse as the data"
+    unit_range: bool = False  # a probability or similarity: the axis spans [0, 1]
+    if_changing: bool = False  # drawn only when the value moved (lr: rollbacks, schedules)
+    log: bool = False
+
+
+PANELS = (
+    Panel("training losses", "loss per batch", (
+        Series("loss_d", "discriminator"), Series("loss_g", "generator"),
+        Series("loss", "loss"), Series("recon", "reconstruction"), Series("kl", "KL")),
+        smooth=True),
+    Panel("discriminator outputs", "mean D(x), probability", (
+        Series("d_real", "on real images"), Series("d_fake", "on generated")),
+        smooth=True, unit_range=True),
+    Panel("FID", "FID, 95% interval shaded", (
+        Series("fid", "FID", ("fid_low", "fid_high")),
+        Series("fid_class_mean", "mean over classes"))),
+    Panel("KID", "KID ± std (lower is better)", (Series("kid", "KID", "kid_std"),)),
+    Panel("diversity", "generated / real spread", (Series("diversity", "diversity"),),
+          reference=1.0),
+    Panel("SSIM", "SSIM (1 = identical)", (
+        Series("ssim_recon", "reconstruction"), Series("ssim_nearest", "to nearest real")),
+        unit_range=True),
+    Panel("learning rate", "lr", (Series("lr", "lr"),), if_changing=True, log=True),
+)
+EVENT_STYLE = {"rollback": ("tab:red", "rollback"), "collapse": ("tab:orange", "collapse")}
+
+
+def is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value == value
+
+
+def _points(records: list[dict], key: str) -> np.ndarray:
+    """(step, value) rows of the records that carry a number under `key`: (n, 2)."""
+    rows = [(r["step"], r[key]) for r in records if is_number(r.get(key))]
     return np.array(rows, dtype=float).reshape(-1, 2)
 
 
-def _curve(ax, history: list[dict], key: str, label: str, band: tuple[str, str] | str = ()):
-    """One curve; `band` names its (low, high) keys or its std key, where records carry them."""
-    pts = _series(history, key)
-    if not pts.size:
-        return
-    ax.plot(pts[:, 0], pts[:, 1], marker="." if len(pts) < 30 else None, label=label)
+def _band(records: list[dict], key: str, band: tuple[str, str] | str) -> np.ndarray:
+    """(step, low, high) rows where a record carries the band of `key`: (n, 3)."""
     rows = []
-    for r in history:
-        if isinstance(band, str) and _is_number(r.get(band)) and _is_number(r.get(key)):
+    for r in records:
+        if not is_number(r.get(key)):
+            continue
+        if isinstance(band, str) and is_number(r.get(band)):
             rows.append((r["step"], r[key] - r[band], r[key] + r[band]))
-        elif isinstance(band, tuple) and band and all(_is_number(r.get(k)) for k in band):
+        elif isinstance(band, tuple) and band and all(is_number(r.get(k)) for k in band):
             rows.append((r["step"], r[band[0]], r[band[1]]))
-    if rows:
-        steps, low, high = np.array(rows, dtype=float).T
-        ax.fill_between(steps, low, high, alpha=0.25)
+    return np.array(rows, dtype=float).reshape(-1, 3)
+
+
+def smoothed(values: np.ndarray) -> np.ndarray:
+    """A debiased exponential moving average spanning ~5% of the points (as TensorBoard's)."""
+    alpha = 2 / (max(2.0, len(values) / 20) + 1)
+    out, avg, weight = np.empty_like(values), 0.0, 0.0
+    for i, v in enumerate(values):
+        avg = (1 - alpha) * avg + alpha * v
+        weight = (1 - alpha) * weight + alpha
+        out[i] = avg / weight
+    return out
+
+
+def _value_text(records: list[dict], series: Series) -> str:
+    """The last value of a series as a table shows it: '21.7 [18.4, 25]', '20.2 ± 3.76'."""
+    last = [r for r in records if is_number(r.get(series.key))][-1]
+    text = fmt(last[series.key])
+    if isinstance(series.band, str) and is_number(last.get(series.band)):
+        text += f" ± {fmt(last[series.band])}"
+    elif series.band and all(is_number(last.get(k)) for k in series.band):
+        text += f" [{fmt(last[series.band[0]])}, {fmt(last[series.band[1]])}]"
+    return text
+
+
+def _draw_series(ax, records: list[dict], series: Series, smooth: bool, color) -> None:
+    pts = _points(records, series.key)
+    if len(pts) == 1:  # a lone evaluation beside a curve: a labelled marker
+        ax.plot(pts[:, 0], pts[:, 1], "o", color=color, label=series.label)
+        ax.annotate(_value_text(records, series), tuple(pts[0]), xytext=(-6, 6),
+                    textcoords="offset points", ha="right", fontsize=8, color=color)
+        return
+    if smooth and len(pts) >= 12:
+        ax.plot(pts[:, 0], pts[:, 1], color=color, alpha=0.25, lw=0.8)
+        ax.plot(pts[:, 0], smoothed(pts[:, 1]), color=color, label=series.label)
+    else:
+        ax.plot(pts[:, 0], pts[:, 1], color=color, label=series.label,
+                marker="o" if len(pts) < 30 else None, ms=3)
+    band = _band(records, series.key, series.band)
+    if len(band):
+        ax.fill_between(band[:, 0], band[:, 1], band[:, 2], color=color, alpha=0.2, lw=0)
+
+
+def _draw_panel(ax, panel: Panel, records: list[dict], events: list[dict]) -> None:
+    present = [s for s in panel.series if len(_points(records, s.key))]
+    for i, series in enumerate(present):
+        _draw_series(ax, records, series, panel.smooth, f"C{i}")
+    if panel.reference is not None:
+        ax.axhline(panel.reference, color="gray", lw=0.8, ls=":")
+        ax.set_ylim(bottom=0)
+    if panel.unit_range:
+        ax.set_ylim(-0.02, 1.02)
+    if panel.log:
+        ax.set_yscale("log")
+    for event in events:
+        ax.axvline(event.get("diverged_at", event["step"]),
+                   color=EVENT_STYLE[event["event"]][0], ls="--", lw=1)
+    ax.set_title(panel.title, fontsize=10)
+    ax.set_ylabel(panel.ylabel, fontsize=8)
+    ax.tick_params(labelsize=8)
+    ax.grid(alpha=0.3)
+    if len(present) > 1:
+        ax.legend(fontsize=7)
+
+
+def _draw_once(ax, lines: list[str], steps: set[int]) -> None:
+    """Scores evaluated a single time, as text: a one-dot "curve" would say nothing."""
+    ax.set_axis_off()
+    where = f"step {fmt(steps.pop())}" if len(steps) == 1 else "one step each"
+    ax.set_title(f"evaluated once ({where})", fontsize=10)
+    ax.text(0.02, 0.95, "\n".join(lines), va="top", ha="left", fontsize=9,
+            family="monospace", transform=ax.transAxes)
+    if any("[" in line or "±" in line for line in lines):
+        ax.text(0.02, 0.02, "[low, high]: 95% bootstrap interval\n± std over KID subsets",
+                va="bottom", ha="left", fontsize=7, color="gray", transform=ax.transAxes)
+
+
+def _eval_caption(evals: list[dict]) -> str:
+    """What the scores were computed from: they compare only within the same features/n/size."""
+    last = evals[-1]
+    features, size = last.get("features"), last.get("image_size")
+    n_fake, n_real = last.get("n_fake"), last.get("n_real")
+    parts = [f"{features} features" if features else None, f"{size} px" if size else None,
+             f"{n_fake} generated vs {n_real} real" if n_fake and n_real else None]
+    return ", ".join(p for p in parts if p)
+
+
+def metrics_figure(history: list[dict], title: str = ""):
+    """The curated curves of a run: smoothed losses, FID with its 95% interval, KID ± std,
+    diversity, SSIM (and the lr when it moved), against the training step.
+
+    Only what changes over training is drawn: constants such as image_size or n_real
+    and metadata never are, and a score evaluated only once is written as a value in
+    an "evaluated once" panel rather than drawn as a one-dot curve. Rollbacks (red)
+    and collapse events (orange) are dashed vertical lines. None when nothing was logged.
+    """
+    from matplotlib.figure import Figure
+
+    records = [r for r in history if "event" not in r and is_number(r.get("step"))]
+    events = [r for r in history if r.get("event") in EVENT_STYLE and is_number(r.get("step"))]
+    curves, once, once_steps = [], [], set()
+    for panel in PANELS:
+        points = {s: _points(records, s.key) for s in panel.series}
+        if panel.if_changing:
+            if any(len(np.unique(p[:, 1])) > 1 for p in points.values()):
+                curves.append(panel)
+        elif any(len(p) > 1 for p in points.values()):
+            curves.append(panel)
+        else:
+            for series, p in points.items():
+                if len(p):
+                    name = series.label if series.label == panel.title else \
+                        f"{panel.title} {series.label}"
+                    once.append(f"{name}: {_value_text(records, series)}")
+                    once_steps.add(int(p[0, 0]))
+    n = len(curves) + bool(once)
+    if n == 0:
+        return None
+    ncols = min(3, n)
+    nrows = -(-n // ncols)
+    fig = Figure(figsize=(3.9 * ncols, 2.9 * nrows + 0.3), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False, sharex=True).ravel()
+    for ax, panel in zip(axes, curves, strict=False):
+        _draw_panel(ax, panel, records, events)
+    if once:
+        _draw_once(axes[len(curves)], once, once_steps)
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    last_step = max((r["step"] for r in records), default=1)
+    for ax in axes[:len(curves)]:
+        ax.set_xlim(0, last_step * 1.03)
+        ax.xaxis.set_tick_params(labelbottom=True)
+        ax.set_xlabel("training step", fontsize=8)
+    evals = [r for r in records if is_number(r.get("fid"))]
+    caption = " · ".join(t for t in (title, _eval_caption(evals) if evals else "") if t)
+    if caption:
+        fig.suptitle(caption, fontsize=10)
+    return fig
 
 
 def plot_metrics(history: list[dict], path: str | Path) -> Path | None:
-    """Evaluation curves of a run: FID (95% band), KID (+- std), diversity, SSIM, per-class FID.
-
-    The title names the feature network and the sample counts: scores from
-    different features or counts are not comparable. None when nothing was evaluated.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    evals = [r for r in history if _is_number(r.get("fid"))]
-    if not evals:
+    """`metrics_figure` written to `path` (a run folder's metrics.png); None if nothing logged."""
+    fig = metrics_figure(history)
+    if fig is None:
         return None
-    class_keys = sorted({k for r in evals for k in r if re.fullmatch(r"fid_class_\d+", k)},
-                        key=lambda k: int(k.rsplit("_", 1)[1]))
-    panels = {
-        "FID": [("fid", "FID", ("fid_low", "fid_high")), ("fid_class_mean", "mean per class", ())],
-        "KID": [("kid", "KID", "kid_std")],
-        "diversity (generated / real)": [("diversity", "diversity", ())],
-        "SSIM": [("ssim_nearest", "to nearest real", ()), ("ssim_recon", "reconstruction", ())],
-        "FID per class": [(k, k.rsplit("_", 1)[1], ()) for k in class_keys],
-    }
-    panels = {title: curves for title, curves in panels.items()
-              if any(_series(evals, key).size for key, _, _ in curves)}
-    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2), squeeze=False)
-    for ax, (title, curves) in zip(axes[0], panels.items(), strict=True):
-        for key, label, band in curves:
-            _curve(ax, evals, key, label, band)
-        if title.startswith("diversity"):
-            ax.axhline(1.0, color="gray", lw=0.8, ls=":")  # as diverse as the data
-            ax.set_ylim(bottom=0)
-        elif len(curves) > 1:
-            ax.legend(fontsize=7, ncol=2 if len(curves) > 5 else 1)
-        ax.set_title(title)
-        ax.set_xlabel("step")
-        ax.grid(alpha=0.3)
-    last = evals[-1]
-    fig.suptitle(f"{last.get('features', '?')} features, {last.get('image_size', '?')} px, "
-                 f"{last.get('n_fake', '?')} generated vs {last.get('n_real', '?')} real")
-    fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return Path(path)

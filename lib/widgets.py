@@ -4,12 +4,18 @@ Each explorer is a handful of controls whose observers re-render one uint8 grid
 (the maths lives in `lib.explore`) straight into an `ipywidgets.Image` as PNG
 bytes - no matplotlib and no `Output` capture, so updates are cheap and work
 without a kernel too (setting a control's value in a test fires the same
-observers a browser would). Notebooks display the returned `Explorer`; headless
-runs use the static grids re-exported below instead.
+observers a browser would). While a grid renders, the image dims and the status
+line says so. Notebooks display the returned `Explorer`; headless runs use the
+static grids re-exported below instead.
+
+Works with ipywidgets 7.6+ and 8 (Kaggle still ships 7.x): only Image, sliders,
+Dropdown, BoundedIntText, Button, Label, HTML and boxes, whose APIs did not change.
 """
 
 from __future__ import annotations
 
+import functools
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,6 +26,7 @@ from torch import nn
 
 from lib import viz
 from lib.explore import (
+    ALL_CLASSES,
     Directions,
     class_grid,
     class_traversal_grid,
@@ -28,8 +35,9 @@ from lib.explore import (
     ddpm_images,
     ganspace_directions,
     generate,
+    guidance_grid,
     interpolation_grid,
-    latent_point,
+    latent_points,
     latent_traversal_grid,
     posterior_directions,
     seed_latent,
@@ -38,12 +46,15 @@ from lib.explore import (
 # the static fallbacks, importable from here as well as from lib.explore
 __all__ = ["Explorer", "latent_explorer", "class_explorer", "ddpm_explorer",
            "latent_traversal_grid", "interpolation_grid", "class_grid", "class_traversal_grid",
-           "ddpm_grid"]
+           "ddpm_grid", "guidance_grid"]
 
 MAX_SEED = 9999
 PIXELATED = "genlab-pixelated"
-# Nearest-neighbour upscaling in the browser: an 8 px digit stays crisp at 128 px.
-_PIXELATED_CSS = widgets.HTML(f"<style>.{PIXELATED} {{ image-rendering: pixelated; }}</style>")
+BUSY = "genlab-busy"
+# Nearest-neighbour upscaling in the browser (an 8 px digit stays crisp at 128 px); a dimmed
+# image while the next one renders.
+_CSS = widgets.HTML(f"<style>.{PIXELATED} {{ image-rendering: pixelated; }} "
+                    f".{BUSY} {{ opacity: 0.45; }}</style>")
 
 
 @dataclass
@@ -59,8 +70,16 @@ class Explorer:
     last_ms: float = 0.0
 
     def update(self, _change=None) -> None:
+        self.status.value = "rendering..."
+        self.image.add_class(BUSY)
         t0 = time.perf_counter()
-        grid = self.render()
+        try:
+            grid = self.render()
+        except Exception as e:
+            self.status.value = f"failed: {type(e).__name__}: {e}"
+            raise
+        finally:
+            self.image.remove_class(BUSY)
         # The PNG keeps the grid's own pixels (small, fast to encode and send); the browser
         # scales it up, pixelated by the CSS class below.
         self.image.value = to_png(grid)
@@ -70,8 +89,17 @@ class Explorer:
         self.last_ms = 1000 * (time.perf_counter() - t0)
         self.status.value = f"rendered in {self.last_ms:.0f} ms"
 
-    def _repr_mimebundle_(self, **kwargs):
-        return self.ui._repr_mimebundle_(**kwargs)
+    def _ipython_display_(self) -> None:
+        # display(explorer) shows its controls; ipywidgets 7 widgets have no _repr_mimebundle_
+        from IPython.display import display
+
+        display(self.ui)
+
+
+def _tooltip(text: str) -> dict[str, str]:
+    """The hover text keyword: `tooltip` since ipywidgets 8, `description_tooltip` before."""
+    major = int(widgets.__version__.split(".")[0])
+    return {"tooltip": text} if major >= 8 else {"description_tooltip": text}
 
 
 def to_png(grid: torch.Tensor) -> bytes:
@@ -93,7 +121,7 @@ def _assemble(controls: dict[str, widgets.Widget], render: Callable[[], torch.Te
     panel = widgets.VBox([*controls.values(), *buttons.values()])
     explorer = Explorer(ui=widgets.HBox(), image=image, controls={**controls, **buttons},
                         render=render, scale=_scale_for(image_size, display_size))
-    explorer.ui.children = [widgets.VBox([_PIXELATED_CSS, image, explorer.status]), panel]
+    explorer.ui.children = [widgets.VBox([_CSS, image, explorer.status]), panel]
     for control in controls.values():
         control.observe(explorer.update, names="value")
     explorer.update()
@@ -113,11 +141,17 @@ def _amounts(controls: dict[str, widgets.Widget]) -> list[float]:
 
 
 def latent_explorer(generator: nn.Module, n_components: int = 5,
-                    directions: Directions | None = None, max_sigma: float = 3.0,
-                    display_size: int = 256) -> Explorer:
+                    directions: Directions | None = None, max_sigma: float = 5.0,
+                    n_samples: int = 4, display_size: int = 128) -> Explorer:
     """A generator's latent space: seed, GANSpace directions, and a slerp to a second seed.
 
-    controls: "seed", "seed_b", "t" (0 = seed, 1 = seed_b) and "pc0".."pc{k-1}" in sigmas.
+    Shows n_samples images in a square-ish grid, image i from seeds (seed + i, seed B + i),
+    all moved by the same sliders: a direction's effect is seen on several faces at once.
+    Each update runs the generator on all of them: 4 keep a 64 px DCGAN near 50 ms on two
+    CPU cores (9 cost ~3x); small models afford more.
+    controls: "seed", "seed_b", "t" (0 = seed, 1 = seed_b) and "pc0".."pc{k-1}", in
+    standard deviations of each component's activations (`ganspace_directions`).
+    display_size: pixels per image on screen.
     """
     directions = directions or ganspace_directions(generator, n_components)
     controls = {
@@ -127,11 +161,13 @@ def latent_explorer(generator: nn.Module, n_components: int = 5,
                                  description="to seed B"),
         **_sigma_sliders(directions, n_components, max_sigma, continuous=True),
     }
+    nrow = math.ceil(math.sqrt(n_samples))
 
     def render() -> torch.Tensor:
-        z = latent_point(generator.latent_dim, controls["seed"].value, controls["seed_b"].value,
-                         controls["t"].value, directions, _amounts(controls))
-        return viz.make_grid(generate(generator, z[None]), padding=0)
+        z = latent_points(generator.latent_dim, controls["seed"].value,
+                          controls["seed_b"].value, controls["t"].value, n_samples,
+                          directions, _amounts(controls))
+        return viz.make_grid(generate(generator, z), nrow=nrow, padding=2 if n_samples > 1 else 0)
 
     image_size = generate(generator, seed_latent(0, generator.latent_dim, 1)).shape[-1]
     return _assemble(controls, render, image_size, display_size)
@@ -172,35 +208,50 @@ def class_explorer(cvae: nn.Module, images: torch.Tensor, labels: torch.Tensor,
 
 
 def ddpm_explorer(model: nn.Module, n_samples: int = 4, steps: int = 20, max_steps: int = 100,
-                  class_names: list[str] | None = None, display_size: int = 128) -> Explorer:
-    """A diffusion model's samples: seed, DDIM steps, guidance scale (and class if conditional).
+                  sampler: str = "ddim", eta: float | None = None,
+                  class_names: list[str] | None = None, display_size: int = 128,
+                  cache_size: int = 64) -> Explorer:
+    """A diffusion model's samples: seed, sampler steps, guidance scale (and class if
+    conditional).
 
-    Each update runs `steps` UNet passes, so sliders update on release, not while dragging.
+    Each update runs `steps` UNet passes, so sliders update on release, not while dragging;
+    the last `cache_size` renders are kept, so going back to a setting is instant.
+    sampler: any of the model's samplers; one that takes every timestep ("ddpm") fixes the
+    steps slider. eta: the sampler's noise (None: the model's).
     controls: "seed", "steps", "guidance_scale", and "label" for a conditional model
-    (None = cycle over the classes).
+    (ALL_CLASSES = cycle over the classes).
     """
-    max_steps = min(max_steps, model.timesteps)
+    every_step = sampler == "ddpm"
+    max_steps = model.timesteps if every_step else min(max_steps, model.timesteps)
     guided = model.num_classes > 0 and getattr(model, "cond_drop_prob", 0) > 0
     controls = {
         "seed": widgets.IntSlider(value=0, min=0, max=MAX_SEED, description="seed",
                                   continuous_update=False),
-        "steps": widgets.IntSlider(value=min(steps, max_steps), min=1, max=max_steps,
-                                   description="DDIM steps", continuous_update=False),
+        "steps": widgets.IntSlider(value=max_steps if every_step else min(steps, max_steps),
+                                   min=1, max=max_steps, description=f"{sampler} steps",
+                                   continuous_update=False, disabled=every_step),
         "guidance_scale": widgets.FloatSlider(
             value=1.0, min=0.0, max=8.0, step=0.25, description="guidance",
             continuous_update=False, disabled=not guided,
-            tooltip="1 = no guidance; needs a conditional model trained with cond_drop_prob > 0"),
+            **_tooltip("1 = no guidance; needs a conditional model trained with "
+                       "cond_drop_prob > 0")),
     }
     if model.num_classes > 0:
         names = class_names or [str(k) for k in range(model.num_classes)]
+        # a None value is not displayed by ipywidgets 8's Dropdown: a sentinel int is
         controls["label"] = widgets.Dropdown(
-            options=[("all (cycle)", None), *[(n, k) for k, n in enumerate(names)]],
-            value=None, description="class")
+            options=[("all (cycle)", ALL_CLASSES), *[(n, k) for k, n in enumerate(names)]],
+            value=ALL_CLASSES, description="class")
+
+    @functools.lru_cache(maxsize=cache_size)
+    def draw(seed: int, n_steps: int, guidance_scale: float, label: int) -> torch.Tensor:
+        out = ddpm_images(model, seed, n_samples, None if every_step else n_steps,
+                          guidance_scale, label, sampler=sampler, eta=eta)
+        return viz.make_grid(out, nrow=min(4, n_samples))
 
     def render() -> torch.Tensor:
-        label = controls["label"].value if "label" in controls else None
-        out = ddpm_images(model, controls["seed"].value, n_samples, controls["steps"].value,
-                          controls["guidance_scale"].value, label)
-        return viz.make_grid(out, nrow=min(4, n_samples))
+        label = controls["label"].value if "label" in controls else ALL_CLASSES
+        return draw(controls["seed"].value, controls["steps"].value,
+                    controls["guidance_scale"].value, label)
 
     return _assemble(controls, render, model.image_size, display_size)

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from lib.__main__ import main
-from lib.checkpoint import REQUIRED, CheckpointError, atomic_save, load_checkpoint, load_models
+from lib.checkpoint import REQUIRED, CheckpointError, atomic_save, load_checkpoint
+from lib.training.evaluation import rebuild
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,7 +48,7 @@ def test_a_missing_entry_is_named_at_load(run, tmp_path, key):
                                               "missing"):
         load_checkpoint(path)
     with pytest.raises(CheckpointError, match=f"'{key}'"):
-        load_models(path)
+        rebuild(path.parents[1], path.name, device="cpu")
 
 
 @pytest.mark.parametrize("edit, words", [
@@ -75,6 +76,6 @@ def test_cli_reports_a_checkpoint_without_config_in_one_line(run, tmp_path, caps
 def test_an_intact_checkpoint_still_loads_and_rebuilds(run):
     ckpt = load_checkpoint(run / "checkpoints" / "last.pt")
     assert ckpt["step"] == 2
-    nets = load_models(run / "checkpoints" / "last.pt")
+    nets = rebuild(run, device="cpu").parts.nets
     z = torch.randn(3, 4)
     assert nets["generator"](z).shape == (3, 1, 8, 8)

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from lib.config import Config, ConfigError, load_config
+from lib.config import Config, ConfigError, TrainerConfig, load_config
 
 COURSE = {
     "generator": {"type": "Generator",
@@ -37,6 +37,9 @@ def test_course_layout_loads_unchanged(tmp_path):
 def test_shipped_course_preset_is_the_course_file_plus_data():
     raw = json.loads(open("configs/dcgan_train.json").read())
     data = raw.pop("data")
+    # the run's name and the batch size the course left to the trainer's default, made explicit
+    assert raw.pop("name") == "dcgan_train"
+    assert raw["trainer"].pop("batch_size") == 128 == TrainerConfig().batch_size
     assert raw == COURSE
     assert data == {"dataset": "cats", "image_size": 64}
     load_config("configs/dcgan_train.json")

@@ -22,8 +22,7 @@ from tqdm import tqdm
 from lib.config import Config, ConfigError, load_config
 from lib.data import ImageData
 from lib.device import DeviceError, setup_engine
-from lib.models import MODEL_TYPES
-from lib.train import FAMILIES
+from lib.families import FAMILIES, MODEL_TYPES
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

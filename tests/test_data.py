@@ -380,3 +380,67 @@ def test_channels_conversion(tmp_path):
 def test_image_data_rejects_float_images():
     with pytest.raises(DatasetError, match="uint8"):
         ImageData(torch.zeros(1, 1, 4, 4), None, None, "x")
+
+
+# ---------------------------------------------------------------------------
+# Cats as they come (the tarball, Kaggle's mounts) and exact duplicates
+
+
+def write_cats_with_duplicates(folder: Path) -> None:
+    """<n>.jpg as the dataset names them: 7 files, 4 distinct images.
+
+    5.jpg and 6.jpg are byte-for-byte copies of 1.jpg and 2.jpg; 7.png holds 3.jpg's
+    decoded pixels in another file format (a copy only a pixel hash sees).
+    """
+    images = pattern(4, 64, 64, seed=3)
+    for n, k in zip(range(1, 7), [0, 1, 2, 3, 0, 1], strict=True):
+        save(folder / f"{n}.jpg", images[k])
+    with Image.open(folder / "3.jpg") as img:
+        img.convert("RGB").save(folder / "7.png")
+
+
+@pytest.mark.parametrize("layout", [
+    "tarball",  # data.path=<root> holding cats/<n>.jpg, as ../shared/data/cats64.tar extracts
+    "root",  # the tarball extracted into data.root
+    "kaggle",  # /kaggle/input/<slug>/cats/
+    "kaggle_nested",  # /kaggle/input/datasets/<owner>/<slug>/cats/, a slug not named cats*
+    "kaggle_deeper",  # a mirror's versions/<n>/ folder under the slug
+])
+def test_cats_read_in_the_tarball_and_kaggle_layouts(tmp_path, layout):
+    kaggle = tmp_path / "kaggle"
+    folder = {"tarball": tmp_path / "extracted" / "cats",
+              "root": tmp_path / "data" / "cats",
+              "kaggle": kaggle / "cats-faces-64x64-for-generative-models" / "cats",
+              "kaggle_nested": kaggle / "datasets" / "someone" / "cat-faces-mirror" / "cats",
+              "kaggle_deeper": kaggle / "datasets" / "someone" / "mirror" / "versions" / "2"
+              / "cats"}[layout]
+    write_cats_with_duplicates(folder)
+    (kaggle / "genlab" / "notebooks").mkdir(parents=True)  # another attached input: no images
+    path = str(tmp_path / "extracted") if layout == "tarball" else None
+    data = load_dataset("cats", 64, root=tmp_path / "data", path=path, cache=False)
+    assert data.images.shape == (7, 3, 64, 64) and data.labels is None
+
+
+def test_dedupe_drops_exact_duplicates_keeping_the_first_and_says_how_many(tmp_path, capsys):
+    write_cats_with_duplicates(tmp_path / "data" / "cats")
+    everything = load_dataset("cats", 64, root=tmp_path / "data")
+    assert "dedupe" not in capsys.readouterr().out
+    groups = D.duplicate_groups(everything.images)
+    assert groups == [[0, 4], [1, 5], [2, 6]]  # files sort as 1.jpg ... 6.jpg, 7.png
+    distinct = load_dataset("cats", 64, root=tmp_path / "data", dedupe=True)  # from the cache
+    assert "dropped 3 exact duplicate image(s); 4 distinct of 7" in capsys.readouterr().out
+    assert torch.equal(distinct.images, everything.images[:4])
+    assert D.duplicate_groups(distinct.images) == []
+    # dedupe first, then limit takes the first N distinct images
+    limited = load_dataset("cats", 64, root=tmp_path / "data", dedupe=True, limit=2)
+    assert torch.equal(limited.images, everything.images[:2])
+
+
+def test_dedupe_keeps_each_label_with_its_image(tmp_path):
+    x, y = pattern(2, 12, 12, seed=5)
+    save(tmp_path / "pics" / "a" / "x.png", x)
+    save(tmp_path / "pics" / "b" / "y.png", y)
+    save(tmp_path / "pics" / "b" / "z.png", x)  # a copy of a's image filed under b
+    data = load_dataset("folder", 12, path=str(tmp_path / "pics"), dedupe=True, cache=False)
+    assert data.labels.tolist() == [0, 1]  # the first copy and its label stay
+    assert torch.equal(data.images[0], torch.from_numpy(x).permute(2, 0, 1))

@@ -13,7 +13,7 @@ from torch import nn
 
 from lib.checkpoint import load_checkpoint
 from lib.device import DeviceError, Engine
-from lib.distributed import launch
+from lib.training.distributed import launch
 
 REPO = Path(__file__).resolve().parent.parent
 GAN_FILES = ["config.json", "history.jsonl", "checkpoints/last.pt", "evolution.gif",

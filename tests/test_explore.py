@@ -100,3 +100,14 @@ def test_static_grids_have_the_expected_layout(generator):
     last = generate(generator, seed_latent(2, 16)[None])
     assert torch.equal(interp[:, 2:18, 2:18], make_grid(first, padding=0))
     assert torch.equal(interp[:, 2:18, 56:72], make_grid(last, padding=0))
+
+
+def test_a_ganspace_slider_unit_is_one_std_of_its_component(generator):
+    dirs = ganspace_directions(generator, n_components=3, n_samples=300)
+    y = early_activations(generator.eval(), seed_latent(0, 16, 300))
+    comps, std, _ = pca(y, 3)
+    z = seed_latent(7, 16, 64)  # other latents than the ones measured on
+    y0 = early_activations(generator, z)
+    for k in range(3):
+        moved = early_activations(generator, z + dirs.scales[k] * dirs.vectors[k]) - y0
+        assert float((moved @ comps[k]).mean()) == pytest.approx(float(std[k]), rel=0.15)

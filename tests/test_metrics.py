@@ -1,5 +1,6 @@
 """Evaluation: scores against known values, caching, and the offline Inception path."""
 
+import dataclasses
 import hashlib
 import json
 import subprocess
@@ -9,25 +10,27 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from inception_standin import save_torchscript
 from scipy import linalg
-from torch_fidelity import feature_extractor_inceptionv3 as tf_inception
 
 import lib
+from lib import report
 from lib.checkpoint import load_checkpoint
 from lib.config import load_config
 from lib.data import ImageData, load_dataset
 from lib.device import Engine
+from lib.families import FAMILIES, Parts
 from lib.metrics import (
-    INCEPTION_FILE,
-    INCEPTION_URL,
     Evaluator,
     MetricsError,
     frechet_distance,
+    protocol_summary,
     scores,
     ssim_pairs,
 )
-from lib.tracking import read_history
-from lib.train import Family, Parts, evaluate_parts, train
+from lib.training.evaluation import evaluate_checkpoint, evaluate_parts
+from lib.training.loop import train
+from lib.training.tracking import read_history
 from lib.viz import plot_metrics
 
 
@@ -74,15 +77,17 @@ def test_fid_grows_monotonically_with_noise(evaluator):
     assert all(a < b for a, b in zip(fids, fids[1:], strict=False)), fids
 
 
-def test_fid_matches_scipy_frechet_distance():
+@pytest.mark.parametrize("n_real, n_fake, dim", [(400, 300, 8), (40, 30, 64)])
+def test_fid_matches_scipy_frechet_distance(n_real, n_fake, dim):
+    """Both ways of taking the trace term: more samples than dimensions, and fewer."""
     rng = np.random.default_rng(0)
-    a = rng.normal(size=(400, 8)) @ rng.normal(size=(8, 8))
-    b = rng.normal(0.5, 1.0, size=(300, 8)) @ rng.normal(size=(8, 8))
+    a = rng.normal(size=(n_real, dim)) @ rng.normal(size=(dim, dim))
+    b = rng.normal(0.5, 1.0, size=(n_fake, dim)) @ rng.normal(size=(dim, dim))
     mu1, mu2 = a.mean(0), b.mean(0)
     s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
     expected = np.sum((mu1 - mu2) ** 2) + np.trace(s1 + s2 - 2 * linalg.sqrtm(s1 @ s2).real)
-    got = frechet_distance(torch.from_numpy(a).float(), torch.from_numpy(b).float())
-    assert got == pytest.approx(expected, rel=1e-3)
+    got = frechet_distance(torch.from_numpy(a), torch.from_numpy(b))
+    assert got == pytest.approx(expected, rel=1e-6)
 
 
 def test_fid_has_a_bootstrap_interval(evaluator):
@@ -92,12 +97,39 @@ def test_fid_has_a_bootstrap_interval(evaluator):
     assert result["kid_std"] > 0 and result["kid"] > 0
 
 
-def test_result_records_features_size_and_counts(evaluator):
+def test_result_records_its_protocol(evaluator, digits):
     result = evaluator.evaluate(evaluator.real_images[:120])
     assert result["features"] == "classifier"
     assert (result["image_size"], result["n_real"], result["n_fake"]) == (16, 300, 120)
     assert result["feature_dim"] == 64
-    assert set(scores(result)).isdisjoint({"features", "n_fake", "warnings"})
+    p = result["protocol"]
+    assert (p["features"], p["feature_dim"], p["n_real"], p["n_fake"]) == ("classifier", 64,
+                                                                          300, 120)
+    assert (p["image_size"], p["reference"], p["resize"]) == (16, "train", "none")
+    assert p["real_total"] == len(digits) == p["real_distinct"] + p["duplicates_removed"]
+    assert len(p["weights_sha256"]) == 12 and p["feature_batch"] == 50
+    summary = protocol_summary(p)
+    assert summary.startswith("classifier ") and "120 gen vs 300 real (train" in summary
+    assert set(scores(result)).isdisjoint({"features", "n_fake", "warnings", "protocol"})
+    json.dumps(result)  # history.jsonl and metrics.json take it as it is
+
+
+def test_reference_statistics_never_count_a_duplicate_twice(tmp_path):
+    """Real images are deduplicated (exact bytes) before the reference subset is drawn."""
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (60, 3, 8, 8), dtype=torch.uint8, generator=gen)
+    once = ImageData(images, None, None, "noise")
+    twice = ImageData(torch.cat([images, images[:25], images[:5]]), None, None, "noise")
+    weights = save_torchscript(tmp_path / "standin.pt")
+    ev = Evaluator(twice, features="inception", num_samples=1000, cache_dir=tmp_path,
+                   weights_path=weights, bootstrap=0)
+    p = ev.protocol
+    assert (p["real_total"], p["real_distinct"], p["duplicates_removed"]) == (90, 60, 30)
+    assert p["n_real"] == 60 and len({x.numpy().tobytes() for x in ev.real_images}) == 60
+    drawn = [Evaluator(d, features="inception", num_samples=40, cache_dir=tmp_path,
+                       weights_path=weights, bootstrap=0) for d in (once, twice)]
+    assert torch.equal(drawn[0].real_images, drawn[1].real_images)  # as if never duplicated
+    assert torch.equal(drawn[0].real_features, drawn[1].real_features)
 
 
 def test_too_few_samples_for_full_rank_is_warned(digits, cache, evaluator):
@@ -154,13 +186,12 @@ def test_classifier_reaches_95_percent_on_digits(evaluator):
     assert evaluator.meta["classifier_accuracy"] >= 0.95
 
 
-def test_results_do_not_depend_on_batch_size(evaluator, digits, cache):
+def test_results_do_not_depend_on_batching(evaluator):
     fake = add_noise(evaluator.real_images, 25)
-    other = Evaluator(digits, features="classifier", num_samples=300, cache_dir=cache,
-                      bootstrap=5, batch_size=7)
-    assert torch.allclose(evaluator.extract(fake), other.extract(fake), atol=1e-5)
-    a, b = evaluator.evaluate(fake), other.evaluate(fake)
-    for key in ("fid", "fid_std", "kid", "diversity", "ssim_nearest"):
+    pieces = torch.cat([evaluator.extract(x) for x in fake.split(7)])
+    assert torch.equal(evaluator.extract(fake), pieces)  # fixed, padded feature batches
+    a, b = evaluator.evaluate(fake), evaluator.evaluate(fake[torch.randperm(len(fake))])
+    for key in ("fid", "diversity", "ssim_nearest"):  # KID's random subsets follow the order
         assert a[key] == pytest.approx(b[key], rel=1e-4), key
 
 
@@ -170,8 +201,6 @@ def test_repeated_calls_hold_no_state_and_leave_rng_alone(evaluator):
     results = [evaluator.evaluate(fake) for _ in range(3)]
     assert torch.equal(rng, torch.get_rng_state())
     assert results[0] == results[1] == results[2]
-    assert int(evaluator._fid.fake_features_num_samples) == 0
-    assert int(evaluator._fid.real_features_num_samples) == 300
 
 
 def test_classifier_and_real_statistics_are_cached(digits, cache, evaluator, monkeypatch):
@@ -202,62 +231,6 @@ def test_wrong_images_are_rejected(evaluator):
         evaluator.evaluate(torch.zeros(10, 1, 16, 16))
     with pytest.raises(MetricsError, match="shape"):
         evaluator.evaluate(torch.zeros(10, 3, 16, 16, dtype=torch.uint8))
-
-
-# ---------------------------------------------------------------------------
-# Inception, offline: real loading code, stand-in weights
-
-
-@pytest.fixture(scope="module")
-def fake_inception(tmp_path_factory):
-    """torch-fidelity's Inception-v3 state dict with random weights, and its SHA-256."""
-    with pytest.MonkeyPatch.context() as m:  # build the module without fetching weights
-        m.setattr(tf_inception, "load_state_dict_from_url", lambda *a, **k: {})
-        m.setattr(tf_inception.FeatureExtractorInceptionV3, "load_state_dict", lambda *a, **k: None)
-        net = tf_inception.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
-    path = tmp_path_factory.mktemp("weights") / "stand-in-inception.pth"
-    torch.save(net.state_dict(), path)
-    return path, hashlib.sha256(path.read_bytes()).hexdigest(), net.state_dict()
-
-
-def test_inception_path_runs_offline_with_local_weights(fake_inception, tmp_path):
-    path, sha, state = fake_inception
-    gen = torch.Generator().manual_seed(0)
-    real = ImageData(torch.randint(0, 256, (12, 1, 8, 8), dtype=torch.uint8, generator=gen),
-                     None, None, "noise")
-    ev = Evaluator(real, features="inception", num_samples=12, cache_dir=tmp_path,
-                   weights_path=path, weights_sha256=sha, bootstrap=0)
-    name = "Mixed_7c.branch_pool.conv.weight"
-    assert torch.equal(ev.net.net.state_dict()[name], state[name])  # the file's weights, loaded
-    result = ev.evaluate(add_noise(real.images, 60))
-    assert result["features"] == "inception" and result["feature_dim"] == 2048
-    assert np.isfinite(result["fid"]) and result["fid"] > 0
-    assert any("full-rank" in w for w in result["warnings"])
-    assert any("grayscale" in w for w in result["warnings"])
-
-
-def test_missing_inception_weights_say_what_to_get(tmp_path, monkeypatch):
-    real = ImageData(torch.zeros(4, 3, 8, 8, dtype=torch.uint8), None, None, "x")
-    with pytest.raises(MetricsError) as err:
-        Evaluator(real, features="inception", cache_dir=tmp_path,
-                  weights_path=tmp_path / "nope.pth")
-    assert INCEPTION_FILE in str(err.value) and INCEPTION_URL in str(err.value)
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    with pytest.raises(MetricsError) as err:
-        Evaluator(real, features="inception", cache_dir=tmp_path)  # download=False: no network use
-    assert str(tmp_path / "torch" / "hub" / "checkpoints" / INCEPTION_FILE) in str(err.value)
-
-
-def test_inception_weights_are_checked_before_loading(fake_inception, tmp_path):
-    path, sha, _ = fake_inception
-    real = ImageData(torch.zeros(4, 3, 8, 8, dtype=torch.uint8), None, None, "x")
-    with pytest.raises(MetricsError, match="SHA-256"):
-        Evaluator(real, features="inception", cache_dir=tmp_path, weights_path=path)  # real hash
-    unsafe = tmp_path / "unsafe.pth"
-    torch.save({"weights": Path("not a tensor")}, unsafe)
-    with pytest.raises(MetricsError, match="plain state dict"):
-        Evaluator(real, features="inception", cache_dir=tmp_path, weights_path=unsafe,
-                  weights_sha256=hashlib.sha256(unsafe.read_bytes()).hexdigest())
 
 
 # ---------------------------------------------------------------------------
@@ -302,6 +275,20 @@ def test_cli_evaluate_writes_metrics_json(evaluated_run):
     result = json.loads((evaluated_run / "metrics.json").read_text())
     assert result["step"] == 6 and result["n_fake"] == 40 and result["features"] == "classifier"
     assert result["fid"] > 0 and 0 <= result["diversity"]
+    assert "protocol: classifier" in out.stdout and "40 gen vs 40 real (train" in out.stdout
+
+
+def test_evaluate_a_run_with_a_local_inception_file(evaluated_run, tmp_path):
+    """CLI `evaluate --inception-weights PATH` reaches the evaluator; metrics.json carries the
+    protocol naming the file."""
+    weights = save_torchscript(tmp_path / "standin-inception.pt")
+    result = evaluate_checkpoint(evaluated_run, samples=20, features="inception",
+                                 inception_weights=str(weights))
+    saved = json.loads((evaluated_run / "metrics.json").read_text())
+    assert saved["protocol"] == result["protocol"]
+    sha = hashlib.sha256(weights.read_bytes()).hexdigest()[:12]
+    assert (saved["protocol"]["weights_sha256"], saved["protocol"]["n_fake"]) == (sha, 20)
+    assert saved["protocol"]["resize"] == f"tf1-bilinear {result['image_size']}->299"
 
 
 def test_evaluate_parts_scores_classes_and_reconstructions(evaluator, digits):
@@ -313,19 +300,29 @@ def test_evaluate_parts_scores_classes_and_reconstructions(evaluator, digits):
         return torch.stack([by_class[int(k)][i // 10].float() / 127.5 - 1
                             for i, k in enumerate(labels)])
 
-    family = Family(build=None, step=None, snapshot=None, sample=sample, finish=None,
-                    reconstruct=lambda parts, x, y: x)
+    family = dataclasses.replace(FAMILIES["cvae"], sample=sample,
+                                 reconstruct=lambda parts, x, y: x)
     parts = Parts(nets={}, optimizers={}, schedulers={},
-                  models={"model": {"type": "Stub", "args": {"num_classes": 10}}})
+                  specs={"model": {"type": "Stub", "args": {"num_classes": 10}}})
     result = evaluate_parts(family, parts, evaluator, Engine(torch.device("cpu"), None), seed=0)
     assert torch.equal(asked[0], torch.arange(300) % 10)  # balanced labels, every class scored
     assert all(f"fid_class_{k}" in result for k in range(10))
     assert result["ssim_recon"] == pytest.approx(1.0)
 
 
-def test_plot_metrics_needs_evaluations(tmp_path):
-    assert plot_metrics([{"step": 1, "loss": 0.5}], tmp_path / "m.png") is None
+def test_plot_metrics_draws_what_was_logged(tmp_path):
+    assert plot_metrics([], tmp_path / "m.png") is None  # nothing logged yet
+    assert plot_metrics([{"step": 1, "loss": 0.5}], tmp_path / "l.png").stat().st_size > 1000
     history = [{"step": s, "fid": 10.0 / s, "fid_low": 8.0 / s, "fid_high": 12.0 / s,
                 "kid": 0.1, "kid_std": 0.01, "diversity": 0.9, "fid_class_0": 3.0,
                 "features": "classifier"} for s in (1, 2, 3)]
     assert plot_metrics(history, tmp_path / "m.png").stat().st_size > 1000
+
+
+def test_report_shows_the_protocol(evaluated_run, tmp_path):
+    """The report's table takes the protocol of the last evaluation in the history."""
+    protocol = report.last_scores(read_history(evaluated_run))["protocol"]
+    assert protocol["n_fake"] == 80 and protocol["features"] == "classifier"
+    run = report.RunInfo(tmp_path, "r", "dcgan", "digits", 16, 8, 8, True, 1.0, 128,
+                         metrics={"fid": 3.0, "protocol": protocol})
+    assert report.table_rows([run])[0]["FID protocol"] == protocol_summary(protocol)

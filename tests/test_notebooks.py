@@ -3,6 +3,9 @@ notebook executed through the runner with smoke parameters."""
 
 import ast
 import json
+import os
+import re
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +16,8 @@ import torch
 
 from lib import datastats, report
 from lib import notebook as nb
-from lib.data import ImageData
+from lib.config import ConfigError, load_config
+from lib.data import ImageData, duplicate_groups
 from lib.runner import (
     NOTEBOOKS,
     RunnerError,
@@ -58,7 +62,9 @@ def test_notebook_is_committed_clean_with_a_literal_parameters_cell(name):
         ast.literal_eval(stmt.value)  # literals only: derived values go in the next cell
         names.append(stmt.target.id)
     # papermill's parser skips lines it cannot read (e.g. a comment containing "=")
-    assert list(declared_parameters(NOTEBOOK_DIR / f"{name}.ipynb")) == names
+    declared = declared_parameters(NOTEBOOK_DIR / f"{name}.ipynb")
+    assert list(declared) == names
+    assert all(p["inferred_type_name"] != "None" for p in declared.values())  # --help-notebook
     for cell in code:
         assert not cell.outputs and cell.execution_count is None, "commit without outputs"
 
@@ -101,6 +107,143 @@ def test_parameters_map_onto_config_fields():
         nb.config_from_parameters("configs/dcgan_demo.json", epoch=3)
 
 
+def test_a_preset_is_found_by_path_or_by_name():
+    assert nb.find_preset("dcgan_train").resolve() == Path("configs/dcgan_train.json").resolve()
+    assert nb.find_preset("dcgan_train.json").name == "dcgan_train.json"
+    with pytest.raises(ConfigError, match="dcgan_trian.*dcgan_train") as e:
+        nb.find_preset("dcgan_trian")
+    assert "notebooks_demo" not in str(e.value)  # runner presets are not training presets
+
+
+# ---------------------------------------------------------------------------
+# The notebooks' own parameters and config cells, run without a kernel
+
+TRAINING = {"02_dcgan": "dcgan", "03_cvae": "cvae", "04_ddpm": "ddpm"}
+CONTROLS = {"preset", "resume", "resume_from", "gpus", "out_root", "data_root", "explore_steps"}
+
+
+def notebook_config(notebook: str, tmp_path: Path, **params):
+    """The config a notebook builds: its parameters cell, then `params` (as papermill injects
+    them, after that cell), then its config cell."""
+    book = nbformat.read(NOTEBOOK_DIR / f"{notebook}.ipynb", as_version=4)
+    code = [c.source for c in book.cells if c.cell_type == "code"]
+    scope: dict = {}
+    exec(code[0], scope)
+    scope.update(out_root=str(tmp_path / "out"), data_root=str(tmp_path / "data"), **params)
+    exec(next(src for src in code if "config_from_parameters" in src), scope)
+    return scope["cfg"]
+
+
+def without_root(cfg) -> dict:
+    d = cfg.to_dict()
+    d["data"].pop("root")
+    return d
+
+
+@pytest.mark.parametrize("name,preset", [
+    ("02_dcgan", "dcgan_train"), ("02_dcgan", "configs/dcgan_train.json"),
+    ("03_cvae", "cvae_mnist"), ("04_ddpm", "ddpm_cats")])
+def test_a_preset_alone_gives_exactly_its_run(tmp_path, name, preset):
+    cfg = notebook_config(name, tmp_path, preset=preset)
+    assert without_root(cfg) == without_root(load_config(nb.find_preset(preset)))
+    if "dcgan_train" in preset:  # the course project's run
+        t = cfg.trainer
+        assert (t.epochs, t.iterations_per_epoch, t.batch_size) == (100, 1000, 128)
+        assert cfg.name == "dcgan_train" and cfg.data.dataset == "cats"
+        assert (cfg.wandb.project, cfg.wandb.mode) == ("dl2-gan-generation", "auto")
+
+
+@pytest.mark.parametrize("name", TRAINING)
+def test_the_demo_preset_runs_the_demo_configs(tmp_path, name):
+    from lib.runner import load_preset
+
+    layers = load_preset("demo")
+    cfg = notebook_config(name, tmp_path, **{**layers["*"], **layers[name]})
+    demo = load_config(f"configs/{TRAINING[name]}_demo.json")
+    assert without_root(cfg) == without_root(demo)
+
+
+# a value for each config parameter that differs from every preset's
+SET_VALUES = {"name": "x1", "dataset": "shapes", "data_path": "/somewhere", "image_size": 16,
+              "dedupe": True, "limit": 7, "epochs": 3, "iterations_per_epoch": 5,
+              "batch_size": 8, "log_every_step": 2, "eval_every": 0, "eval_samples": 0,
+              "features": "inception", "inception_weights": "/w.pt",
+              "inception_download": True, "max_minutes": 1.5, "wandb_mode": "disabled",
+              "kl_weight": 0.5, "sample_steps": 3}
+
+
+@pytest.mark.parametrize("name", TRAINING)
+def test_every_parameter_set_reaches_its_config_field(tmp_path, name):
+    declared = set(declared_parameters(NOTEBOOK_DIR / f"{name}.ipynb"))
+    assert declared - CONTROLS <= set(nb.PARAMETER_FIELDS), "a parameter the config ignores"
+    given = {k: SET_VALUES[k] for k in declared - CONTROLS - {"data_root"}}
+    cfg = notebook_config(name, tmp_path, **given).to_dict()
+    for key, value in given.items():
+        node = cfg
+        for part in nb.PARAMETER_FIELDS[key].split("."):
+            node = node[part]
+        assert node == value, key
+
+
+def test_the_parameters_the_docs_name_exist_in_the_notebooks():
+    """docs/kaggle.md and the README tell users to set `name=value`: each name must exist."""
+    declared = {n: set(declared_parameters(NOTEBOOK_DIR / f"{n}.ipynb")) for n in NOTEBOOKS}
+    for doc in ("docs/kaggle.md", "README.md"):
+        text = Path(doc).read_text()
+        named = set(re.findall(r"`([a-z_]+)=[^`]*`", text))  # not WANDB_MODE=, an env variable
+        named |= set(re.findall(r"-p (?:\w+\.)?([a-z_]+)=", text))  # python -m lib notebooks
+        assert named, doc
+        missing = {p for p in named if not any(p in d for d in declared.values())}
+        assert not missing, f"{doc} names parameters no notebook has: {missing}"
+    for param in ("preset", "data_path", "features", "eval_every", "inception_weights",
+                  "inception_download", "resume_from", "max_minutes", "gpus", "wandb_mode"):
+        assert param in declared["02_dcgan"], param
+
+
+# ---------------------------------------------------------------------------
+# resume_from: a run from a read-only input, continued in out_root
+
+
+def read_only(folder: Path, on: bool = True) -> None:
+    """r--r--r-- files and r-x folders, as a Kaggle input is (or back to writable)."""
+    for path in [folder, *folder.rglob("*")]:
+        mode = (0o555 if path.is_dir() else 0o444) if on else (0o755 if path.is_dir() else 0o644)
+        path.chmod(mode)
+
+
+def test_resume_from_a_read_only_run_continues_a_writable_copy(tmp_path, tiny_overrides):
+    cfg = load_config("configs/dcgan_demo.json", tiny_overrides + ["wandb.mode=disabled"])
+    source = nb.train_or_resume(cfg, tmp_path / "input" / "outputs", progress=False)
+    read_only(source)
+    try:
+        before = {p: p.read_bytes() for p in source.rglob("*") if p.is_file()}
+        cfg.trainer.epochs = 2  # the next session asks for more steps
+        with pytest.raises(ConfigError, match="resume=True"):
+            nb.train_or_resume(cfg, tmp_path / "working", resume=False,
+                               resume_from=tmp_path / "input")
+        # the attached output as a whole: the run folder is found below it by name
+        run = nb.train_or_resume(cfg, tmp_path / "working", resume_from=tmp_path / "input",
+                                 progress=False)
+        assert {p: p.read_bytes() for p in source.rglob("*") if p.is_file()} == before
+    finally:
+        read_only(source, on=False)
+    assert run == tmp_path / "working" / cfg.name
+    records = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "event" not in r] == [2, 4, 6, 8]
+    for path in [run / "history.jsonl", run / "config.json", *run.glob("samples/*.png")]:
+        assert os.stat(path).st_mode & stat.S_IWUSR, path  # not the source's r--r--r--
+    assert (run / "samples" / "step_0000008.png").is_file()
+
+
+def test_resume_from_names_what_it_could_not_find(tmp_path):
+    cfg = load_config("configs/dcgan_demo.json")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="no run folder 'dcgan_demo' below it"):
+        nb.train_or_resume(cfg, tmp_path / "out", resume_from=tmp_path / "empty")
+    with pytest.raises(ConfigError, match="no such folder"):
+        nb.train_or_resume(cfg, tmp_path / "out", resume_from=tmp_path / "nowhere")
+
+
 # ---------------------------------------------------------------------------
 # Data statistics and the report on hand-made inputs
 
@@ -116,6 +259,25 @@ def test_datastats_on_a_tiny_labelled_set():
     mean = datastats.mean_images(data)
     assert mean.width >= 256
     assert datastats.class_samples(data, per_class=4).height > 0
+
+
+def test_datastats_reports_exact_duplicates():
+    gen = torch.Generator().manual_seed(0)
+    distinct = torch.randint(0, 256, (5, 3, 8, 8), dtype=torch.uint8, generator=gen)
+    images = distinct[[0, 1, 0, 2, 0, 3, 1, 4]]  # image 0 three times, image 1 twice
+    data = ImageData(images, None, None, "tiny")
+    groups = duplicate_groups(images)
+    assert groups == [[0, 2, 4], [1, 6]]  # largest first
+    assert datastats.duplicates(data, groups) == {
+        "images": 8, "distinct": 5, "duplicates": 3, "duplicate_share": 0.375,
+        "repeated_images": 2, "largest_group": 3}
+    assert datastats.duplicate_rows(groups, show=2) == [
+        {"copies": 3, "indices": "0, 2, ..."}, {"copies": 2, "indices": "1, 6"}]
+    figure = datastats.duplicates_figure(data, groups, per_group=3)
+    assert figure.width >= 256 and figure.height > 0
+    unique = ImageData(distinct, None, None, "tiny")
+    assert datastats.duplicates(unique)["duplicates"] == 0
+    assert datastats.duplicates_figure(unique, []) is None
 
 
 def fake_run(root: Path, name: str, family: str, metrics: dict | None) -> Path:

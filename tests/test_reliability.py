@@ -21,9 +21,12 @@ from lib import checkpoint, device
 from lib.checkpoint import CheckpointError, atomic_save, load_checkpoint
 from lib.config import Config, ConfigError, apply_override, load_config
 from lib.device import DeviceError, check_cuda_arch
-from lib.guard import DivergenceError, Guard
-from lib.tracking import read_history
-from lib.train import FAMILIES, resume, train
+from lib.families import FAMILIES
+from lib.training.distributed import launch
+from lib.training.evaluation import rebuild
+from lib.training.guard import DivergenceError, Guard
+from lib.training.loop import resume, train
+from lib.training.tracking import read_history
 
 ROOT = Path(__file__).resolve().parents[1]
 WALL_CLOCK = {"images_per_sec", "train_seconds"}  # the only fields allowed to differ
@@ -73,7 +76,7 @@ def assert_same_run(run: Path, ref: Path) -> None:
     strip = [{k: v for k, v in r.items() if k not in WALL_CLOCK} for r in read_history(run)]
     assert strip == [{k: v for k, v in r.items() if k not in WALL_CLOCK}
                      for r in read_history(ref)]
-    assert [r["step"] for r in strip] == [2, 4, 6, 8, 10, 12]
+    assert [r["step"] for r in strip if "event" not in r] == [2, 4, 6, 8, 10, 12]
     pngs = sorted(p.name for p in (ref / "samples").glob("*.png"))
     assert pngs == sorted(p.name for p in (run / "samples").glob("*.png"))
     for name in pngs:
@@ -108,9 +111,9 @@ def tree_digest(folder: Path) -> dict[str, str]:
 HANG_AFTER_SECOND_CHECKPOINT = """
     import os, sys, time
     from pathlib import Path
-    import lib.train
+    import lib.training.loop
 
-    real_save, periodic = lib.train.atomic_save, []
+    real_save, periodic = lib.training.loop.atomic_save, []
 
     def save(obj, path):
         if path.name == "last.pt" and len(periodic) == 2:  # step 12: history/snapshots ran on
@@ -120,7 +123,7 @@ HANG_AFTER_SECOND_CHECKPOINT = """
         if path.name.startswith("step_"):
             periodic.append(path)
 
-    lib.train.atomic_save = save
+    lib.training.loop.atomic_save = save
 """
 
 
@@ -207,6 +210,108 @@ def test_kill_during_checkpoint_write_keeps_the_previous_one(tmp_path):
     assert not list(ckpt_dir.glob("*.tmp"))
     assert sorted(p.name for p in ckpt_dir.glob("step_*.pt")) == [
         "step_0000004.pt", "step_0000008.pt", "step_0000012.pt"]
+
+
+KILL_MID_WRITE_OF = """
+    import io, os, signal, sys
+    import torch
+    import lib.training.loop
+
+    real_save, real_atomic, armed = torch.save, lib.training.loop.atomic_save, []
+
+    def save(obj, f):  # half the file on disk, then the kill
+        if armed:
+            buf = io.BytesIO()
+            real_save(obj, buf)
+            f.write(buf.getvalue()[: len(buf.getvalue()) // 2])
+            f.flush()
+            os.fsync(f.fileno())
+            os.kill(os.getpid(), signal.SIGKILL)
+        real_save(obj, f)
+
+    def atomic(obj, path):
+        if path.name == {name!r} and obj["step"] >= {step}:
+            armed.append(path)
+        return real_atomic(obj, path)
+
+    torch.save, lib.training.loop.atomic_save = save, atomic
+"""
+
+
+@pytest.mark.parametrize("name, step, trainer", [
+    ("step_0000008.pt", 8, {}),
+    ("best.pt", 5, {"eval_samples": 32, "eval_every": 4, "features": "classifier"}),
+])
+def test_kill_during_a_periodic_or_best_write_resumes_bitwise(tmp_path, name, step, trainer):
+    config = tiny_config(tmp_path, **trainer)
+    proc = child(tmp_path, KILL_MID_WRITE_OF.format(name=name, step=step), "train",
+                 str(config), "--out", str(tmp_path / "a"))
+    reference = child(tmp_path, "import sys", "train", str(config), "--out", str(tmp_path / "c"))
+    assert proc.wait(timeout=600) == -signal.SIGKILL, proc.communicate()
+    assert reference.wait(timeout=600) == 0, reference.communicate()
+    run, ref = tmp_path / "a" / "run", tmp_path / "c" / "run"
+    assert list((run / "checkpoints").glob(f".{name}.*.tmp"))  # the torn write, never renamed
+    killed_at = load_checkpoint(run / "checkpoints" / "last.pt")["step"]
+
+    out = cli("train", "--resume", str(run))
+    assert out.returncode == 0, out.stderr
+    assert_same_run(run, ref)
+    assert not list((run / "checkpoints").glob("*.tmp"))
+    names = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert names == sorted(p.name for p in (ref / "checkpoints").iterdir())
+    for again in [name] + ["best.pt"] * (name == "best.pt"):
+        a = load_checkpoint(run / "checkpoints" / again)
+        b = load_checkpoint(ref / "checkpoints" / again)
+        assert a["step"] == b["step"]
+        for key in ("nets", "ema", "optimizers", "rng", "guard"):
+            assert_same_state(a[key], b[key], f"{again}.{key}")
+    if name == "best.pt":
+        assert killed_at < 12 and any("fid" in r for r in read_history(run))
+
+
+INTERRUPT_AT_STEP_6 = """
+    import dataclasses, os, sys, time
+    from pathlib import Path
+    from lib.families import FAMILIES
+
+    real = FAMILIES["dcgan"]
+
+    def step(parts, x, y, step, engine, cfg):
+        logs = real.step(parts, x, y, step, engine, cfg)
+        if step == 6:  # the test presses Ctrl-C now, mid-step
+            Path({marker!r}).write_text(str(os.getpid()))
+            time.sleep(3)
+        return logs
+
+    FAMILIES["dcgan"] = dataclasses.replace(real, step=step)
+"""
+
+
+def test_ctrl_c_saves_the_step_prints_the_resume_command_and_resumes_bitwise(tmp_path):
+    config, marker = tiny_config(tmp_path), tmp_path / "PRESS_CTRL_C"
+    proc = child(tmp_path, INTERRUPT_AT_STEP_6.format(marker=str(marker)), "train",
+                 str(config), "--out", str(tmp_path / "a"))
+    reference = child(tmp_path, "import sys", "train", str(config), "--out", str(tmp_path / "c"))
+    deadline = time.monotonic() + 500
+    while not marker.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    os.kill(proc.pid, signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=600)
+    run = tmp_path / "a" / "run"
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1] == (
+        f"interrupted after step 6/12, last.pt saved; resume with: python -m lib train "
+        f"--resume {run}")
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 6
+    assert not (run / ".lock").exists()
+    assert reference.wait() == 0, reference.communicate()
+
+    out = cli("train", "--resume", str(run))
+    assert out.returncode == 0, out.stderr
+    assert_same_run(run, tmp_path / "c" / "run")
 
 
 def test_failure_between_write_and_rename_keeps_the_previous_one(tmp_path, monkeypatch):
@@ -305,10 +410,10 @@ def test_collapse_event_below_the_fraction():
 
 def stub_evaluation(monkeypatch, diversity: dict[int, float]):
     """Evaluation that reports `diversity[step]` (1.0 otherwise), each entry once."""
-    import lib.train
+    import lib.training.loop
 
     evaluator = type("StubEvaluator", (), {"features": "stub", "num_samples": 8})()
-    monkeypatch.setattr(lib.train, "make_evaluator", lambda *a, **k: evaluator)
+    monkeypatch.setattr(lib.training.loop, "make_evaluator", lambda *a, **k: evaluator)
     calls = []
 
     def evaluate(family, parts, evaluator, engine, seed):
@@ -316,7 +421,7 @@ def stub_evaluation(monkeypatch, diversity: dict[int, float]):
         calls.append(step)
         return {"fid": 100.0 - step, "diversity": diversity.pop(4 * (step + 1), 1.0)}
 
-    monkeypatch.setattr(lib.train, "evaluate_parts", evaluate)
+    monkeypatch.setattr(lib.training.loop, "evaluate_parts", evaluate)
     return calls
 
 
@@ -454,10 +559,35 @@ def test_read_only_run_needs_out(tmp_path, monkeypatch):
         resume(run, progress=False)
 
 
+def test_resume_takes_trainer_fields_and_names_a_changed_data_field(tmp_path):
+    """The one resume rule, as a notebook resumes (its whole config) and as it hands a
+    resume to torchrun: the trainer fields apply, a data field must be the run's."""
+    config = tiny_config(tmp_path, epochs=1)
+    run = train(load_config(config), out_root=tmp_path, progress=False)
+    changed = load_config(config, ["data.image_size=32", "trainer.epochs=2"])
+    message = r"data\.image_size: the run in .* was trained with 16, now 32"
+    with pytest.raises(ConfigError, match=message):
+        train(changed, resume=run, progress=False)
+    with pytest.raises(ConfigError, match=message):  # before any process starts
+        launch(changed, 2, resume=run)
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 4  # nothing trained
+    assert train(load_config(config, ["trainer.epochs=2"]), resume=run, progress=False) == run
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 8
+    assert json.loads((run / "config.json").read_text())["trainer"]["epochs"] == 2
+
+
 def test_resume_refuses_a_checkpoint_that_does_not_fit(tmp_path):
     run = train(load_config(tiny_config(tmp_path, epochs=1)), out_root=tmp_path, progress=False)
-    with pytest.raises(CheckpointError, match="does not match this config"):
+    # the one resume rule: a model field differing from the checkpoint's is named
+    with pytest.raises(ConfigError, match=r"generator\.args\.hidden_dim: the run in .* was "
+                                          r"trained with 8, now 16"):
         resume(run, overrides=["generator.args.hidden_dim=16"], progress=False)
+    # weights that do not fit the specs a checkpoint carries are refused, naming the file
+    ckpt = load_checkpoint(run / "checkpoints" / "last.pt")
+    ckpt["models"]["generator"]["args"]["hidden_dim"] = 16
+    atomic_save(ckpt, run / "checkpoints" / "last.pt")
+    with pytest.raises(CheckpointError, match=r"last\.pt: does not match this config"):
+        rebuild(run)
 
 
 # ---------------------------------------------------------------------------

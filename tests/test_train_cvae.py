@@ -7,13 +7,14 @@ import torch.nn.functional as F
 from PIL import Image
 from sklearn.linear_model import LogisticRegression
 
-from lib.checkpoint import load_checkpoint, load_models
+from lib.checkpoint import load_checkpoint
 from lib.config import load_config
 from lib.data import load_dataset, to_float
-from lib.train import train
+from lib.training.evaluation import rebuild
+from lib.training.loop import train
 
 PRESET = "configs/cvae_demo.json"
-# DESIGN.md's run-folder contract for the CVAE
+# the run-folder contract (lib/rundir.py) for the CVAE
 CVAE_FILES = ["config.json", "history.jsonl", "checkpoints/last.pt", "samples/step_0000000.png",
               "evolution.gif", "final_grid.png", "reconstruction.gif", "generation.gif"]
 
@@ -40,7 +41,7 @@ def test_demo_preset_run_folder_holds_the_contract(tmp_path, tiny_overrides):
     assert grid.width > step_png.width * grid.height / step_png.height
     assert step_png.height == 10 * (32 + 2) + 2
 
-    model = load_models(run / "checkpoints" / "last.pt")["model"]
+    model = rebuild(run, device="cpu").sampler
     assert load_checkpoint(run / "checkpoints" / "last.pt")["family"] == "cvae"
     assert model.sample(torch.tensor([3, 7])).shape == (2, 1, 32, 32)
 
@@ -75,7 +76,7 @@ def test_cvae_learns_digits_and_generates_the_asked_class(tmp_path):
     data = load_dataset("digits", 32)
     real = digit_features(to_float(data.images))
     clf = LogisticRegression(max_iter=1000).fit(real.numpy(), data.labels.numpy())
-    model = load_models(run / "checkpoints" / "last.pt")["model"]
+    model = rebuild(run, device="cpu").sampler
     labels = torch.arange(10).repeat_interleave(30)
     samples = model.sample(labels, generator=torch.Generator().manual_seed(0))
     accuracy = (clf.predict(digit_features(samples).numpy()) == labels.numpy()).mean()

@@ -9,11 +9,19 @@ from PIL import Image
 from sklearn.linear_model import LogisticRegression
 
 from lib.data import load_dataset, to_float
-from lib.explore import class_grid, posterior_directions
+from lib.explore import (
+    ALL_CLASSES,
+    class_grid,
+    ganspace_directions,
+    generate,
+    latent_points,
+    posterior_directions,
+)
 from lib.models.cvae import CVAE
 from lib.models.dcgan import Generator
 from lib.models.ddpm import DDPM
-from lib.widgets import class_explorer, ddpm_explorer, latent_explorer
+from lib.viz import make_grid
+from lib.widgets import BUSY, class_explorer, ddpm_explorer, latent_explorer
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -60,7 +68,7 @@ def generator():
 
 
 def test_latent_explorer_every_control_changes_the_image(generator):
-    explorer = latent_explorer(generator, n_components=3, display_size=64)
+    explorer = latent_explorer(generator, n_components=3, n_samples=1, display_size=64)
     assert shown(explorer).shape == (16, 16, 3)  # the generator's own pixels...
     assert explorer.image.width == "64"  # ...shown 4x larger by the browser
     assert {"seed", "seed_b", "t", "pc0", "pc1", "pc2"} <= explorer.controls.keys()
@@ -71,8 +79,30 @@ def test_latent_explorer_every_control_changes_the_image(generator):
     assert explorer.last_ms > 0 and "ms" in explorer.status.value
 
 
+def test_latent_explorer_shows_a_direction_on_a_grid_of_seeds(generator):
+    explorer = latent_explorer(generator, n_components=2, n_samples=4, display_size=32)
+    grid = shown(explorer)
+    assert grid.shape == (2 * 18 + 2, 2 * 18 + 2, 3)  # 2 x 2 images of 16 px, padded
+    images = tiles(grid, size=16, n=4, nrow=2)
+    assert len({im.tobytes() for im in images}) == 4  # four different seeds
+    explorer.controls["pc0"].value = 2.0
+    z = latent_points(16, 0, 1, 0.0, 4, ganspace_directions(generator, 2), [2.0])
+    expected = make_grid(generate(generator, z), nrow=2).permute(1, 2, 0).numpy()
+    assert np.array_equal(shown(explorer), expected)
+
+
+def test_explorer_says_it_is_busy_while_rendering(generator):
+    explorer = latent_explorer(generator, n_components=2, n_samples=1)
+    seen, render = [], explorer.render
+    explorer.render = lambda: (seen.append((explorer.status.value,
+                                            BUSY in explorer.image._dom_classes)), render())[1]
+    explorer.controls["seed"].value = 5
+    assert seen == [("rendering...", True)]
+    assert BUSY not in explorer.image._dom_classes and "rendered in" in explorer.status.value
+
+
 def test_latent_explorer_slerp_ends_at_seed_b(generator):
-    explorer = latent_explorer(generator, n_components=2)
+    explorer = latent_explorer(generator, n_components=2, n_samples=4)
     explorer.controls["seed"].value, explorer.controls["seed_b"].value = 3, 11
     explorer.controls["t"].value = 1.0
     at_b = shown(explorer)
@@ -176,10 +206,32 @@ def test_ddpm_explorer_every_control_changes_the_image(ddpm):
     assert shown(explorer).shape == (10 + 2, 4 * 10 + 2, 3)
     assert explorer.controls["steps"].max == 20  # no more DDIM steps than timesteps
     assert not explorer.controls["guidance_scale"].disabled
+    label = explorer.controls["label"]
+    assert (label.value, label.index, label.label) == (ALL_CLASSES, 0, "all (cycle)")
     assert changes(explorer, "seed", 3)
     assert changes(explorer, "steps", 8)
     assert changes(explorer, "guidance_scale", 3.0)
     assert changes(explorer, "label", 2)
+    assert changes(explorer, "label", ALL_CLASSES)
+
+
+def test_ddpm_explorer_remembers_what_it_drew(ddpm, monkeypatch):
+    calls = []
+    sample = ddpm.sample
+    monkeypatch.setattr(ddpm, "sample", lambda *a, **k: calls.append(k) or sample(*a, **k))
+    explorer = ddpm_explorer(ddpm, n_samples=2, steps=3, sampler="ddim")
+    first = shown(explorer)
+    explorer.controls["seed"].value = 4
+    explorer.controls["seed"].value = 0  # back: from the cache, not three more UNet passes
+    assert np.array_equal(shown(explorer), first) and len(calls) == 2
+    assert calls[0]["sampler"] == "ddim" and calls[0]["steps"] == 3
+
+
+def test_ddpm_explorer_with_the_full_chain_fixes_the_steps(ddpm):
+    explorer = ddpm_explorer(ddpm, n_samples=1, sampler="ddpm")
+    steps = explorer.controls["steps"]
+    assert steps.disabled and steps.value == ddpm.timesteps
+    assert changes(explorer, "seed", 2)
 
 
 def test_ddpm_explorer_unconditional_has_no_guidance():
@@ -189,3 +241,16 @@ def test_ddpm_explorer_unconditional_has_no_guidance():
     explorer = ddpm_explorer(model, n_samples=2, steps=3)
     assert explorer.controls["guidance_scale"].disabled and "label" not in explorer.controls
     assert changes(explorer, "seed", 1)
+
+
+def test_an_explorer_displays_as_its_widgets(generator):
+    from IPython.core.interactiveshell import InteractiveShell
+    from IPython.display import display
+    from IPython.utils.capture import capture_output
+
+    InteractiveShell.instance()  # display() needs a shell to publish to
+    explorer = latent_explorer(generator, n_components=1, n_samples=1)
+    with capture_output() as captured:
+        display(explorer)
+    view = captured.outputs[0].data["application/vnd.jupyter.widget-view+json"]
+    assert view["model_id"] == explorer.ui.model_id

@@ -10,18 +10,19 @@ the notebook then reads like any other. See docs/distributed.md.
 from __future__ import annotations
 
 import codecs
-import json
 import os
 import subprocess
 import sys
 import tempfile
-from dataclasses import asdict
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
+from lib.checkpoint import load_checkpoint
 from lib.config import Config, load_config
-from lib.train import default_run_name
+from lib.rundir import RunDir
+from lib.training.state import default_run_name, resumable, resume_config
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -35,10 +36,6 @@ def torchrun_command(train_args: list[str], nproc: int) -> list[str]:
     # --standalone: a local rendezvous on a free port, nothing to configure
     return [sys.executable, "-m", "torch.distributed.run", "--standalone",
             f"--nproc_per_node={nproc}", "-m", "lib", "train", *train_args]
-
-
-def _sets(overrides: list[str]) -> list[str]:
-    return [arg for item in overrides for arg in ("--set", item)]
 
 
 def _stream(cmd: list[str], env: dict, tail_chars: int = 20000) -> tuple[int, str]:
@@ -68,10 +65,10 @@ def launch(config_path_or_cfg: str | Path | Config, nproc: int,
     One process per GPU (Kaggle's "GPU T4 x2": nproc=2), or CPU processes over gloo
     where there is no GPU. `trainer.batch_size` is per process: each step sees
     nproc x batch_size images. `overrides` are `section.field=value` strings, as `--set`.
-    `resume`: continue that run folder in place instead; the config's trainer fields
-    (epochs, time budget, ...) replace the checkpoint's, as a single-process resume does.
+    `resume`: continue that run folder in place instead, by the one resume rule (the
+    checkpoint's config with this config's trainer fields; lib.training.state.resume_config).
+    The processes get the config once, as a JSON file.
     """
-    overrides = list(overrides or [])
     if nproc < 1:
         raise ValueError(f"nproc={nproc}: need at least one process")
     gpus = torch.cuda.device_count()
@@ -80,23 +77,20 @@ def launch(config_path_or_cfg: str | Path | Config, nproc: int,
                          "(on Kaggle choose the 'GPU T4 x2' accelerator for two)")
     out_root = Path(out_root).resolve()
     with tempfile.TemporaryDirectory(prefix="launch_") as tmp:
+        config_path = Path(tmp) / "config.json"
         if isinstance(config_path_or_cfg, Config):
-            config_path = Path(tmp) / "config.json"
             config_path_or_cfg.save(config_path)
-        else:
-            config_path = Path(config_path_or_cfg).resolve()
-        cfg = load_config(config_path, overrides)  # a bad override fails here, not in N ranks
-        if resume is not None:
-            run_dir = Path(resume).resolve()
-            trainer = [f"trainer.{k}={json.dumps(v)}" for k, v in asdict(cfg.trainer).items()]
-            train_args = ["--resume", str(run_dir), *_sets(trainer)]
-        else:
-            # the run's name is decided here, so the run folder is known without parsing output
-            name = cfg.name or default_run_name(cfg)
-            run_dir = out_root / name
-            train_args = [str(config_path), *_sets([*overrides, f"name={json.dumps(name)}"]),
-                          "--out", str(out_root)]
-
+            config_path_or_cfg = config_path
+        cfg = load_config(config_path_or_cfg, overrides)  # a bad override fails here, once
+        if resume is not None:  # so does a changed model or data field
+            run_dir = resumable(Path(resume).resolve()).root
+            cfg = resume_config(load_checkpoint(RunDir(run_dir).last)["config"], cfg, run_dir)
+            train_args = ["--resume", str(run_dir), "--resume-with", str(config_path)]
+        else:  # the run's name is decided here: the run folder is known without reading output
+            cfg = replace(cfg, name=cfg.name or default_run_name(cfg))
+            run_dir = out_root / cfg.name
+            train_args = [str(config_path), "--out", str(out_root)]
+        cfg.save(config_path)  # the one copy of the config the processes read
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT),
                                                           env.get("PYTHONPATH")]))

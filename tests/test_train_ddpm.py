@@ -9,13 +9,16 @@ import torch
 from PIL import Image
 from sklearn.linear_model import LogisticRegression
 
-from lib.checkpoint import build_model, load_checkpoint, load_models
+from lib.checkpoint import load_checkpoint
 from lib.config import Config, load_config
 from lib.data import load_dataset, to_float, to_uint8
 from lib.device import Engine
-from lib.distributed import launch
+from lib.families import FAMILIES
+from lib.families.base import build_model
 from lib.models.ddpm import DDPM
-from lib.train import FAMILIES, train
+from lib.training.distributed import launch
+from lib.training.evaluation import rebuild
+from lib.training.loop import train
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
@@ -144,7 +147,7 @@ def test_demo_samples_are_recognisable_digits(demo_run):
     real = load_dataset("digits", cfg["data"]["image_size"], root=cfg["data"]["root"])
     features = real.images.flatten(1).float().numpy() / 255
     classifier = LogisticRegression(max_iter=1000).fit(features, real.labels.numpy())
-    model = load_models(demo_run / "checkpoints" / "last.pt")["model"]
+    model = rebuild(demo_run, device="cpu").sampler
     labels = torch.arange(100) % 10
     images = model.sample(100, labels=labels, generator=torch.Generator().manual_seed(0))
     predicted = classifier.predict(to_uint8(images).flatten(1).float().numpy() / 255)

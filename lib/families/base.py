@@ -1,0 +1,218 @@
+"""What a model family gives the shared loop, and the pieces every family builds with.
+
+A family (DCGAN, CVAE, DDPM) is one `Family`: a few plain functions - `build`
+makes the networks, optimizers and schedulers (`Parts`), `step` does one
+training iteration, `snapshot` renders the fixed-noise grids, `sample` draws
+images for evaluation, `finish` writes the family's final media - and what it
+declares: the config types it trains, which net samples, which nets EMA
+averages, its colour in the report. lib/families/__init__.py lists them.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import get_ema_multi_avg_fn
+
+from lib.config import (
+    Config,
+    ConfigError,
+    ModelSpec,
+    OptimizerConfig,
+    SchedulerConfig,
+    TrainerConfig,
+)
+from lib.data import ImageData
+from lib.device import Engine, make_optimizer
+from lib.rundir import RunDir
+
+CHUNK = 256  # images per forward when many are drawn or scored: memory stays bounded
+
+# ---------------------------------------------------------------------------
+# What a family provides
+
+
+@dataclass
+class Parts:
+    """Everything a run of one family is made of: what checkpoints save and restore."""
+
+    nets: dict[str, nn.Module]  # the trained networks by name (DDP-wrapped while training)
+    optimizers: dict[str, torch.optim.Optimizer]
+    schedulers: dict[str, torch.optim.lr_scheduler.LRScheduler]
+    specs: dict[str, dict]  # name -> {"type", "args"} resolved: enough to rebuild each net
+    ema: EMA | None = None  # moving averages of the nets the family samples with
+    fixed: dict[str, torch.Tensor] = field(default_factory=dict)  # fixed noise/labels/batch
+    class_names: list[str] | None = None
+
+    def sampler_net(self, name: str) -> nn.Module:
+        """The weights to sample `name` with: its EMA average when kept, never a DDP wrapper
+        (its forward is a collective, and rank 0 samples alone)."""
+        if self.ema is not None and name in self.ema.averages:
+            return self.ema.averages[name]
+        return local(self.nets[name])
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str  # what Config.family says: "dcgan", "cvae", "ddpm"
+    models: dict[str, type[nn.Module]]  # config `type` -> class, for the types it trains
+    sampler: str  # the net that draws samples (its EMA copy when kept)
+    averaged: tuple[str, ...]  # the nets EMA keeps a moving average of
+    color: str  # the family's colour in the report's figures
+    build: Callable[[Config, ImageData, Engine], Parts]
+    # (parts, x [-1, 1] (B, C, H, W), y (B,) or None, step, engine, cfg) -> the numbers to
+    # log, left on the device: the guard reads them back in one transfer
+    step: Callable[[Parts, torch.Tensor, torch.Tensor | None, int, Engine, Config],
+                   dict[str, torch.Tensor | float]]
+    snapshot: Callable[[Parts], dict[str, torch.Tensor]]  # file prefix -> uint8 grid
+    # (parts, n, labels (n,) or None, generator) -> (n, C, H, W) in [-1, 1]
+    sample: Callable[[Parts, int, torch.Tensor | None, torch.Generator | None], torch.Tensor]
+    finish: Callable[[Parts, RunDir], None]  # final_grid.png and the family's own media
+    # (parts, x [-1, 1] on the device, y) -> [-1, 1] reconstructions, for models that have them
+    reconstruct: Callable[..., torch.Tensor] | None = None
+
+    def make_ema(self, parts: Parts, t: TrainerConfig) -> EMA | None:
+        """The moving average of the nets this family averages; None when ema_decay is 0."""
+        if t.ema_decay <= 0:
+            return None
+        return EMA({name: parts.nets[name] for name in self.averaged}, t.ema_decay,
+                   t.ema_power, t.ema_inv_gamma)
+
+
+class EMA:
+    """Exponential moving averages of some nets, updated after every optimizer step.
+
+    avg <- avg + (1 - decay) (net - avg), by torch.optim.swa_utils' own EMA
+    update; buffers (BatchNorm statistics) are copied, not averaged. With
+    `power` > 0 the decay warms up as in ema-pytorch,
+    min(decay, 1 - (1 + step / inv_gamma) ** -power): early averages follow the
+    net instead of staying near its random initialisation.
+    """
+
+    def __init__(self, nets: dict[str, nn.Module], decay: float, power: float = 0.0,
+                 inv_gamma: float = 1.0):
+        self.decay, self.power, self.inv_gamma = decay, power, inv_gamma
+        self.averages = {name: copy.deepcopy(unwrap(net)).requires_grad_(False)
+                         for name, net in nets.items()}
+
+    def decay_at(self, step: int) -> float:
+        if self.power <= 0:
+            return self.decay
+        return min(self.decay, 1 - (1 + step / self.inv_gamma) ** -self.power)
+
+    @torch.no_grad()
+    def update(self, nets: dict[str, nn.Module], step: int) -> None:
+        """Fold in the weights of `nets` after optimizer step `step` (1 for the first)."""
+        average = get_ema_multi_avg_fn(self.decay_at(step))
+        for name, avg in self.averages.items():
+            net = unwrap(nets[name])
+            average(list(avg.parameters()), [p.detach() for p in net.parameters()], None)
+            for b_avg, b in zip(avg.buffers(), net.buffers(), strict=True):
+                b_avg.copy_(b)
+
+    def state_dict(self) -> dict[str, dict]:
+        return {name: avg.state_dict() for name, avg in self.averages.items()}
+
+    def load_state_dict(self, state: dict[str, dict]) -> None:
+        for name, avg in self.averages.items():
+            avg.load_state_dict(state[name])
+
+
+# ---------------------------------------------------------------------------
+# Building blocks
+
+
+def build_model(type_name: str, args: dict) -> nn.Module:
+    """A network from its config `type` and arguments: how checkpoints rebuild theirs."""
+    from lib.families import MODEL_TYPES  # the registry imports the families, hence here
+
+    if type_name not in MODEL_TYPES:
+        raise ConfigError(f"unknown model type {type_name!r}; known: {sorted(MODEL_TYPES)}")
+    return MODEL_TYPES[type_name](**args)
+
+
+def resolve_model(spec: ModelSpec, data: ImageData, where: str) -> dict:
+    """Fill image_size / n_channels / num_classes from the data; refuse contradictions."""
+    from lib.families import MODEL_TYPES
+
+    params = inspect.signature(MODEL_TYPES[spec.type].__init__).parameters
+    args = dict(spec.args)
+    from_data = {"image_size": data.image_size, "n_channels": data.channels,
+                 "num_classes": data.num_classes}
+    for key, value in from_data.items():
+        if key not in params:
+            continue
+        if key not in args:
+            args[key] = value
+        elif key != "num_classes" and args[key] != value:
+            raise ConfigError(
+                f"{where}.args.{key}={args[key]} but the {data.name} data has {key}={value}; "
+                f"remove the argument or set data.{'channels' if key == 'n_channels' else key}")
+    if params.get("num_classes") and args.get("num_classes", 0) > data.num_classes:
+        raise ConfigError(f"{where}.args.num_classes={args['num_classes']} but {data.name} "
+                          f"has {data.num_classes} classes")
+    return {"type": spec.type, "args": args}
+
+
+def make_net(spec: dict, engine: Engine) -> nn.Module:
+    try:
+        net = build_model(spec["type"], spec["args"])
+    except (ValueError, RuntimeError, TypeError) as e:  # the model's own checks on its args
+        raise ConfigError(f"{spec['type']} with args {spec['args']}: {e}") from None
+    return engine.prepare(net)
+
+
+def make_opt_sched(net: nn.Module, opt: OptimizerConfig | None,
+                   sched: SchedulerConfig | None, engine: Engine):
+    opt = opt or OptimizerConfig()
+    optimizer = make_optimizer(net.parameters(), opt.lr, opt.betas, opt.weight_decay,
+                               engine.device)
+    gamma = sched.gamma if sched else 1.0
+    return optimizer, torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=gamma)
+
+
+def fixed_generator(seed: int) -> torch.Generator:
+    """Snapshots and evaluation draw from their own generator, never the training RNG."""
+    return torch.Generator().manual_seed(seed)
+
+
+def chunked(fn: Callable[..., torch.Tensor], *inputs: torch.Tensor | None,
+            size: int = CHUNK) -> torch.Tensor:
+    """`fn` over aligned chunks of `size` rows of the inputs (None stays None), concatenated."""
+    n = len(next(x for x in inputs if x is not None))
+    return torch.cat([fn(*(None if x is None else x[i : i + size] for x in inputs))
+                      for i in range(0, n, size)])
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode for the duration (BatchNorm must use running statistics for a batch of one)."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def device_of(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def local(net: nn.Module) -> nn.Module:
+    """The net without its DDP wrapper (still compiled if it was): a forward that involves
+    no other rank and expects no gradient all-reduce."""
+    return net.module if isinstance(net, DistributedDataParallel) else net
+
+
+def unwrap(net: nn.Module) -> nn.Module:
+    """The plain module, without DDP and torch.compile wrappers: what state dicts hold."""
+    net = local(net)
+    return getattr(net, "_orig_mod", net)  # torch.compile

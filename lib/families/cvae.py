@@ -1,0 +1,108 @@
+"""CVAE: one ELBO step per batch; generations per class and reconstructions as media."""
+
+from __future__ import annotations
+
+import torch
+
+from lib import viz
+from lib.config import Config, ConfigError
+from lib.data import ImageData, to_float
+from lib.device import Engine
+from lib.families.base import (
+    Family,
+    Parts,
+    chunked,
+    fixed_generator,
+    make_net,
+    make_opt_sched,
+    resolve_model,
+    unwrap,
+)
+from lib.models.cvae import CVAE
+from lib.rundir import RunDir
+
+NOISE_PER_CLASS = 8  # columns of the generation grid: one fixed z each, for every class
+RECON_IMAGES = 16  # fixed real images whose reconstructions are snapshotted
+
+
+def build(cfg: Config, data: ImageData, engine: Engine) -> Parts:
+    if data.labels is None:
+        raise ConfigError(f"model: the CVAE needs class labels but the {data.name} data has "
+                          "none; use a labelled dataset (digits, shapes, mnist, artbench, "
+                          "or a folder with one subfolder per class)")
+    specs = {"model": resolve_model(cfg.model, data, "model")}
+    net = make_net(specs["model"], engine)
+    opt, sched = make_opt_sched(net, cfg.optimizer, cfg.lr_scheduler, engine)
+    gen = fixed_generator(cfg.trainer.seed + 1)
+    noise = torch.randn(NOISE_PER_CLASS, unwrap(net).latent_dim, generator=gen)
+    idx = torch.randperm(len(data), generator=gen)[:RECON_IMAGES]
+    fixed = {"noise": noise,
+             "recon_x": to_float(data.images[idx]), "recon_y": data.labels[idx]}
+    return Parts(nets={"model": net}, optimizers={"model": opt}, schedulers={"model": sched},
+                 specs=specs, fixed={k: v.to(engine.device) for k, v in fixed.items()})
+
+
+def step(parts: Parts, x: torch.Tensor, y, step: int, engine: Engine,
+         cfg: Config) -> dict[str, torch.Tensor | float]:
+    """One ELBO step; the KL weight follows the model's warm-up."""
+    net = parts.nets["model"]
+    kl_weight = unwrap(net).kl_weight_at(step)
+    with engine.autocast():
+        out = net(x, y, kl_weight=kl_weight)
+    engine.backward_step("model", out["loss"], parts.optimizers["model"], cfg.trainer.grad_clip)
+    return {"loss": out["loss"].detach(), "recon": out["recon"].detach(),
+            "kl": out["kl"].detach(), "kl_weight": kl_weight}
+
+
+@torch.inference_mode()
+def sample(parts: Parts, n: int, labels=None, generator=None) -> torch.Tensor:
+    """n images; classes cycle 0, 1, ..., K-1, 0, ... unless `labels` (n,) are given."""
+    model = unwrap(parts.sampler_net("model"))
+    if labels is None:
+        labels = torch.arange(n) % model.num_classes
+    z = torch.randn(n, model.latent_dim, generator=generator)
+    return chunked(lambda y, zc: model.sample(y, z=zc), labels, z).float()
+
+
+@torch.inference_mode()
+def reconstruct(parts: Parts, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Reconstructions of x (B, C, H, W) in [-1, 1] by the sampling weights."""
+    model = unwrap(parts.sampler_net("model"))
+    return chunked(lambda xc, yc: model.reconstruct(xc, yc).float(), x, y)
+
+
+def generation_grid(parts: Parts) -> torch.Tensor:
+    """One row per class, one column per fixed noise vector: uint8 (3, H', W')."""
+    model = unwrap(parts.sampler_net("model"))
+    noise = parts.fixed["noise"]  # (M, latent)
+    k, m = model.num_classes, noise.shape[0]
+    labels = torch.arange(k, device=noise.device).repeat_interleave(m)  # (K * M,)
+    return viz.make_grid(model.sample(labels, z=noise.repeat(k, 1)).float(), nrow=m)
+
+
+@torch.inference_mode()
+def snapshot(parts: Parts) -> dict[str, torch.Tensor]:
+    """`step`: generations (fixed noise x every class); `recon`: reconstructions, each row of
+    them above the row of the real images they came from."""
+    model = unwrap(parts.sampler_net("model"))
+    x, y = parts.fixed["recon_x"], parts.fixed["recon_y"]
+    x_hat = model.reconstruct(x, y).float()
+    half = len(x) // 2
+    pairs = torch.cat([x_hat[:half], x[:half], x_hat[half:], x[half:]])  # (2N, C, H, W)
+    return {"step": generation_grid(parts), "recon": viz.make_grid(pairs, nrow=half)}
+
+
+def finish(parts: Parts, run: RunDir) -> None:
+    viz.save_gif(run.snapshots("recon"), run.media("reconstruction.gif"))
+    viz.save_gif(run.snapshots("step"), run.media("generation.gif"))
+    model = unwrap(parts.sampler_net("model"))
+    names = parts.class_names or [str(k) for k in range(model.num_classes)]
+    with torch.inference_mode():
+        grid = generation_grid(parts)
+    viz.label_rows(grid, names[: model.num_classes], min_width=512).save(
+        run.media("final_grid.png"))
+
+
+FAMILY = Family(name="cvae", models={"CVAE": CVAE}, sampler="model", averaged=("model",),
+                color="tab:green", build=build, step=step, snapshot=snapshot, sample=sample,
+                finish=finish, reconstruct=reconstruct)

@@ -1,0 +1,115 @@
+"""DDPM: one denoising step per batch; sampler, steps and guidance come from the model args."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import torch
+
+from lib import viz
+from lib.config import Config
+from lib.data import ImageData
+from lib.device import Engine
+from lib.families.base import (
+    Family,
+    Parts,
+    chunked,
+    eval_mode,
+    fixed_generator,
+    make_net,
+    make_opt_sched,
+    resolve_model,
+    unwrap,
+)
+from lib.models.ddpm import DDPM
+from lib.rundir import RunDir
+
+SNAPSHOT_SEED = 2  # the noise a stochastic sampler adds during snapshots, the same every time
+
+
+def build(cfg: Config, data: ImageData, engine: Engine) -> Parts:
+    specs = {"model": resolve_model(cfg.model, data, "model")}
+    net = make_net(specs["model"], engine)
+    opt, sched = make_opt_sched(net, cfg.optimizer, cfg.lr_scheduler, engine)
+    args = specs["model"]["args"]  # image_size, n_channels, num_classes filled from the data
+    gen = fixed_generator(cfg.trainer.seed + 1)
+    fixed = {}
+    if args["num_classes"] > 0:  # one row of 8 per class (at most 16 rows), names beside them
+        rows = min(args["num_classes"], 16)
+        fixed["labels"] = torch.arange(rows).repeat_interleave(8).to(engine.device)
+    n = len(fixed["labels"]) if "labels" in fixed else 64
+    shape = (n, args["n_channels"], args["image_size"], args["image_size"])
+    fixed["noise"] = torch.randn(shape, generator=gen).to(engine.device)  # x_T of every snapshot
+    return Parts(nets={"model": net}, optimizers={"model": opt}, schedulers={"model": sched},
+                 specs=specs, fixed=fixed)
+
+
+def step(parts: Parts, x: torch.Tensor, y, step: int, engine: Engine,
+         cfg: Config) -> dict[str, torch.Tensor]:
+    """One denoising step: a random t per image, predict the added noise, MSE."""
+    with engine.autocast():
+        loss = parts.nets["model"](x, y)
+    engine.backward_step("model", loss, parts.optimizers["model"], cfg.trainer.grad_clip)
+    return {"loss": loss.detach()}
+
+
+def draw(parts: Parts, **kwargs):
+    """model.sample with the sampling weights (EMA) in eval mode (no dropout).
+
+    Snapshots pass their own generator: a stochastic sampler (eta > 0) then
+    redraws the same noise each time and never touches the training RNG.
+    """
+    model = parts.sampler_net("model")
+    with eval_mode(model):
+        return unwrap(model).sample(**kwargs)
+
+
+def sample(parts: Parts, n: int, labels=None, generator=None) -> torch.Tensor:
+    num_classes = unwrap(parts.sampler_net("model")).num_classes
+    if labels is None and num_classes > 0:
+        labels = torch.arange(n) % num_classes  # classes in equal shares
+    return chunked(lambda idx, y: draw(parts, n=len(idx), labels=y, generator=generator).float(),
+                   torch.arange(n), labels)
+
+
+def snapshot(parts: Parts) -> dict[str, torch.Tensor]:
+    images = draw(parts, n=len(parts.fixed["noise"]), labels=parts.fixed.get("labels"),
+                  noise=parts.fixed["noise"], generator=fixed_generator(SNAPSHOT_SEED))
+    return {"step": viz.make_grid(images.float(), nrow=8)}
+
+
+def finish(parts: Parts, run: RunDir) -> None:
+    grid = snapshot(parts)["step"]
+    labels = parts.fixed.get("labels")
+    if labels is not None and parts.class_names:
+        names = [parts.class_names[i] for i in labels[::8].tolist()]
+        viz.label_rows(grid, names).save(run.media("final_grid.png"))
+    else:
+        viz.save_png(grid, run.media("final_grid.png"), scale=max(1, 512 // grid.shape[-1]))
+    save_denoising_gif(parts, run.media("denoising.gif"))
+
+
+def save_denoising_gif(parts: Parts, path: Path, max_frames: int = 40) -> None:
+    """One row of images (one per class when conditional) from x_T to x_0, frame by frame."""
+    model = unwrap(parts.sampler_net("model"))
+    labels = parts.fixed.get("labels")
+    labels = labels[::8][:10] if labels is not None else None  # one image per class
+    n = len(labels) if labels is not None else 8
+    _, path_x = draw(parts, n=n, labels=labels, noise=parts.fixed["noise"][:n],
+                     generator=fixed_generator(SNAPSHOT_SEED), return_trajectory=True)
+    # path_x: (steps + 1, n, C, H, W), x_T first
+    times = model.timestep_sequence(model.sampler, None)
+    keep = torch.linspace(0, len(path_x) - 1, min(max_frames, len(path_x))).round().long()
+    with tempfile.TemporaryDirectory() as tmp:
+        frames, captions = [], []
+        for i in keep.unique().tolist():
+            frames.append(viz.save_png(viz.make_grid(path_x[i].float(), nrow=n),
+                                       Path(tmp) / f"{i:05d}.png"))
+            captions.append("x_0" if times[i] < 0 else f"t = {times[i]}")
+        viz.save_gif(frames, path, captions, duration_ms=150, final_hold_ms=2000)
+
+
+FAMILY = Family(name="ddpm", models={"DDPM": DDPM}, sampler="model", averaged=("model",),
+                color="tab:red", build=build, step=step, snapshot=snapshot, sample=sample,
+                finish=finish)

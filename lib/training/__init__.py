@@ -1,0 +1,2 @@
+"""Training: the loop (loop.py), the run's state on disk (state.py), scores (evaluation.py),
+the divergence guard, experiment tracking and the torchrun launcher."""

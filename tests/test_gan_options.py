@@ -1,0 +1,259 @@
+"""GAN options of issue 19, their maths on tiny shapes: losses, DiffAugment, spectral norm."""
+
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lib.models.augment import AUGMENT_POLICIES, diff_augment, saturation
+from lib.models.dcgan import Discriminator, init_weights
+from lib.models.losses import d_loss, g_loss
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def softplus(v: float) -> float:
+    return math.log1p(math.exp(v))
+
+
+# ---------------------------------------------------------------------------
+# Losses
+
+REAL = torch.tensor([2.0, -1.0])
+FAKE = torch.tensor([0.5, -3.0])
+
+
+def test_bce_losses_by_hand():
+    # -log sigmoid(v) = softplus(-v), -log(1 - sigmoid(v)) = softplus(v)
+    expected_d = (softplus(-2) + softplus(1)) / 2 + (softplus(0.5) + softplus(-3)) / 2
+    expected_g = (softplus(-0.5) + softplus(3)) / 2  # non-saturating: -log D(G(z))
+    assert d_loss("bce", REAL, FAKE).item() == pytest.approx(expected_d, rel=1e-6)
+    assert g_loss("bce", FAKE).item() == pytest.approx(expected_g, rel=1e-6)
+
+
+def test_hinge_losses_by_hand():
+    # D: mean(relu(1 - [2, -1])) + mean(relu(1 + [0.5, -3])) = mean(0, 2) + mean(1.5, 0)
+    assert d_loss("hinge", REAL, FAKE).item() == pytest.approx(1.0 + 0.75)
+    assert g_loss("hinge", FAKE).item() == pytest.approx(1.25)  # -mean(0.5, -3)
+
+
+def test_hinge_ignores_samples_past_the_margin():
+    real = torch.tensor([3.0, 0.2], requires_grad=True)
+    fake = torch.tensor([-4.0, 0.1], requires_grad=True)
+    d_loss("hinge", real, fake).backward()
+    assert real.grad.tolist() == [0.0, -0.5]  # only the sample inside the margin pulls
+    assert fake.grad.tolist() == [0.0, 0.5]
+
+
+def test_bce_is_bit_for_bit_the_reference_steps_expression():
+    """dcgan_step's own lines, so that loss "bce" keeps configs/dcgan_train.json exact."""
+    gen = torch.Generator().manual_seed(0)
+    real, fake = torch.randn(64, generator=gen) * 3, torch.randn(64, generator=gen) * 3
+    ones, zeros = torch.ones(64), torch.zeros(64)
+    assert torch.equal(d_loss("bce", real, fake),
+                       F.binary_cross_entropy_with_logits(real, ones)
+                       + F.binary_cross_entropy_with_logits(fake, zeros))
+    assert torch.equal(g_loss("bce", fake), F.binary_cross_entropy_with_logits(fake, ones))
+
+
+def test_unknown_loss_names_the_choices():
+    with pytest.raises(ValueError, match=r"'wasserstein'.*\['bce', 'hinge'\]"):
+        d_loss("wasserstein", REAL, FAKE)
+    with pytest.raises(ValueError, match=r"\['bce', 'hinge'\]"):
+        g_loss("lsgan", FAKE)
+
+
+# ---------------------------------------------------------------------------
+# DiffAugment
+
+
+def seeded(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def images(n: int = 8, c: int = 3, size: int = 16, seed: int = 0) -> torch.Tensor:
+    return torch.rand(n, c, size, size, generator=seeded(seed)) * 2 - 1
+
+
+@pytest.mark.parametrize("policy", ["color", "translation", "cutout", "color,translation,cutout"])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_augment_keeps_shape_and_dtype_and_lets_gradients_through(policy, channels):
+    x = images(c=channels).requires_grad_(True)
+    out = diff_augment(x, policy, seeded(1))
+    assert out.shape == x.shape and out.dtype == x.dtype
+    assert not torch.equal(out, x)
+    weights = torch.randn(out.shape, generator=seeded(2))
+    (out * weights).sum().backward()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
+def test_translation_and_cutout_stay_in_range():
+    x = images()
+    moved = diff_augment(x, "translation,cutout", seeded(1))
+    assert moved.min() >= -1 and moved.max() <= 1  # pixels moved or zeroed, none invented
+
+
+def test_colour_on_grey_images_shifts_the_mean_and_scales_the_contrast():
+    """1 channel: saturation is the identity, so out - mean(out) = c (x - mean(x)), c in
+    [0.5, 1.5], and mean(out) = mean(x) + b, b in [-0.5, 0.5] (the brightness shift)."""
+    x = images(n=64, c=1)
+    out = diff_augment(x, "color", seeded(2))
+    dev_x = x - x.mean(dim=(1, 2, 3), keepdim=True)
+    dev_out = out - out.mean(dim=(1, 2, 3), keepdim=True)
+    c = (dev_out * dev_x).flatten(1).sum(1) / dev_x.square().flatten(1).sum(1)  # (64,)
+    assert torch.allclose(dev_out, c[:, None, None, None] * dev_x, atol=1e-5)
+    assert c.min() >= 0.5 and c.max() <= 1.5 and c.std() > 0.2  # U(0.5, 1.5): std 0.29
+    b = (out - x).flatten(1).mean(1)
+    assert b.abs().max() <= 0.5 and b.std() > 0.2
+
+
+def test_saturation_scales_each_pixels_colour_about_its_grey():
+    x = images(n=64)
+    out = saturation(x, seeded(3))
+    grey = x.mean(dim=1, keepdim=True)
+    assert torch.allclose(out.mean(dim=1, keepdim=True), grey, atol=1e-6)
+    s = (out - grey).flatten(1).norm(dim=1) / (x - grey).flatten(1).norm(dim=1)
+    assert torch.allclose(out - grey, s[:, None, None, None] * (x - grey), atol=1e-5)
+    assert s.min() >= 0 and s.max() <= 2 and s.std() > 0.4  # U(0, 2): std 0.58
+
+
+def test_augment_is_reproducible_from_its_generator():
+    x = images()
+    a = diff_augment(x, generator=seeded(5))
+    assert torch.equal(a, diff_augment(x, generator=seeded(5)))
+    assert not torch.equal(a, diff_augment(x, generator=seeded(6)))
+    torch.manual_seed(3)  # no generator: torch's global RNG, which checkpoints already carry
+    b = diff_augment(x)
+    torch.manual_seed(3)
+    assert torch.equal(b, diff_augment(x))
+
+
+def test_real_and_fake_get_the_same_transforms_for_the_same_draws():
+    """Random parameters depend only on the generator, never on the pixels: for the same draws
+    the linear policies move and cut real and fake identically (aug(a) - aug(b) = aug(a - b))."""
+    real, fake = images(seed=0), images(seed=1)
+    policy = "translation,cutout"
+    diff = diff_augment(real, policy, seeded(4)) - diff_augment(fake, policy, seeded(4))
+    assert torch.allclose(diff, diff_augment(real - fake, policy, seeded(4)))
+    # colour: a constant image keeps its (per-image) constant, shifted by brightness alone
+    flat = torch.full((64, 3, 8, 8), 0.25)
+    shifted = diff_augment(flat, "color", seeded(4)) - 0.25
+    per_image = shifted.flatten(1)
+    assert torch.allclose(per_image, per_image[:, :1].expand_as(per_image), atol=1e-6)
+    assert per_image.abs().max() <= 0.5 and per_image[:, 0].std() > 0.2  # U(-0.5, 0.5): std 0.29
+
+
+def test_translation_moves_each_image_by_its_own_shift_within_an_eighth():
+    n, size = 64, 16  # an eighth of 16 px: shifts in [-2, 2]
+    x = torch.zeros(n, 1, size, size)
+    x[:, :, 8, 8] = 1.0  # one bright pixel that no allowed shift pushes out of the image
+    out = diff_augment(x, "translation", seeded(0))
+    assert torch.equal(out.flatten(1).sum(1), torch.ones(n))  # moved, not lost or blurred
+    where = out.flatten(1).argmax(1)
+    dy, dx = where // size - 8, where % size - 8
+    assert dy.abs().max() <= 2 and dx.abs().max() <= 2
+    assert len(set(zip(dy.tolist(), dx.tolist(), strict=True))) > 10  # each image its own shift
+
+
+def test_translation_shifts_in_zeros_and_cutout_zeros_a_rectangle():
+    n, size = 64, 16
+    ones = torch.ones(n, 3, size, size)
+    shifted = diff_augment(ones, "translation", seeded(0))
+    zero_rows = (shifted[:, 0] == 0).all(dim=2).sum(1) + (shifted[:, 0] == 0).all(dim=1).sum(1)
+    assert zero_rows.max() <= 4 and (zero_rows > 0).float().mean() > 0.5
+    cut = diff_augment(ones, "cutout", seeded(0))
+    assert torch.equal(cut[:, :1].expand_as(cut), cut)  # the same hole in every channel
+    holes = cut[:, 0] == 0  # (n, H, W)
+    area = holes.flatten(1).sum(1)
+    # an 8 x 8 square; clipping at the border leaves at least a quarter of it
+    assert area.max() == 64 and area.min() >= 16
+    rows, cols = holes.any(2).sum(1), holes.any(1).sum(1)
+    assert torch.equal(rows * cols, area)  # a rectangle, not scattered pixels
+
+
+def test_augment_grad_is_the_cutout_mask():
+    x = images().requires_grad_(True)
+    out = diff_augment(x, "cutout", seeded(0))
+    out.sum().backward()
+    assert torch.equal(x.grad, (out != 0).float())
+
+
+def test_policy_validation_and_the_empty_policy():
+    x = images()
+    assert torch.equal(diff_augment(x, ""), x)
+    assert set(AUGMENT_POLICIES) == {"color", "translation", "cutout"}
+    with pytest.raises(ValueError, match=r"'colour'.*\['color', 'translation', 'cutout'\]"):
+        diff_augment(x, "colour,translation")
+
+
+# ---------------------------------------------------------------------------
+# Spectral normalisation in D
+
+
+def reference_d_64() -> nn.Sequential:
+    """pytorch/examples dcgan/main.py's netD, with its Sigmoid left to BCE-with-logits."""
+    ndf, nc = 64, 3
+    return nn.Sequential(
+        nn.Conv2d(nc, ndf, 4, 2, 1, bias=False), nn.LeakyReLU(0.2, inplace=True),
+        nn.Conv2d(ndf, ndf * 2, 4, 2, 1, bias=False), nn.BatchNorm2d(ndf * 2),
+        nn.LeakyReLU(0.2, inplace=True),
+        nn.Conv2d(ndf * 2, ndf * 4, 4, 2, 1, bias=False), nn.BatchNorm2d(ndf * 4),
+        nn.LeakyReLU(0.2, inplace=True),
+        nn.Conv2d(ndf * 4, ndf * 8, 4, 2, 1, bias=False), nn.BatchNorm2d(ndf * 8),
+        nn.LeakyReLU(0.2, inplace=True),
+        nn.Conv2d(ndf * 8, 1, 4, 1, 0, bias=False))
+
+
+def test_default_d_is_the_reference_tensor_for_tensor_under_the_same_seed():
+    torch.manual_seed(0)
+    ours = Discriminator().state_dict()
+    torch.manual_seed(0)
+    reference = reference_d_64()
+    reference.apply(init_weights)
+    expected = {f"main.{k}": v for k, v in reference.state_dict().items()}
+    assert list(ours) == list(expected)  # the same keys, so old checkpoints still load
+    assert all(torch.equal(ours[k], expected[k]) for k in ours)
+
+
+def conv_sigmas(D: nn.Module) -> list[float]:
+    """Largest singular value of each conv weight as SN sees it: (out, in * kh * kw)."""
+    with torch.no_grad():
+        return [torch.linalg.matrix_norm(m.weight.flatten(1), ord=2).item()
+                for m in D.modules() if isinstance(m, nn.Conv2d)]
+
+
+def test_spectral_norm_bounds_each_layers_largest_singular_value():
+    torch.manual_seed(0)
+    D = Discriminator(hidden_dim=8, image_size=16, spectral_norm=True, batch_norm=False)
+    x = torch.randn(8, 3, 16, 16)
+    for _ in range(20):  # weights move; one power iteration per training pass keeps up
+        D.zero_grad()
+        D(x).square().mean().backward()
+        with torch.no_grad():  # signSGD: every weight moves (an optimizer's first step is slow)
+            for p in D.parameters():
+                p.sub_(2e-2 * p.grad.sign())
+    for _ in range(10):
+        D(x)
+    D.eval()  # eval: weight = original / sigma from the stored u, v, no further iteration
+    sigmas = conv_sigmas(D)
+    assert len(sigmas) == 3 and max(abs(s - 1) for s in sigmas) < 0.01
+    unnormalised = [torch.linalg.matrix_norm(m.parametrizations.weight.original.flatten(1),
+                                             ord=2).item()
+                    for m in D.modules() if isinstance(m, nn.Conv2d)]
+    assert max(abs(s - 1) for s in unnormalised) > 0.3  # the bound is SN's doing
+
+
+def test_batch_norm_free_d_has_biases_from_zero_and_round_trips_its_state():
+    D = Discriminator(hidden_dim=8, image_size=16, spectral_norm=True, batch_norm=False)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in D.modules())
+    biases = [m.bias for m in D.modules() if isinstance(m, nn.Conv2d) and m.bias is not None]
+    assert len(biases) == 1 and not biases[0].any()  # the one middle conv that lost its BN
+    x = torch.randn(4, 3, 16, 16)
+    D(x)  # a training pass moves the power-iteration vectors: they are state too
+    twin = Discriminator(hidden_dim=8, image_size=16, spectral_norm=True, batch_norm=False)
+    twin.load_state_dict(D.state_dict())
+    assert torch.equal(twin.eval()(x), copy.deepcopy(D).eval()(x))
+    assert D(x).shape == (4,)
