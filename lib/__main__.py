@@ -101,7 +101,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
                 if "fid_low" in result else "")
     print(f"step {result['step']}: FID {result['fid']:.4g}{interval}, "
           f"diversity {result['diversity']:.3g}")
-    print(f"protocol: {protocol_summary(result['protocol'])}")
+    print(f"protocol: {protocol_summary(result.get('protocol'))}")
     for warning in result["warnings"]:
         print(f"warning: {warning}")
     if result.get("metrics_file"):

@@ -66,7 +66,7 @@ def test_tables_format_their_numbers():
 
 def test_config_summary_names_what_a_student_changes():
     fields = nb.config_fields(load_config("configs/cvae_demo.json"))
-    assert fields["steps"] == "600 (6 epochs x 100)" and fields["kl_weight"] == 1.0
+    assert fields["steps"] == "400 (4 epochs x 100)" and fields["kl_weight"] == 1.0
     assert fields["lr"].startswith("2e-3") and fields["model"] == "cvae (CVAE)"
     assert len(fields) < 20  # a summary, not the 60-line config
     gan = nb.config_fields(load_config("configs/dcgan_demo.json"))
