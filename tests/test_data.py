@@ -11,12 +11,14 @@ import torch
 import torchvision.datasets
 from PIL import Image
 
-from lib import data as D
 from lib.data import (
     ARTBENCH_STYLES,
     LOADERS,
     DatasetError,
     ImageData,
+    duplicate_groups,
+    find,
+    folders,
     load_dataset,
     set_channels,
     to_float,
@@ -30,7 +32,7 @@ CHANNELS = {"digits": 1, "shapes": 3, "mnist": 1, "cats": 3, "artbench32": 3, "a
 @pytest.fixture(autouse=True)
 def no_kaggle(tmp_path, monkeypatch):
     """Keep a real /kaggle/input (tests running on Kaggle) out of every search."""
-    monkeypatch.setattr(D, "KAGGLE_INPUT", tmp_path / "kaggle")
+    monkeypatch.setattr(find, "KAGGLE_INPUT", tmp_path / "kaggle")
 
 
 # ---------------------------------------------------------------------------
@@ -360,7 +362,7 @@ def test_second_load_comes_from_the_cache(tmp_path, monkeypatch):
     def no_decoding(file, size):
         raise AssertionError(f"{file} decoded again")
 
-    monkeypatch.setattr(D, "_decode", no_decoding)  # the files are unchanged: only the cache
+    monkeypatch.setattr(folders, "_decode", no_decoding)  # the files are unchanged: only the cache
     second = load_dataset("folder", 8, **kwargs)
     assert torch.equal(first.images, second.images)
     assert list((tmp_path / "data" / "cache").glob("folder_8px_*.pt"))
@@ -425,12 +427,12 @@ def test_dedupe_drops_exact_duplicates_keeping_the_first_and_says_how_many(tmp_p
     write_cats_with_duplicates(tmp_path / "data" / "cats")
     everything = load_dataset("cats", 64, root=tmp_path / "data")
     assert "dedupe" not in capsys.readouterr().out
-    groups = D.duplicate_groups(everything.images)
+    groups = duplicate_groups(everything.images)
     assert groups == [[0, 4], [1, 5], [2, 6]]  # files sort as 1.jpg ... 6.jpg, 7.png
     distinct = load_dataset("cats", 64, root=tmp_path / "data", dedupe=True)  # from the cache
     assert "dropped 3 exact duplicate image(s); 4 distinct of 7" in capsys.readouterr().out
     assert torch.equal(distinct.images, everything.images[:4])
-    assert D.duplicate_groups(distinct.images) == []
+    assert duplicate_groups(distinct.images) == []
     # dedupe first, then limit takes the first N distinct images
     limited = load_dataset("cats", 64, root=tmp_path / "data", dedupe=True, limit=2)
     assert torch.equal(limited.images, everything.images[:2])

@@ -13,15 +13,15 @@ import pytest
 import torch
 from PIL import Image
 
-from lib import data as D
 from lib.config import load_config
-from lib.data import MNIST_FILES, DatasetError, load_dataset
+from lib.data import MNIST_FILES, DatasetError, find, folders, load_dataset, mnist
+from lib.data import cache as data_cache
 
 
 @pytest.fixture(autouse=True)
 def no_kaggle(tmp_path, monkeypatch):
     """Keep a real /kaggle/input (tests running on Kaggle) out of every search."""
-    monkeypatch.setattr(D, "KAGGLE_INPUT", tmp_path / "kaggle")
+    monkeypatch.setattr(find, "KAGGLE_INPUT", tmp_path / "kaggle")
 
 
 def write_images(folder: Path, n: int, start: int = 0, seed: int = 0):
@@ -59,7 +59,7 @@ def forbid_decoding(monkeypatch):
     def no_decoding(file, size):
         raise AssertionError(f"{file} decoded although the cache was current")
 
-    monkeypatch.setattr(D, "_decode", no_decoding)
+    monkeypatch.setattr(folders, "_decode", no_decoding)
 
 
 # ---------------------------------------------------------------------------
@@ -134,7 +134,7 @@ def test_a_read_only_cache_folder_only_costs_the_cache(tmp_path, monkeypatch, ca
     def refuse(obj, path):
         raise PermissionError(13, "Permission denied", str(path))
 
-    monkeypatch.setattr(D, "atomic_save", refuse)
+    monkeypatch.setattr(data_cache, "atomic_save", refuse)
     data = load_dataset("folder", 8, path=str(tmp_path / "pics"), root=tmp_path / "data")
     assert len(data) == 2
     assert "[folder] not cached" in capsys.readouterr().out
@@ -159,8 +159,8 @@ def test_mnist_files_that_are_not_the_official_ones_are_refused(tmp_path, gz):
 def test_mnist_checksum_is_of_the_idx_contents_gzipped_or_not(tmp_path, monkeypatch, gz):
     images, labels = write_mnist(tmp_path / "MNIST" / "raw", gz=gz)
     contents = [gzip.decompress(f.read_bytes()) if gz else f.read_bytes() for f in (images, labels)]
-    monkeypatch.setitem(D.MNIST_MD5, MNIST_FILES[0], hashlib.md5(contents[0]).hexdigest())
-    monkeypatch.setitem(D.MNIST_MD5, MNIST_FILES[1], hashlib.md5(contents[1]).hexdigest())
+    monkeypatch.setitem(mnist.MNIST_MD5, MNIST_FILES[0], hashlib.md5(contents[0]).hexdigest())
+    monkeypatch.setitem(mnist.MNIST_MD5, MNIST_FILES[1], hashlib.md5(contents[1]).hexdigest())
     assert len(load_dataset("mnist", 28, root=tmp_path, cache=False)) == 6  # verify=True
 
 

@@ -18,7 +18,7 @@ from inception_standin import (
 )
 from torchmetrics.image.fid import NoTrainInceptionV3
 
-import lib.data
+import lib.data.find
 from lib import metrics
 from lib.data import ImageData
 from lib.metrics import (
@@ -48,7 +48,7 @@ def noise_images(n, channels=3, size=16, seed=0):
 def offline(tmp_path, monkeypatch):
     """No weights anywhere a search looks, and any use of the network fails the test."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.setattr(lib.data, "KAGGLE_INPUT", tmp_path / "kaggle" / "input")
+    monkeypatch.setattr(lib.data.find, "KAGGLE_INPUT", tmp_path / "kaggle" / "input")
     monkeypatch.setattr(metrics, "FID_HELPER_PACKAGE", "no_such_package_here")
 
     def no_network(*args, **kwargs):

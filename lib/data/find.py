@@ -1,0 +1,59 @@
+"""Where data is looked for: the Kaggle input mount, folders found by glob, image files."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from lib.data.images import DatasetError
+
+# read-only dataset mounts on Kaggle; tests point this elsewhere
+KAGGLE_INPUT = Path("/kaggle/input")
+
+
+# ---------------------------------------------------------------------------
+# Finding data on disk
+
+
+def _missing(name: str, looked_at: list[Path | str], how: str) -> DatasetError:
+    places = "\n".join(f"  - {p}" for p in looked_at)
+    return DatasetError(f"{name}: no data found. Looked at:\n{places}\n{how}")
+
+
+def _search_dirs(base: Path, pattern: str, max_depth: int = 5) -> Iterator[Path]:
+    """Folders under `base` whose name matches `pattern`, shallowest first.
+
+    Kaggle mounts a dataset at /kaggle/input/<slug>/ or, on newer images,
+    /kaggle/input/datasets/<owner>/<slug>/, so data is found by glob, not by a fixed path.
+    """
+    if not base.is_dir():
+        return
+    for depth in range(max_depth):
+        yield from sorted(p for p in base.glob("*/" * depth + pattern) if p.is_dir())
+
+
+def _hidden(name: str) -> bool:
+    return name.startswith(".") or name == "__MACOSX"  # .ipynb_checkpoints, macOS zip debris
+
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
+
+
+def _iter_images(folder: Path) -> Iterator[Path]:
+    """Image files under `folder`, recursively, in a stable (sorted) order."""
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not _hidden(d))
+        for f in sorted(filenames):
+            if not _hidden(f) and Path(f).suffix.lower() in IMAGE_SUFFIXES:
+                yield Path(dirpath) / f
+
+
+def _has_images(folder: Path) -> bool:
+    return next(_iter_images(folder), None) is not None
+
+
+def _subdirs(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    return sorted(d for d in folder.iterdir() if d.is_dir() and not _hidden(d.name))
