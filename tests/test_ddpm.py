@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from lib.models.ddpm import DDPM, cosine_beta_schedule, linear_beta_schedule
+from lib.models.ddpm import DDPM
+from lib.models.schedules import cosine_beta_schedule, linear_beta_schedule
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
