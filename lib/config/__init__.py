@@ -1,0 +1,193 @@
+"""Run configuration: small dataclasses that load, validate and write JSON.
+
+The course project's layout (`generator`/`discriminator` with `type` + `args`,
+`*_optimizer`, `*_lr_scheduler`, `trainer`, `wandb`) loads unchanged; the CVAE
+and DDPM use one `model` with `optimizer` and `lr_scheduler`. Every mistake is
+a `ConfigError` naming the file and the dotted field: unknown or ill-typed fields,
+sections the family would ignore, numbers beyond float32 / int64 or outside what
+training can use, and model arguments the model cannot be built from (each network
+is built on the meta device at validation, without memory or initialisation).
+
+Modules: this one holds the dataclasses and `load_config`; `parse` reads JSON
+and `--set` overrides into them; `checks` validates the values.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lib.config.checks import validate
+from lib.config.parse import (
+    MAX_DEPTH,
+    ConfigError,
+    _build,
+    _parse_json,
+    _show,
+    _too_deep,
+    apply_override,
+    check_sections,
+    parse_value,
+)
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "DataConfig",
+    "ModelSpec",
+    "OptimizerConfig",
+    "SchedulerConfig",
+    "TrainerConfig",
+    "WandbConfig",
+    "apply_override",
+    "load_config",
+    "parse_value",
+    "validate",
+]
+
+
+@dataclass
+class ModelSpec:
+    type: str
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class OptimizerConfig:
+    lr: float = 2e-4
+    betas: list[float] = field(default_factory=lambda: [0.5, 0.999])
+    weight_decay: float = 0.0
+
+
+@dataclass
+class SchedulerConfig:
+    gamma: float = 1.0  # exponential decay per iteration; 1.0 keeps the lr constant
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "digits"
+    image_size: int = 32
+    root: str = "data"
+    path: str | None = None
+    channels: int | None = None
+    download: bool = False
+    limit: int | None = None
+    seed: int = 0
+    verify: bool = True  # MNIST's files must match the official MD5s
+    dedupe: bool = False  # drop exact duplicate images (identical decoded pixels) at load
+
+
+@dataclass
+class TrainerConfig:
+    epochs: int = 1
+    iterations_per_epoch: int = 1000
+    batch_size: int = 128
+    save_period: int = 1  # epochs between periodic checkpoints
+    log_every_step: int = 100  # history line + fixed-noise snapshot
+    keep_checkpoints: int = 3  # periodic checkpoints kept besides last.pt
+    eval_every: int = 0  # steps between metric evaluations; 0 = only at the end
+    eval_samples: int = 500  # generated images per evaluation (CPU-sized); 0 = no evaluation
+    features: str = "auto"  # feature network for FID/KID: auto | classifier | inception
+    inception_weights: str | None = None  # local FID Inception weights for offline machines
+    inception_download: bool = False  # fetch the standard Inception weights once if none is found
+    seed: int = 0
+    max_minutes: float = 0.0  # time budget; 0 = none
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16
+    channels_last: bool = True
+    compile: bool = False
+    # torch.compile mode: default | reduce-overhead (CUDA graphs) | max-autotune | ...
+    compile_mode: str = "default"
+    deterministic: bool = False
+    ema_decay: float = 0.0  # 0 = no EMA copy of the weights
+    # EMA warm-up (ema-pytorch's): decay min(ema_decay, 1 - (1 + step / ema_inv_gamma) **
+    # -ema_power), so a short run's average is not its initialisation; 0 = constant decay
+    ema_power: float = 0.0
+    ema_inv_gamma: float = 1.0
+    grad_clip: float = 0.0  # 0 = no clipping
+    sync_batchnorm: bool = False  # under DDP: synchronise BatchNorm statistics across ranks
+    # divergence guard: a non-finite value or a loss spike rolls back to the last checkpoint
+    max_rollbacks: int = 3  # rollbacks allowed per run before it stops with an error
+    spike_factor: float = 0.0  # loss > factor x its running median is a spike; 0 = off
+    rollback_lr_factor: float = 0.5  # learning rates are multiplied by this at each rollback
+    # collapse watch: diversity (1 = as diverse as the real data) below this is logged; 0 = off
+    collapse_fraction: float = 0.3
+    collapse_rollback: bool = False  # also roll back on a collapse
+
+
+@dataclass
+class WandbConfig:
+    project: str = "genlab"
+    mode: str = "auto"  # auto | online | offline | disabled
+    entity: str | None = None
+
+
+@dataclass
+class Config:
+    name: str = ""
+    data: DataConfig = field(default_factory=DataConfig)
+    generator: ModelSpec | None = None
+    discriminator: ModelSpec | None = None
+    model: ModelSpec | None = None
+    generator_optimizer: OptimizerConfig | None = None
+    discriminator_optimizer: OptimizerConfig | None = None
+    optimizer: OptimizerConfig | None = None
+    generator_lr_scheduler: SchedulerConfig | None = None
+    discriminator_lr_scheduler: SchedulerConfig | None = None
+    lr_scheduler: SchedulerConfig | None = None
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+    @property
+    def family(self) -> str:
+        """"dcgan", "cvae" or "ddpm": the family (lib.families) of the model type it trains."""
+        from lib.families import FAMILY_OF_TYPE
+
+        return FAMILY_OF_TYPE[(self.generator or self.model).type]
+
+    @property
+    def total_steps(self) -> int:
+        return self.trainer.epochs * self.trainer.iterations_per_epoch
+
+    def to_dict(self) -> dict:
+        """Plain JSON-able dict; absent optional sections are left out."""
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def from_dict(cls, raw: Any, source: str = "<config>") -> Config:
+        if isinstance(raw, dict):
+            check_sections(raw, source)
+        if _too_deep(raw):
+            raise ConfigError(f"{source}: arrays or objects nested too deeply (over {MAX_DEPTH} "
+                              "levels)")
+        cfg = _build(cls, raw, "", source)
+        validate(cfg, source)
+        return cfg
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Read a JSON config, apply `section.field=value` overrides, validate."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")  # a BOM (Windows editors) is harmless
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {data[e.start]:#04x} at offset "
+                          f"{e.start}); save the file as UTF-8") from None
+    try:
+        raw = _parse_json(text)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a JSON object {{...}} at the top, got {_show(raw)}")
+    for item in overrides or []:
+        apply_override(raw, item, str(path))
+    return Config.from_dict(raw, str(path))
