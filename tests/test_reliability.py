@@ -111,9 +111,9 @@ def tree_digest(folder: Path) -> dict[str, str]:
 HANG_AFTER_SECOND_CHECKPOINT = """
     import os, sys, time
     from pathlib import Path
-    import lib.training.loop
+    import lib.training.session
 
-    real_save, periodic = lib.training.loop.atomic_save, []
+    real_save, periodic = lib.training.session.atomic_save, []
 
     def save(obj, path):
         if path.name == "last.pt" and len(periodic) == 2:  # step 12: history/snapshots ran on
@@ -123,7 +123,7 @@ HANG_AFTER_SECOND_CHECKPOINT = """
         if path.name.startswith("step_"):
             periodic.append(path)
 
-    lib.training.loop.atomic_save = save
+    lib.training.session.atomic_save = save
 """
 
 
@@ -215,9 +215,9 @@ def test_kill_during_checkpoint_write_keeps_the_previous_one(tmp_path):
 KILL_MID_WRITE_OF = """
     import io, os, signal, sys
     import torch
-    import lib.training.loop
+    import lib.training.session
 
-    real_save, real_atomic, armed = torch.save, lib.training.loop.atomic_save, []
+    real_save, real_atomic, armed = torch.save, lib.training.session.atomic_save, []
 
     def save(obj, f):  # half the file on disk, then the kill
         if armed:
@@ -234,7 +234,7 @@ KILL_MID_WRITE_OF = """
             armed.append(path)
         return real_atomic(obj, path)
 
-    torch.save, lib.training.loop.atomic_save = save, atomic
+    torch.save, lib.training.session.atomic_save = save, atomic
 """
 
 
@@ -411,6 +411,7 @@ def test_collapse_event_below_the_fraction():
 def stub_evaluation(monkeypatch, diversity: dict[int, float]):
     """Evaluation that reports `diversity[step]` (1.0 otherwise), each entry once."""
     import lib.training.loop
+    import lib.training.session
 
     evaluator = type("StubEvaluator", (), {"features": "stub", "num_samples": 8})()
     monkeypatch.setattr(lib.training.loop, "make_evaluator", lambda *a, **k: evaluator)
@@ -421,7 +422,7 @@ def stub_evaluation(monkeypatch, diversity: dict[int, float]):
         calls.append(step)
         return {"fid": 100.0 - step, "diversity": diversity.pop(4 * (step + 1), 1.0)}
 
-    monkeypatch.setattr(lib.training.loop, "evaluate_parts", evaluate)
+    monkeypatch.setattr(lib.training.session, "evaluate_parts", evaluate)
     return calls
 
 

@@ -1,2 +1,3 @@
-"""Training: the loop (loop.py), the run's state on disk (state.py), scores (evaluation.py),
-the divergence guard, experiment tracking and the torchrun launcher."""
+"""Training: the loop (loop.py) and what its stanzas share (session.py), the run's state on
+disk (state.py), scores (evaluation.py), the divergence guard, experiment tracking and the
+torchrun launcher."""

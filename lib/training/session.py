@@ -1,0 +1,279 @@
+"""What the training loop's stanzas share: the `Session` (folder, guard, tracker,
+counters, clock) whose methods are the longer stanzas, the logging `Clock`, and Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from lib import viz
+from lib.checkpoint import atomic_save, load_checkpoint
+from lib.config import Config
+from lib.device import Engine
+from lib.families import Family, Parts
+from lib.metrics import Evaluator
+from lib.rundir import RunDir, unlock
+from lib.training.evaluation import best_fid, evaluate_parts, sampling_cost
+from lib.training.guard import DivergenceError, Guard
+from lib.training.state import (
+    BatchSampler,
+    forget_after,
+    make_checkpoint,
+    prune_checkpoints,
+    restore_checkpoint,
+)
+from lib.training.tracking import Tracker, read_history
+
+# ---------------------------------------------------------------------------
+# What the loop's stanzas share
+
+
+@dataclass
+class Clock:
+    """The current logging window: its start and the images trained in it."""
+
+    start: float = field(default_factory=time.monotonic)
+    images: int = 0
+
+    def reset(self) -> None:
+        self.start, self.images = time.monotonic(), 0
+
+    def read(self) -> tuple[float, float]:
+        """(seconds, images per second) of the window so far."""
+        seconds = time.monotonic() - self.start
+        return seconds, self.images / max(seconds, 1e-9)
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C honoured: the step finished and last.pt saved (the CLI exits with 130; a
+    notebook cell stops, as for any KeyboardInterrupt)."""
+
+
+class Interrupt:
+    """Ctrl-C (SIGINT; also Kaggle's interrupt button) turned into a request the loop reads
+    after each step. A second Ctrl-C interrupts at once, as Python would."""
+
+    def __init__(self):
+        self.requested = False
+        self.previous = None
+
+    def install(self) -> None:
+        if threading.current_thread() is threading.main_thread():  # signals: main only
+            self.previous = signal.signal(signal.SIGINT, self.handle)
+
+    def handle(self, signum, frame) -> None:
+        self.requested = True
+        signal.signal(signal.SIGINT, self.previous or signal.default_int_handler)
+        print("\ninterrupt: finishing this step and saving last.pt (Ctrl-C again to stop "
+              "at once, losing the steps since the last checkpoint)", file=sys.stderr)
+
+    def uninstall(self) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+            self.previous = None
+
+
+@dataclass
+class Session:
+    cfg: Config
+    family: Family
+    engine: Engine
+    parts: Parts
+    sampler: BatchSampler
+    guard: Guard
+    run: RunDir
+    tracker: Tracker
+    evaluator: Evaluator | None
+    counters: dict  # images_seen, train_seconds: saved with every checkpoint
+    entered: float  # when train() was called: the time budget counts start-up too
+    start: int  # the step this session starts from
+    progress: bool
+    steps_done: int = 0  # steps run by this session, redone ones included
+    save_cost: float = 0.0  # seconds the last save took: the budget keeps room for one
+    clock: Clock = field(default_factory=Clock)
+    interrupt: Interrupt = field(default_factory=Interrupt)
+    by_interrupt: bool = False  # the run stops for a Ctrl-C
+
+    def __enter__(self):
+        self.interrupt.install()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.interrupt.uninstall()
+        if self.engine.is_main:
+            unlock(self.run)
+
+    def __post_init__(self):
+        self.best_fid = (best_fid(self.run, self.evaluator.features, self.start)
+                         if self.evaluator else math.inf)
+        self.bar = tqdm(total=self.cfg.total_steps, initial=self.start,
+                        disable=not (self.progress and self.engine.is_main),
+                        desc=f"{self.cfg.family} {self.run.name}", mininterval=10,
+                        dynamic_ncols=True)
+
+    def count(self, images: int) -> None:
+        """One step done on `images` images (all ranks together)."""
+        self.counters["images_seen"] += images
+        self.clock.images += images
+        self.steps_done += 1
+        self.bar.update(1)
+
+    def diverged(self, step: int, before_save: bool) -> str | None:
+        """Why the run diverged since the last check, as rank 0 saw it, or None.
+
+        A non-finite or spiking loss; before a save also non-finite weights (a step can
+        leave NaN weights behind a finite loss, and those must never be saved).
+        """
+        reason = self.guard.check()
+        if reason is None and before_save and not self.guard.weights_finite(
+                list(self.parts.nets.values())):
+            reason = f"non-finite weights after step {step}"
+        if self.engine.agree(reason is not None):  # every rank rolls back together
+            return reason or "divergence seen by rank 0"
+        return None
+
+    def evaluate(self, step: int) -> tuple[dict, str | None]:
+        """Scores (rank 0 alone), the collapse watch and best.pt: (metrics, a reason to roll
+        back when a collapse should, else None)."""
+        t0 = time.monotonic()
+        metrics = (evaluate_parts(self.family, self.parts, self.evaluator, self.engine,
+                                  self.cfg.trainer.seed) if self.evaluator else {})
+        self.clock.start += time.monotonic() - t0  # evaluation is not training time
+        diversity = metrics.get("diversity")
+        collapse = self.guard.collapse(step, diversity) if diversity is not None else None
+        if collapse is not None:
+            self.tracker.log(collapse, step)
+            self.bar.write(f"step {step}: {collapse['message']}", file=sys.stderr)
+        if self.engine.agree(collapse is not None and self.cfg.trainer.collapse_rollback):
+            return metrics, collapse["message"] if collapse else "collapse seen by rank 0"
+        # every rank joins the checkpoint (it gathers their RNG); rank 0 writes it
+        if self.engine.broadcast_object(metrics.get("fid", math.inf) < self.best_fid):
+            self.best_fid = metrics.get("fid", self.best_fid)
+            ckpt = make_checkpoint(self.cfg, self.parts, self.sampler, self.engine,
+                                   self.guard, step, self.counters)
+            if self.engine.is_main:
+                atomic_save(ckpt, self.run.best)
+        return metrics, None
+
+    def out_of_time(self) -> bool:
+        """Rank 0's verdict: would one more step and a save overrun trainer.max_minutes?"""
+        budget = self.cfg.trainer.max_minutes * 60
+        if not budget:
+            return False
+        elapsed = time.monotonic() - self.entered
+        per_step = elapsed / self.steps_done
+        return self.engine.agree(elapsed + per_step + self.save_cost + 5 > budget)
+
+    def interrupted(self) -> bool:
+        """Has Ctrl-C been pressed (on rank 0: every rank stops at the same step)?"""
+        self.by_interrupt = self.engine.agree(self.interrupt.requested)
+        return self.by_interrupt
+
+    def roll_back(self, reason: str, at_step: int) -> int:
+        """Back to last.pt with a lower lr; the step it holds.
+
+        The random streams run on, so new batches follow. Past trainer.max_rollbacks
+        the run stops with a DivergenceError.
+        """
+        ckpt = load_checkpoint(self.run.last, map_location=self.engine.device)
+        try:
+            event = self.guard.rolled_back(reason, at_step, ckpt["step"])
+        except DivergenceError as e:
+            self.tracker.log(e.event, at_step)
+            self.tracker.finish()
+            self.bar.close()
+            raise
+        restore_checkpoint(ckpt, self.parts, self.sampler, self.engine, None, self.run.last)
+        self.guard.scale_lr(self.parts.optimizers, ckpt.get("guard", {}))
+        self.counters.update(ckpt["counters"])
+        if self.engine.is_main:
+            forget_after(self.run, ckpt["step"])
+            self.tracker.log(event, ckpt["step"])
+        self.save(ckpt["step"], periodic=False)  # last.pt now carries the rollback and its lr
+        self.bar.write(f"step {at_step}: {reason}; rolled back to step {ckpt['step']} "
+                       f"(rollback {self.guard.rollbacks}/{self.cfg.trainer.max_rollbacks}, "
+                       f"lr x{self.guard.lr_scale:g})",
+                       file=sys.stderr)  # stdout stays the CLI's answer: the run folder
+        self.bar.n = ckpt["step"]
+        self.clock.reset()
+        return ckpt["step"]
+
+    def log(self, step: int, logs: dict, metrics: dict) -> None:
+        """A history line (losses averaged over the ranks, lr, throughput, counters and
+        scores), the progress bar's numbers and a snapshot; then a new timing window."""
+        seconds, images_per_sec = self.clock.read()
+        record = self.engine.mean_over_ranks({k: _scalar(v) for k, v in logs.items()})
+        self.counters["train_seconds"] += seconds
+        schedulers = self.parts.schedulers
+        record.update({f"lr_{k}": s.get_last_lr()[0] for k, s in schedulers.items()})
+        record["lr"] = next(iter(schedulers.values())).get_last_lr()[0]
+        record["images_per_sec"] = images_per_sec
+        record.update(self.counters)
+        self.tracker.log({**record, **metrics}, step)
+        self.bar.set_postfix({k: f"{v:.3g}" for k, v in record.items()
+                              if k.startswith(("loss", "d_"))}, refresh=False)
+        if self.engine.is_main:
+            self.snapshot(step)
+        self.clock.reset()
+
+    def snapshot(self, step: int) -> None:
+        for prefix, grid in self.family.snapshot(self.parts).items():
+            viz.save_png(grid, self.run.snapshot(prefix, step))
+
+    def save(self, step: int, periodic: bool) -> None:
+        """last.pt, and step_<N>.pt when periodic. Every rank calls it (the checkpoint
+        gathers their RNG states); rank 0 writes."""
+        t0 = time.monotonic()
+        ckpt = make_checkpoint(self.cfg, self.parts, self.sampler, self.engine, self.guard,
+                               step, self.counters)
+        if not self.engine.is_main:
+            return
+        atomic_save(ckpt, self.run.last)
+        if periodic:
+            atomic_save(ckpt, self.run.periodic(step))
+            prune_checkpoints(self.run, self.cfg.trainer.keep_checkpoints)
+        self.save_cost = time.monotonic() - t0
+
+    def finish(self, step: int, stopped: bool) -> None:
+        """The media and summary.json (rank 0); tracking and the process group closed."""
+        self.bar.close()
+        run, engine, total = self.run, self.engine, self.cfg.total_steps
+        launcher = (f"torchrun --nproc_per_node={engine.world_size}" if engine.distributed
+                    else "python")
+        if stopped and self.by_interrupt:
+            # Ctrl-C: last.pt is saved; no media (the user wants out), the cell stops
+            self.tracker.finish()
+            engine.close()
+            message = (f"interrupted after step {step}/{total}, last.pt saved; resume with: "
+                       f"{launcher} -m lib train --resume {run.root}")
+            if engine.is_main:
+                print(message, file=sys.stderr)
+            raise Interrupted(message)
+        if engine.is_main:
+            viz.save_gif(run.snapshots("step"), run.media("evolution.gif"))
+            self.family.finish(self.parts, run)
+            viz.plot_metrics(read_history(run.root), run.metrics_figure)
+            summary = {"step": step, "total_steps": total, "finished": not stopped,
+                       "family": self.cfg.family, "precision": engine.precision,
+                       "device": str(engine.device), "world_size": engine.world_size,
+                       "rollbacks": self.guard.rollbacks, **self.counters,
+                       "sample_seconds_per_image": sampling_cost(self.family, self.parts,
+                                                                 engine)}
+            run.summary.write_text(json.dumps(summary, indent=2) + "\n")
+        self.tracker.finish()
+        engine.close()
+        if stopped and engine.is_main:
+            print(f"time budget of {self.cfg.trainer.max_minutes:g} min reached at step "
+                  f"{step}/{total}; resume with: {launcher} -m lib train --resume {run.root}")
+
+
+def _scalar(v) -> float:
+    return float(v.item()) if isinstance(v, torch.Tensor) else float(v)
