@@ -36,8 +36,9 @@ from lib.checkpoint import atomic_save
 from lib.progress import progress_bar
 
 CACHE_VERSION = 2  # 2: keyed on the files read, not only on the dataset's path
-# read-only dataset mounts on Kaggle; tests point this elsewhere
-KAGGLE_INPUT = Path("/kaggle/input")
+# Kaggle's read-only dataset mounts, searched for data and for Inception weights (lib.metrics);
+# GENLAB_KAGGLE_INPUT points both elsewhere (a test's fake input, an unusual mount)
+KAGGLE_INPUT = Path(os.environ.get("GENLAB_KAGGLE_INPUT", "/kaggle/input"))
 
 
 class DatasetError(ValueError):

@@ -15,6 +15,7 @@ import base64
 import html
 import io
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,9 @@ from lib.rundir import RunDir, check_name
 from lib.training.tracking import read_history
 from lib.viz import fmt
 
-KAGGLE_WORKING = Path("/kaggle/working")
+# Kaggle's writable output folder: where it exists, the notebooks write there (on_kaggle);
+# GENLAB_KAGGLE_WORKING points it elsewhere (a test's fake session, an unusual mount)
+KAGGLE_WORKING = Path(os.environ.get("GENLAB_KAGGLE_WORKING", "/kaggle/working"))
 # model arguments a config summary shows, where the model has them
 STUDENT_MODEL_ARGS = ("latent_dim", "kl_weight", "kl_warmup_steps", "timesteps", "schedule",
                       "sampler", "sample_steps", "guidance_scale")
