@@ -2,7 +2,7 @@
 
 `train()` reads top to bottom in the order the work happens - set up, resume,
 then each step: the family's update, schedulers and EMA, the divergence check,
-evaluation, the time budget, rollback, log, checkpoint - and at the end the
+the time budget, evaluation, rollback, log, checkpoint - and at the end the
 media and summary. What its stanzas share (folder, guard, tracker, counters,
 clock) is one small `Session`, whose methods are the longer stanzas. What a
 family does lives in lib/families; what is saved, in lib/training/state.py.
@@ -137,13 +137,15 @@ def train(cfg: Config, out_root: str | Path = "outputs", run_dir: str | Path | N
                                           or step == total)
             # divergence: judged where the loop logs or saves anyway (one device sync)
             reason = s.diverged(step, before_save=is_save) if is_log or is_save else None
+            # time budget or Ctrl-C: stop after this step, saved (checked first); scores and
+            # media only for the budget, which leaves time for them (a session ends scored)
+            stop = reason is None and step < total and (s.out_of_time() or s.interrupted())
+            is_eval = is_eval or (stop and t.eval_samples and not s.by_interrupt)
             # evaluation: scores, the collapse watch (a reason to roll back, if asked), best.pt
             metrics = {}
             if reason is None and is_eval:
                 metrics, reason = s.evaluate(step)
-            # time budget or Ctrl-C: stop after this step, saved (checked first); media only
-            # for the budget, which leaves time for them
-            stop = reason is None and step < total and (s.out_of_time() or s.interrupted())
+                stop = stop and reason is None
             if stop and not is_save:
                 reason, is_save = s.diverged(step, before_save=True), True
             # divergence or collapse: back to last.pt with a lower learning rate
@@ -251,6 +253,7 @@ class Session:
     progress: bool
     steps_done: int = 0  # steps run by this session, redone ones included
     save_cost: float = 0.0  # seconds the last save took: the budget keeps room for one
+    eval_cost: float = 0.0  # seconds the last evaluation took: one runs at a budget stop
     clock: Clock = field(default_factory=Clock)
     interrupt: Interrupt = field(default_factory=Interrupt)
     by_interrupt: bool = False  # the run stops for a Ctrl-C
@@ -299,7 +302,8 @@ class Session:
         t0 = time.monotonic()
         metrics = (evaluate_parts(self.family, self.parts, self.evaluator, self.engine,
                                   self.cfg.trainer.seed) if self.evaluator else {})
-        self.clock.start += time.monotonic() - t0  # evaluation is not training time
+        self.eval_cost = time.monotonic() - t0
+        self.clock.start += self.eval_cost  # evaluation is not training time
         diversity = metrics.get("diversity")
         collapse = self.guard.collapse(step, diversity) if diversity is not None else None
         if collapse is not None:
@@ -317,13 +321,15 @@ class Session:
         return metrics, None
 
     def out_of_time(self) -> bool:
-        """Rank 0's verdict: would one more step and a save overrun trainer.max_minutes?"""
+        """Rank 0's verdict: would one more step, an evaluation and a save overrun
+        trainer.max_minutes?"""
         budget = self.cfg.trainer.max_minutes * 60
         if not budget:
             return False
         elapsed = time.monotonic() - self.entered
         per_step = elapsed / self.steps_done
-        return self.engine.agree(elapsed + per_step + self.save_cost + 5 > budget)
+        return self.engine.agree(elapsed + per_step + self.eval_cost + self.save_cost + 5
+                                 > budget)
 
     def interrupted(self) -> bool:
         """Has Ctrl-C been pressed (on rank 0: every rank stops at the same step)?"""
