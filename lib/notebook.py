@@ -15,6 +15,7 @@ import base64
 import html
 import io
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,9 @@ from lib.rundir import RunDir, check_name
 from lib.training.tracking import read_history
 from lib.viz import fmt
 
-KAGGLE_WORKING = Path("/kaggle/working")
+# Kaggle's writable output folder: where it exists, the notebooks write there (on_kaggle);
+# GENLAB_KAGGLE_WORKING points it elsewhere (a test's fake session, an unusual mount)
+KAGGLE_WORKING = Path(os.environ.get("GENLAB_KAGGLE_WORKING", "/kaggle/working"))
 # model arguments a config summary shows, where the model has them
 STUDENT_MODEL_ARGS = ("latent_dim", "kl_weight", "kl_warmup_steps", "timesteps", "schedule",
                       "sampler", "sample_steps", "guidance_scale")
@@ -180,6 +183,7 @@ def train_or_resume(cfg: Config, out_root: str | Path, resume: bool = True,
     `resume_from`: a run folder elsewhere, e.g. a previous Kaggle session's output attached
     read-only under /kaggle/input: copied into out_root/<cfg.name> (writable) and continued
     there, unless that folder already holds a checkpoint (this session's continuation).
+    On Kaggle, a run its time budget stopped ends by saying how the next session continues it.
     gpus > 1: the same under torchrun with DDP, one process per GPU (Kaggle's T4 x2: 2),
     its output streamed into the cell (lib.training.distributed.launch).
     """
@@ -206,15 +210,20 @@ def train_or_resume(cfg: Config, out_root: str | Path, resume: bool = True,
         prepare_resume(source, run_dir)
     if resume and RunDir(run_dir).has_checkpoint():
         print(f"resuming {run_dir}")
-        if gpus > 1:
-            return launch(cfg, gpus, out_root=out_root, resume=run_dir)
-        return train(cfg, resume=run_dir, progress=progress)
-    if run_dir.exists():
-        print(f"starting afresh: removing the previous {run_dir}")
-        shutil.rmtree(run_dir)
-    if gpus > 1:
-        return launch(cfg, gpus, out_root=out_root)
-    return train(cfg, run_dir=run_dir, progress=progress)
+        run = (launch(cfg, gpus, out_root=out_root, resume=run_dir) if gpus > 1
+               else train(cfg, resume=run_dir, progress=progress))
+    else:
+        if run_dir.exists():
+            print(f"starting afresh: removing the previous {run_dir}")
+            shutil.rmtree(run_dir)
+        run = (launch(cfg, gpus, out_root=out_root) if gpus > 1
+               else train(cfg, run_dir=run_dir, progress=progress))
+    if on_kaggle() and not read_json(RunDir(run).summary).get("finished", True):
+        # the loop printed the CLI's resume command; a notebook continues through resume_from
+        print(f"to continue in the next Kaggle session: keep this output (Save Version), attach "
+              f"it there (Add Input) and set resume_from=\"/kaggle/input/<notebook>/outputs/"
+              f"{Path(run).name}\"")
+    return Path(run)
 
 
 # ---------------------------------------------------------------------------

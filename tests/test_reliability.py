@@ -172,6 +172,17 @@ def test_time_budget_stops_cleanly_and_resume_is_exact(tmp_path, capsys):
     assert_same_run(run, ref)
 
 
+def test_a_budget_stop_is_scored_before_it_saves(tmp_path, monkeypatch):
+    """The preset scores only at its last step: a session cut by its budget gets a score too."""
+    calls = stub_evaluation(monkeypatch, {})
+    run = train(load_config(tiny_config(tmp_path, eval_samples=8, max_minutes=1e-5)),
+                out_root=tmp_path, progress=False)
+    stopped = json.loads((run / "summary.json").read_text())["step"]
+    assert stopped < 12 and len(calls) == 1
+    assert [r["step"] for r in read_history(run) if "fid" in r] == [stopped]
+    assert load_checkpoint(run / "checkpoints" / "best.pt")["step"] == stopped
+
+
 # ---------------------------------------------------------------------------
 # Atomic checkpoints
 

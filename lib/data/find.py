@@ -8,8 +8,9 @@ from pathlib import Path
 
 from lib.data.images import DatasetError
 
-# read-only dataset mounts on Kaggle; tests point this elsewhere
-KAGGLE_INPUT = Path("/kaggle/input")
+# Kaggle's read-only dataset mounts, searched for data and for Inception weights (lib.metrics);
+# GENLAB_KAGGLE_INPUT points both elsewhere (a test's fake input, an unusual mount)
+KAGGLE_INPUT = Path(os.environ.get("GENLAB_KAGGLE_INPUT", "/kaggle/input"))
 
 
 # ---------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 `train()` reads top to bottom in the order the work happens - set up, resume,
 then each step: the family's update, schedulers and EMA, the divergence check,
-evaluation, the time budget, rollback, log, checkpoint - and at the end the
+the time budget, evaluation, rollback, log, checkpoint - and at the end the
 media and summary. What its stanzas share (folder, guard, tracker, counters,
 clock) is one small `Session` (lib/training/session.py), whose methods are the
 longer stanzas. What a family does lives in lib/families; what is saved, in
@@ -116,13 +116,15 @@ def train(cfg: Config, out_root: str | Path = "outputs", run_dir: str | Path | N
                                           or step == total)
             # divergence: judged where the loop logs or saves anyway (one device sync)
             reason = s.diverged(step, before_save=is_save) if is_log or is_save else None
+            # time budget or Ctrl-C: stop after this step, saved (checked first); scores and
+            # media only for the budget, which leaves time for them (a session ends scored)
+            stop = reason is None and step < total and (s.out_of_time() or s.interrupted())
+            is_eval = is_eval or (stop and t.eval_samples and not s.by_interrupt)
             # evaluation: scores, the collapse watch (a reason to roll back, if asked), best.pt
             metrics = {}
             if reason is None and is_eval:
                 metrics, reason = s.evaluate(step)
-            # time budget or Ctrl-C: stop after this step, saved (checked first); media only
-            # for the budget, which leaves time for them
-            stop = reason is None and step < total and (s.out_of_time() or s.interrupted())
+                stop = stop and reason is None
             if stop and not is_save:
                 reason, is_save = s.diverged(step, before_save=True), True
             # divergence or collapse: back to last.pt with a lower learning rate

@@ -98,6 +98,7 @@ class Session:
     progress: bool
     steps_done: int = 0  # steps run by this session, redone ones included
     save_cost: float = 0.0  # seconds the last save took: the budget keeps room for one
+    eval_cost: float = 0.0  # seconds the last evaluation took: one runs at a budget stop
     clock: Clock = field(default_factory=Clock)
     interrupt: Interrupt = field(default_factory=Interrupt)
     by_interrupt: bool = False  # the run stops for a Ctrl-C
@@ -146,7 +147,8 @@ class Session:
         t0 = time.monotonic()
         metrics = (evaluate_parts(self.family, self.parts, self.evaluator, self.engine,
                                   self.cfg.trainer.seed) if self.evaluator else {})
-        self.clock.start += time.monotonic() - t0  # evaluation is not training time
+        self.eval_cost = time.monotonic() - t0
+        self.clock.start += self.eval_cost  # evaluation is not training time
         diversity = metrics.get("diversity")
         collapse = self.guard.collapse(step, diversity) if diversity is not None else None
         if collapse is not None:
@@ -164,13 +166,15 @@ class Session:
         return metrics, None
 
     def out_of_time(self) -> bool:
-        """Rank 0's verdict: would one more step and a save overrun trainer.max_minutes?"""
+        """Rank 0's verdict: would one more step, an evaluation and a save overrun
+        trainer.max_minutes?"""
         budget = self.cfg.trainer.max_minutes * 60
         if not budget:
             return False
         elapsed = time.monotonic() - self.entered
         per_step = elapsed / self.steps_done
-        return self.engine.agree(elapsed + per_step + self.save_cost + 5 > budget)
+        return self.engine.agree(elapsed + per_step + self.eval_cost + self.save_cost + 5
+                                 > budget)
 
     def interrupted(self) -> bool:
         """Has Ctrl-C been pressed (on rank 0: every rank stops at the same step)?"""
