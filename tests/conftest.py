@@ -6,6 +6,11 @@ import torch
 # Tests never talk to wandb; tracking.py is tested on its mode decision alone.
 os.environ["WANDB_MODE"] = "disabled"
 
+# `make test` runs two pytest-xdist workers on a 2-core machine: one intra-op thread each,
+# or four threads fight over two cores (small convolutions then spend their time waiting)
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
+
 
 @pytest.fixture
 def tiny_overrides(tmp_path):
