@@ -854,7 +854,7 @@ class Evaluator:
 
 
 META_KEYS = ("features", "feature_dim", "image_size", "dataset", "n_real", "n_fake",
-             "classifier_accuracy", "warnings", "protocol")
+             "classifier_accuracy", "warnings", "protocol", "sampled_with")
 
 
 def protocol_summary(protocol: dict | None) -> str:

@@ -35,10 +35,11 @@ def test_demo_preset_run_folder_holds_the_contract(tmp_path, tiny_overrides):
     # the preset warms the KL weight up linearly over 100 steps
     assert [r["kl_weight"] for r in records] == [0.02, 0.04]
 
-    # final_grid.png: one row per class (10 digits), with a label column left of the images
+    # final_grid.png: one row per class (10 digits), upscaled 2x to reach 512 px, with a label
+    # column left of the images and a caption bar above them
     grid = Image.open(run / "final_grid.png")
     step_png = Image.open(run / "samples" / "step_0000004.png")
-    assert grid.width > step_png.width * grid.height / step_png.height
+    assert grid.width > 2 * step_png.width and grid.height > 2 * step_png.height
     assert step_png.height == 10 * (32 + 2) + 2
 
     model = rebuild(run, device="cpu").sampler

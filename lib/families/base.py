@@ -58,6 +58,10 @@ class Parts:
             return self.ema.averages[name]
         return local(self.nets[name])
 
+    def sampled_with(self, name: str) -> str:
+        """"ema" or "raw": which weights `sampler_net(name)` samples with (grids, scores)."""
+        return "ema" if self.ema is not None and name in self.ema.averages else "raw"
+
 
 @dataclass(frozen=True)
 class Family:

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from PIL import Image
 from tqdm.auto import tqdm
 
 from lib import viz
@@ -368,6 +369,8 @@ class Session:
         schedulers = self.parts.schedulers
         record.update({f"lr_{k}": s.get_last_lr()[0] for k, s in schedulers.items()})
         record["lr"] = next(iter(schedulers.values())).get_last_lr()[0]
+        if self.parts.ema is not None:  # the decay this step's average was folded in with
+            record["ema_decay"] = self.parts.ema.decay_at(step)
         record["images_per_sec"] = images_per_sec
         record.update(self.counters)
         self.tracker.log({**record, **metrics}, step)
@@ -413,11 +416,16 @@ class Session:
         if engine.is_main:
             viz.save_gif(run.snapshots("step"), run.media("evolution.gif"))
             self.family.finish(self.parts, run)
+            sampled_with = self.parts.sampled_with(self.family.sampler)
+            grid = run.media("final_grid.png")
+            viz.with_caption(Image.open(grid), f"step {step}, {sampled_with} weights",
+                             min_width=0).save(grid)
             viz.plot_metrics(read_history(run.root), run.metrics_figure)
             summary = {"step": step, "total_steps": total, "finished": not stopped,
                        "family": self.cfg.family, "precision": engine.precision,
                        "device": str(engine.device), "world_size": engine.world_size,
-                       "rollbacks": self.guard.rollbacks, **self.counters,
+                       "rollbacks": self.guard.rollbacks, "sampled_with": sampled_with,
+                       **self.counters,
                        "sample_seconds_per_image": sampling_cost(self.family, self.parts,
                                                                  engine)}
             run.summary.write_text(json.dumps(summary, indent=2) + "\n")
