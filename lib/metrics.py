@@ -17,8 +17,9 @@ Numbers with different protocols are not comparable.
 each generated batch: FID with a bootstrap interval, KID with its standard
 deviation over subsets, per-class FID for class-conditional models, diversity
 (mean pairwise feature distance relative to real data: ~1 as diverse as the
-data, -> 0 under mode collapse) and SSIM (reconstructions, or each sample
-against its nearest real image).
+data, -> 0 under mode collapse), SSIM (reconstructions, or each sample
+against its nearest real image) and, for conditional generators whose noise can
+be held fixed, label sensitivity (-> 0 when the label is ignored).
 """
 
 from __future__ import annotations
@@ -635,6 +636,27 @@ def mean_pairwise_distance(features: torch.Tensor) -> float:
     return float(dist.sum() / (n * (n - 1)))
 
 
+def label_sensitivity(grid: torch.Tensor) -> float:
+    """How much a conditional generator's output follows its label, z held fixed.
+
+    `grid` (K, M, C, H, W) uint8: the decodes of M fixed noise vectors under each of K
+    labels. The mean pixel distance between decodes of one z under different labels, over
+    the mean pixel distance between decodes of different z under one label: ~0 when the
+    label is ignored, ~1 when changing the label moves an image as far as changing its
+    noise does, and above 1 when the label decides more than the noise.
+    """
+    k, m = grid.shape[:2]
+    if k < 2 or m < 2:
+        raise MetricsError(f"label sensitivity needs >= 2 labels and >= 2 noise vectors, "
+                           f"got a grid of {k} x {m}")
+    pixels = to_unit(grid).flatten(2).double()  # (K, M, C*H*W) in [0, 1]
+    across_labels = sum(mean_pairwise_distance(pixels[:, j]) for j in range(m)) / m
+    across_noise = sum(mean_pairwise_distance(pixels[i]) for i in range(k)) / k
+    if across_noise == 0:  # the noise moves nothing: the label is all there is (or nothing)
+        return math.inf if across_labels > 0 else 0.0
+    return across_labels / across_noise
+
+
 def _ssim_kernel(size: int) -> int:
     return 11 if size >= 11 else (size - 1) | 1  # the standard 11, or the largest odd that fits
 
@@ -795,12 +817,14 @@ class Evaluator:
             )
 
     def evaluate(self, fake: torch.Tensor, fake_labels: torch.Tensor | None = None,
-                 recon_pairs: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict:
+                 recon_pairs: tuple[torch.Tensor, torch.Tensor] | None = None,
+                 label_grid: torch.Tensor | None = None) -> dict:
         """Score uint8 (N, C, H, W) samples; returns a flat dict for history.jsonl.
 
         Numbers: fid (+ fid_std, fid_low, fid_high), kid, kid_std, diversity,
         ssim_nearest, ssim_recon (with `recon_pairs` = (originals, reconstructions)),
-        fid_class_<k> (+ _std) and fid_class_mean (with `fake_labels`).
+        fid_class_<k> (+ _std) and fid_class_mean (with `fake_labels`), label_sensitivity
+        (with `label_grid`, uint8 (K, M, C, H, W): M fixed noises decoded under K labels).
         Metadata: features, feature_dim, image_size, dataset, n_real, n_fake, warnings and
         protocol (what makes two scores comparable: see `protocol_summary`).
         """
@@ -831,6 +855,8 @@ class Evaluator:
             if recon_pairs is not None:
                 originals, recons = (x.detach().cpu() for x in recon_pairs)
                 result["ssim_recon"] = ssim_pairs(originals, recons).mean().item()
+            if label_grid is not None:
+                result["label_sensitivity"] = label_sensitivity(label_grid.detach().cpu())
             if fake_labels is not None and self.real_labels is not None:
                 self._per_class(fake_features, fake_labels.cpu(), result, notes)
         n = min(len(self.real_features), len(fake))

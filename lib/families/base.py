@@ -81,6 +81,9 @@ class Family:
     finish: Callable[[Parts, RunDir], None]  # final_grid.png and the family's own media
     # (parts, x [-1, 1] on the device, y) -> [-1, 1] reconstructions, for models that have them
     reconstruct: Callable[..., torch.Tensor] | None = None
+    # (parts, generator) -> (K, M, C, H, W) in [-1, 1]: M fixed noise vectors decoded under
+    # each of K labels, for conditional models whose noise is an input (label sensitivity)
+    label_grid: Callable[[Parts, torch.Generator], torch.Tensor] | None = None
 
     def make_ema(self, parts: Parts, t: TrainerConfig) -> EMA | None:
         """The moving average of the nets this family averages; None when ema_decay is 0."""

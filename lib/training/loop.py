@@ -301,13 +301,12 @@ class Session:
         metrics = (evaluate_parts(self.family, self.parts, self.evaluator, self.engine,
                                   self.cfg.trainer.seed) if self.evaluator else {})
         self.clock.start += time.monotonic() - t0  # evaluation is not training time
-        diversity = metrics.get("diversity")
-        collapse = self.guard.collapse(step, diversity) if diversity is not None else None
-        if collapse is not None:
-            self.tracker.log(collapse, step)
-            self.bar.write(f"step {step}: {collapse['message']}", file=sys.stderr)
-        if self.engine.agree(collapse is not None and self.cfg.trainer.collapse_rollback):
-            return metrics, collapse["message"] if collapse else "collapse seen by rank 0"
+        collapses = self.guard.collapses(step, metrics)
+        for event in collapses:
+            self.tracker.log(event, step)
+            self.bar.write(f"step {step}: {event['message']}", file=sys.stderr)
+        if self.engine.agree(bool(collapses) and self.cfg.trainer.collapse_rollback):
+            return metrics, collapses[0]["message"] if collapses else "collapse seen by rank 0"
         # every rank joins the checkpoint (it gathers their RNG); rank 0 writes it
         if self.engine.broadcast_object(metrics.get("fid", math.inf) < self.best_fid):
             self.best_fid = metrics.get("fid", self.best_fid)
