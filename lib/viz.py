@@ -197,14 +197,17 @@ PANELS = (
         Series("fid", "FID", ("fid_low", "fid_high")),
         Series("fid_class_mean", "mean over classes"))),
     Panel("KID", "KID ± std (lower is better)", (Series("kid", "KID", "kid_std"),)),
-    Panel("diversity", "generated / real spread", (Series("diversity", "diversity"),),
-          reference=1.0),
+    Panel("diversity", "generated / real spread", (
+        Series("diversity", "diversity"),
+        Series("label_sensitivity", "label sensitivity (moved by label / by noise)")),
+        reference=1.0),
     Panel("SSIM", "SSIM (1 = identical)", (
         Series("ssim_recon", "reconstruction"), Series("ssim_nearest", "to nearest real")),
         unit_range=True),
     Panel("learning rate", "lr", (Series("lr", "lr"),), if_changing=True, log=True),
 )
-EVENT_STYLE = {"rollback": ("tab:red", "rollback"), "collapse": ("tab:orange", "collapse")}
+EVENT_STYLE = {"rollback": ("tab:red", "rollback"), "collapse": ("tab:orange", "collapse"),
+               "label_collapse": ("tab:purple", "label ignored")}
 
 
 def is_number(value) -> bool:

@@ -3,6 +3,7 @@ import json
 import pytest
 
 from lib.config import Config, ConfigError, TrainerConfig, load_config
+from lib.families import FAMILIES
 
 COURSE = {
     "generator": {"type": "Generator",
@@ -42,7 +43,10 @@ def test_shipped_course_preset_is_the_course_file_plus_data():
     assert raw["trainer"].pop("batch_size") == 128 == TrainerConfig().batch_size
     assert raw == COURSE
     assert data == {"dataset": "cats", "image_size": 64}
-    load_config("configs/dcgan_train.json")
+    cfg = load_config("configs/dcgan_train.json")
+    # the reference keeps no moving average (whatever the EMA warm-up's defaults): its grids
+    # and scores come from the raw generator
+    assert cfg.trainer.ema_decay == 0 and FAMILIES["dcgan"].make_ema(None, cfg.trainer) is None
 
 
 def test_round_trip_through_json(tmp_path):

@@ -7,7 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lib.data import load_dataset, to_float
+from lib.data import load_dataset, to_float, to_uint8
+from lib.families import FAMILIES
+from lib.families.base import Parts
+from lib.metrics import label_sensitivity
 from lib.models.cvae import CVAE
 
 
@@ -140,3 +143,41 @@ def test_kl_weight_acts():
     collapsed, informative = train_briefly(100.0), train_briefly(0.01)
     assert collapsed < 0.05  # measured 0.002 nats after 60 steps
     assert informative > 10.0  # measured 32 nats
+
+
+# ---------------------------------------------------------------------------
+# Label sensitivity: does the output follow the label, z held fixed?
+
+
+def label_grid_of(model: CVAE) -> torch.Tensor:
+    parts = Parts(nets={"model": model}, optimizers={}, schedulers={}, specs={})
+    return to_uint8(FAMILIES["cvae"].label_grid(parts, torch.Generator().manual_seed(0)))
+
+
+def test_label_sensitivity_is_zero_for_a_decoder_that_ignores_the_label():
+    torch.manual_seed(0)
+    for every_stage in (True, False):
+        model = tiny(label_every_stage=every_stage)
+        with torch.no_grad():
+            model.embed.weight.zero_()  # every class embeds to the same vector
+        grid = label_grid_of(model)
+        assert grid.shape == (3, 16, 1, 16, 16)  # (classes, noises, C, H, W)
+        assert label_sensitivity(grid) == 0.0
+
+
+def test_label_sensitivity_is_clearly_positive_for_a_decoder_that_uses_it():
+    torch.manual_seed(0)
+    model = tiny(latent_dim=1)
+    with torch.no_grad():  # z barely moves the image: the label decides it
+        model.from_latent.weight[:, :1].mul_(0.01)
+    assert label_sensitivity(label_grid_of(model)) > 1.0
+    # the definition on hand-made grids of flat images, one grey level each: (label, noise)
+    k, m = torch.arange(3)[:, None], torch.arange(3)[None, :]
+
+    def flat(levels: torch.Tensor) -> torch.Tensor:  # (K, M) -> (K, M, 1, 2, 2) uint8
+        return levels.expand(3, 3)[:, :, None, None, None].expand(3, 3, 1, 2, 2).to(torch.uint8)
+
+    assert label_sensitivity(flat(60 * m)) == 0.0  # only the noise moves the image
+    assert label_sensitivity(flat(60 * k)) == float("inf")  # only the label does
+    assert label_sensitivity(flat(60 * k + 60 * m)) == pytest.approx(1.0)  # both, equally
+    assert label_sensitivity(flat(80 * k + 40 * m)) == pytest.approx(2.0)

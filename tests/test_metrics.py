@@ -163,6 +163,8 @@ def test_ssim_of_identical_images_is_one(evaluator):
     assert (noisy < 0.95).all()
     result = evaluator.evaluate(x, recon_pairs=(x, x))
     assert result["ssim_recon"] == pytest.approx(1.0)
+    assert 0.5 < result["label_sensitivity"] < 2  # real digits: the class moves as much as style
+    assert result["sampled_with"] == "raw"
 
 
 def test_per_class_fid(evaluator, digits):
@@ -300,14 +302,19 @@ def test_evaluate_parts_scores_classes_and_reconstructions(evaluator, digits):
         return torch.stack([by_class[int(k)][i // 10].float() / 127.5 - 1
                             for i, k in enumerate(labels)])
 
+    def label_grid(parts, generator):  # noise m draws the m-th digit of each class
+        return torch.stack([by_class[k][:16].float() / 127.5 - 1 for k in range(10)])
+
     family = dataclasses.replace(FAMILIES["cvae"], sample=sample,
-                                 reconstruct=lambda parts, x, y: x)
+                                 reconstruct=lambda parts, x, y: x, label_grid=label_grid)
     parts = Parts(nets={}, optimizers={}, schedulers={},
                   specs={"model": {"type": "Stub", "args": {"num_classes": 10}}})
     result = evaluate_parts(family, parts, evaluator, Engine(torch.device("cpu"), None), seed=0)
     assert torch.equal(asked[0], torch.arange(300) % 10)  # balanced labels, every class scored
     assert all(f"fid_class_{k}" in result for k in range(10))
     assert result["ssim_recon"] == pytest.approx(1.0)
+    assert 0.5 < result["label_sensitivity"] < 2  # real digits: the class moves as much as style
+    assert result["sampled_with"] == "raw"
 
 
 def test_plot_metrics_draws_what_was_logged(tmp_path):

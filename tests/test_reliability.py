@@ -460,6 +460,37 @@ def test_collapse_rolls_back_when_configured(tmp_path, monkeypatch):
     assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 12
 
 
+def test_label_collapse_event_below_the_minimum():
+    cfg = load_config(ROOT / "configs" / "cvae_demo.json",
+                      ["trainer.label_sensitivity_min=0.2"]).trainer
+    guard = Guard(cfg)
+    assert guard.label_collapse(10, 0.9) is None and guard.label_collapse(10, float("nan")) is None
+    event = guard.label_collapse(20, 0.02)
+    assert event["event"] == "label_collapse" and event["threshold"] == 0.2
+    assert "label sensitivity 0.02 at step 20 is below 0.2" in event["message"]
+    assert guard.collapses(20, {"diversity": 0.9, "label_sensitivity": 0.02}) == [event]
+    assert guard.collapses(20, {"fid": 3.0}) == []  # an unconditional model: nothing to judge
+    off = Guard(dataclasses.replace(cfg, label_sensitivity_min=0.0))
+    assert off.label_collapse(20, 0.0) is None
+
+
+def test_label_collapse_during_training_is_logged_as_an_event(tmp_path, monkeypatch):
+    import lib.training.loop
+    import lib.training.session
+
+    evaluator = type("StubEvaluator", (), {"features": "stub", "num_samples": 8})()
+    monkeypatch.setattr(lib.training.loop, "make_evaluator", lambda *a, **k: evaluator)
+    sensitivity = iter([0.8, 0.01, 0.7])  # steps 4, 8, 12: the label ignored at step 8
+    monkeypatch.setattr(lib.training.session, "evaluate_parts", lambda *a: {
+        "fid": 10.0, "diversity": 1.0, "label_sensitivity": next(sensitivity)})
+    run = train(load_config(tiny_config(tmp_path, eval_every=4, eval_samples=8)),
+                out_root=tmp_path, progress=False)
+    events = [r for r in read_history(run) if "event" in r]
+    assert [(e["event"], e["step"], e["label_sensitivity"]) for e in events] == [
+        ("label_collapse", 8, 0.01)]
+    assert events[0]["threshold"] == 0.1  # trainer.label_sensitivity_min's default
+
+
 # ---------------------------------------------------------------------------
 # Safe loading
 

@@ -154,6 +154,8 @@ def validate(cfg: Config, source: str = "<config>") -> None:
            f"must be in (0, 1], got {t.rollback_lr_factor}")
     _check(0 <= t.collapse_fraction < 1, source, "trainer.collapse_fraction",
            f"must be in [0, 1), got {t.collapse_fraction}")
+    _check(t.label_sensitivity_min >= 0, source, "trainer.label_sensitivity_min",
+           f"must be >= 0 (0: off), got {t.label_sensitivity_min}")
     _check(0 <= t.ema_decay < 1, source, "trainer.ema_decay", "must be in [0, 1)")
     _check(t.ema_power >= 0, source, "trainer.ema_power", "must be >= 0 (0: no warm-up)")
     _check(t.ema_inv_gamma > 0, source, "trainer.ema_inv_gamma", "must be > 0")

@@ -58,6 +58,10 @@ class Parts:
             return self.ema.averages[name]
         return local(self.nets[name])
 
+    def sampled_with(self, name: str) -> str:
+        """"ema" or "raw": which weights `sampler_net(name)` samples with (grids, scores)."""
+        return "ema" if self.ema is not None and name in self.ema.averages else "raw"
+
 
 @dataclass(frozen=True)
 class Family:
@@ -77,6 +81,9 @@ class Family:
     finish: Callable[[Parts, RunDir], None]  # final_grid.png and the family's own media
     # (parts, x [-1, 1] on the device, y) -> [-1, 1] reconstructions, for models that have them
     reconstruct: Callable[..., torch.Tensor] | None = None
+    # (parts, generator) -> (K, M, C, H, W) in [-1, 1]: M fixed noise vectors decoded under
+    # each of K labels, for conditional models whose noise is an input (label sensitivity)
+    label_grid: Callable[[Parts, torch.Generator], torch.Tensor] | None = None
 
     def make_ema(self, parts: Parts, t: TrainerConfig) -> EMA | None:
         """The moving average of the nets this family averages; None when ema_decay is 0."""

@@ -23,6 +23,7 @@ from lib.rundir import RunDir
 
 NOISE_PER_CLASS = 8  # columns of the generation grid: one fixed z each, for every class
 RECON_IMAGES = 16  # fixed real images whose reconstructions are snapshotted
+LABEL_NOISE = 16  # noise vectors of the label-sensitivity grid, each decoded under every class
 
 
 def build(cfg: Config, data: ImageData, engine: Engine) -> Parts:
@@ -71,6 +72,17 @@ def reconstruct(parts: Parts, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return chunked(lambda xc, yc: model.reconstruct(xc, yc).float(), x, y)
 
 
+@torch.inference_mode()
+def label_grid(parts: Parts, generator: torch.Generator) -> torch.Tensor:
+    """LABEL_NOISE noise vectors, each decoded under every class: (K, M, C, H, W) in [-1, 1]."""
+    model = unwrap(parts.sampler_net("model"))
+    k, m = model.num_classes, LABEL_NOISE
+    z = torch.randn(m, model.latent_dim, generator=generator).repeat(k, 1)  # (K * M, latent)
+    labels = torch.arange(k).repeat_interleave(m)  # (K * M,)
+    images = chunked(lambda y, zc: model.sample(y, z=zc), labels, z).float()
+    return images.view(k, m, *images.shape[1:])
+
+
 def generation_grid(parts: Parts) -> torch.Tensor:
     """One row per class, one column per fixed noise vector: uint8 (3, H', W')."""
     model = unwrap(parts.sampler_net("model"))
@@ -105,4 +117,4 @@ def finish(parts: Parts, run: RunDir) -> None:
 
 FAMILY = Family(name="cvae", models={"CVAE": CVAE}, sampler="model", averaged=("model",),
                 color="tab:green", build=build, step=step, snapshot=snapshot, sample=sample,
-                finish=finish, reconstruct=reconstruct)
+                finish=finish, reconstruct=reconstruct, label_grid=label_grid)

@@ -17,8 +17,9 @@ Numbers with different protocols are not comparable.
 each generated batch: FID with a bootstrap interval, KID with its standard
 deviation over subsets, per-class FID for class-conditional models, diversity
 (mean pairwise feature distance relative to real data: ~1 as diverse as the
-data, -> 0 under mode collapse) and SSIM (reconstructions, or each sample
-against its nearest real image).
+data, -> 0 under mode collapse), SSIM (reconstructions, or each sample
+against its nearest real image) and, for conditional generators whose noise can
+be held fixed, label sensitivity (-> 0 when the label is ignored).
 
 Modules: `inception` (the weights and the networks), `classifier` (the small
 CNN), `scores` (FID, diversity, SSIM on features and pixels), `cache` (real
@@ -33,7 +34,7 @@ from lib.metrics.inception import (
     download_weights,
     find_inception_weights,
 )
-from lib.metrics.scores import MetricsError, frechet_distance, ssim_pairs
+from lib.metrics.scores import MetricsError, frechet_distance, label_sensitivity, ssim_pairs
 
 __all__ = [
     "Evaluator",
@@ -43,6 +44,7 @@ __all__ = [
     "download_weights",
     "find_inception_weights",
     "frechet_distance",
+    "label_sensitivity",
     "protocol_summary",
     "scores",
     "ssim_pairs",

@@ -25,6 +25,7 @@ from lib.metrics.scores import (
     MetricsError,
     ReferenceStats,
     _fid_with_interval,
+    label_sensitivity,
     mean_pairwise_distance,
     nearest_real,
     ssim_pairs,
@@ -213,12 +214,14 @@ class Evaluator:
             )
 
     def evaluate(self, fake: torch.Tensor, fake_labels: torch.Tensor | None = None,
-                 recon_pairs: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict:
+                 recon_pairs: tuple[torch.Tensor, torch.Tensor] | None = None,
+                 label_grid: torch.Tensor | None = None) -> dict:
         """Score uint8 (N, C, H, W) samples; returns a flat dict for history.jsonl.
 
         Numbers: fid (+ fid_std, fid_low, fid_high), kid, kid_std, diversity,
         ssim_nearest, ssim_recon (with `recon_pairs` = (originals, reconstructions)),
-        fid_class_<k> (+ _std) and fid_class_mean (with `fake_labels`).
+        fid_class_<k> (+ _std) and fid_class_mean (with `fake_labels`), label_sensitivity
+        (with `label_grid`, uint8 (K, M, C, H, W): M fixed noises decoded under K labels).
         Metadata: features, feature_dim, image_size, dataset, n_real, n_fake, warnings and
         protocol (what makes two scores comparable: see `protocol_summary`).
         """
@@ -249,6 +252,8 @@ class Evaluator:
             if recon_pairs is not None:
                 originals, recons = (x.detach().cpu() for x in recon_pairs)
                 result["ssim_recon"] = ssim_pairs(originals, recons).mean().item()
+            if label_grid is not None:
+                result["label_sensitivity"] = label_sensitivity(label_grid.detach().cpu())
             if fake_labels is not None and self.real_labels is not None:
                 self._per_class(fake_features, fake_labels.cpu(), result, notes)
         n = min(len(self.real_features), len(fake))
@@ -272,7 +277,7 @@ class Evaluator:
 
 
 META_KEYS = ("features", "feature_dim", "image_size", "dataset", "n_real", "n_fake",
-             "classifier_accuracy", "warnings", "protocol")
+             "classifier_accuracy", "warnings", "protocol", "sampled_with")
 
 
 def protocol_summary(protocol: dict | None) -> str:

@@ -90,6 +90,27 @@ def mean_pairwise_distance(features: torch.Tensor) -> float:
     return float(dist.sum() / (n * (n - 1)))
 
 
+def label_sensitivity(grid: torch.Tensor) -> float:
+    """How much a conditional generator's output follows its label, z held fixed.
+
+    `grid` (K, M, C, H, W) uint8: the decodes of M fixed noise vectors under each of K
+    labels. The mean pixel distance between decodes of one z under different labels, over
+    the mean pixel distance between decodes of different z under one label: ~0 when the
+    label is ignored, ~1 when changing the label moves an image as far as changing its
+    noise does, and above 1 when the label decides more than the noise.
+    """
+    k, m = grid.shape[:2]
+    if k < 2 or m < 2:
+        raise MetricsError(f"label sensitivity needs >= 2 labels and >= 2 noise vectors, "
+                           f"got a grid of {k} x {m}")
+    pixels = to_unit(grid).flatten(2).double()  # (K, M, C*H*W) in [0, 1]
+    across_labels = sum(mean_pairwise_distance(pixels[:, j]) for j in range(m)) / m
+    across_noise = sum(mean_pairwise_distance(pixels[i]) for i in range(k)) / k
+    if across_noise == 0:  # the noise moves nothing: the label is all there is (or nothing)
+        return math.inf if across_labels > 0 else 0.0
+    return across_labels / across_noise
+
+
 def _ssim_kernel(size: int) -> int:
     return 11 if size >= 11 else (size - 1) | 1  # the standard 11, or the largest odd that fits
 

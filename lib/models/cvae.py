@@ -4,7 +4,11 @@ Encoder: stride-2 convolutions (4/2/1 -> GroupNorm -> LeakyReLU) halve the image
 until it is 4x4 (32, 64 px) or odd (28 px stops at 7x7), then one linear layer
 gives the posterior's mean and log-variance. Decoder: the mirror image, from a
 linear projection of [z, class embedding] through transposed convolutions to a
-Tanh, so images live in [-1, 1] like every model of the project.
+Tanh, so images live in [-1, 1] like every model of the project. With
+`label_every_stage` (the default) the class embedding is also concatenated, as
+constant channels, to the input of every transposed convolution: a label seen
+only once, beside a large z, is a signal the decoder learns to ignore (measured on
+shapes with a 128-d latent: every class row of the grid showed the same image).
 
 The loss is the negative ELBO with a weight on the KL term, and both terms are
 reduced the same way - summed over their elements (pixels, latent dimensions),
@@ -44,7 +48,7 @@ class CVAE(nn.Module):
     def __init__(self, image_size: int = 32, n_channels: int = 1, num_classes: int = 10,
                  latent_dim: int = 32, hidden_dim: int = 32, embed_dim: int = 16,
                  recon_loss: str = "mse", kl_weight: float = 1.0,
-                 kl_warmup_steps: int = 0):
+                 kl_warmup_steps: int = 0, label_every_stage: bool = True):
         super().__init__()
         if num_classes < 1:
             raise ValueError("CVAE needs labelled data (num_classes >= 1); choose a dataset "
@@ -56,6 +60,7 @@ class CVAE(nn.Module):
                              "must be >= 0")
         self.image_size, self.n_channels, self.num_classes = image_size, n_channels, num_classes
         self.latent_dim, self.recon_loss = latent_dim, recon_loss
+        self.label_every_stage = label_every_stage
         # Default kl_weight 1.0, because both terms are per-image sums: for BCE that is the
         # exact ELBO of a Bernoulli decoder; for MSE on [-1, 1] pixels a weight w is the ELBO
         # of a Gaussian decoder with variance w / 2 (sigma 0.7 at w = 1), which on digits at
@@ -67,10 +72,10 @@ class CVAE(nn.Module):
 
         stages = _num_stages(image_size)
         self.bottom = image_size >> stages  # 4 for 32/64 px, 7 for 28 px
-        # One learned class embedding serves both networks. The decoder gets it
-        # concatenated to z; the encoder gets it broadcast as extra input channels, so
-        # every convolution can separate "what class" from "how it is drawn" and z is
-        # free to carry only the latter.
+        # One learned class embedding serves both networks. The encoder gets it broadcast
+        # as extra input channels, so every convolution can separate "what class" from
+        # "how it is drawn" and z is free to carry only the latter; the decoder gets it
+        # concatenated to z, and (label_every_stage) as extra channels at every resolution.
         self.embed = nn.Embedding(num_classes, embed_dim)
 
         widths = [hidden_dim * 2**i for i in range(stages)]  # e.g. 32, 64, 128
@@ -83,10 +88,12 @@ class CVAE(nn.Module):
         self.to_stats = nn.Linear(flat, 2 * latent_dim)  # -> (mu, logvar)
 
         self.from_latent = nn.Linear(latent_dim + embed_dim, flat)
+        extra = embed_dim if label_every_stage else 0  # label channels into each ConvT
         layers = []
         for w_in, w_out in zip(widths[::-1], widths[-2::-1], strict=False):
-            layers += [nn.ConvTranspose2d(w_in, w_out, 4, 2, 1), _norm(w_out), nn.ReLU(True)]
-        layers += [nn.ConvTranspose2d(widths[0], n_channels, 4, 2, 1)]
+            layers += [nn.ConvTranspose2d(w_in + extra, w_out, 4, 2, 1), _norm(w_out),
+                       nn.ReLU(True)]
+        layers += [nn.ConvTranspose2d(widths[0] + extra, n_channels, 4, 2, 1)]
         self.decoder = nn.Sequential(*layers)
 
     # -- the two halves -------------------------------------------------------------
@@ -101,8 +108,15 @@ class CVAE(nn.Module):
 
     def _decode_raw(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Pre-Tanh decoder output, (B, C, H, W); the BCE loss reads logits from it."""
-        h = self.from_latent(torch.cat([z, self.embed(labels).to(z.dtype)], 1))
-        return self.decoder(h.view(z.shape[0], -1, self.bottom, self.bottom))
+        e = self.embed(labels).to(z.dtype)  # (B, E)
+        h = self.from_latent(torch.cat([z, e], 1))
+        h = h.view(z.shape[0], -1, self.bottom, self.bottom)  # (B, width, bottom, bottom)
+        for layer in self.decoder:
+            if self.label_every_stage and isinstance(layer, nn.ConvTranspose2d):
+                e_map = e[:, :, None, None].expand(-1, -1, *h.shape[-2:])  # (B, E, h, w)
+                h = torch.cat([h, e_map], 1)
+            h = layer(h)
+        return h
 
     def decode(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """(B, latent), (B,) int64 -> images (B, C, H, W) in [-1, 1]."""

@@ -133,7 +133,11 @@ def evaluate_parts(family: Family, parts: Parts, evaluator: Evaluator, engine: E
             x = evaluator.real_images[:n]
             y = evaluator.real_labels[:n].to(device) if evaluator.real_labels is not None else None
             recon = (x, to_uint8(family.reconstruct(parts, to_float(x).to(device), y)))
-        return evaluator.evaluate(fake, labels, recon)
+        grid = None
+        if family.label_grid is not None:
+            grid = to_uint8(family.label_grid(parts, fixed_generator(seed + 3)))
+        result = evaluator.evaluate(fake, labels, recon, grid)
+    return {**result, "sampled_with": parts.sampled_with(family.sampler)}
 
 
 def best_fid(run: RunDir, features: str, step: int) -> float:

@@ -4,8 +4,10 @@ The loop hands every step's logged numbers to `Guard.watch` (no GPU sync:
 the values stay on the device) and calls `Guard.check` where it would log or
 save anyway, so the cost is one small transfer per log interval. A
 non-finite value or a loss spike (> `spike_factor` x the running median of
-that loss) is a divergence; so, optionally, is a diversity score below
-`collapse_fraction` of the real data's. The loop then restores the last
+that loss) is a divergence; so, optionally, is a collapse seen by evaluation:
+a diversity score below `collapse_fraction` of the real data's (a GAN's mode
+collapse), or a label sensitivity below `label_sensitivity_min` (a conditional
+generator that ignores its label). The loop then restores the last
 checkpoint and calls `Guard.rolled_back`, which lowers the learning rate and
 counts; past `max_rollbacks` it raises `DivergenceError`.
 
@@ -91,6 +93,25 @@ class Guard:
         return {"event": "collapse", "diversity": diversity, "threshold": threshold,
                 "message": f"diversity {diversity:.3g} at step {step} is below "
                            f"{threshold:g} of the real data's (mode collapse?)"}
+
+    def label_collapse(self, step: int, sensitivity: float) -> dict | None:
+        """A `label_collapse` event record when label sensitivity fell below the minimum."""
+        threshold = self.cfg.label_sensitivity_min
+        if threshold <= 0 or not sensitivity < threshold:
+            return None
+        return {"event": "label_collapse", "label_sensitivity": sensitivity,
+                "threshold": threshold,
+                "message": f"label sensitivity {sensitivity:.3g} at step {step} is below "
+                           f"{threshold:g} (the generator ignores its class label?)"}
+
+    def collapses(self, step: int, metrics: dict) -> list[dict]:
+        """The collapse events an evaluation's scores show (none when they are absent)."""
+        events = []
+        if metrics.get("diversity") is not None:
+            events.append(self.collapse(step, metrics["diversity"]))
+        if metrics.get("label_sensitivity") is not None:
+            events.append(self.label_collapse(step, metrics["label_sensitivity"]))
+        return [e for e in events if e is not None]
 
     # -- rollback ----------------------------------------------------------
 

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 
 import torch
+from PIL import Image
 from tqdm.auto import tqdm
 
 from lib import viz
@@ -149,13 +150,12 @@ class Session:
                                   self.cfg.trainer.seed) if self.evaluator else {})
         self.eval_cost = time.monotonic() - t0
         self.clock.start += self.eval_cost  # evaluation is not training time
-        diversity = metrics.get("diversity")
-        collapse = self.guard.collapse(step, diversity) if diversity is not None else None
-        if collapse is not None:
-            self.tracker.log(collapse, step)
-            self.bar.write(f"step {step}: {collapse['message']}", file=sys.stderr)
-        if self.engine.agree(collapse is not None and self.cfg.trainer.collapse_rollback):
-            return metrics, collapse["message"] if collapse else "collapse seen by rank 0"
+        collapses = self.guard.collapses(step, metrics)
+        for event in collapses:
+            self.tracker.log(event, step)
+            self.bar.write(f"step {step}: {event['message']}", file=sys.stderr)
+        if self.engine.agree(bool(collapses) and self.cfg.trainer.collapse_rollback):
+            return metrics, collapses[0]["message"] if collapses else "collapse seen by rank 0"
         # every rank joins the checkpoint (it gathers their RNG); rank 0 writes it
         if self.engine.broadcast_object(metrics.get("fid", math.inf) < self.best_fid):
             self.best_fid = metrics.get("fid", self.best_fid)
@@ -219,6 +219,8 @@ class Session:
         schedulers = self.parts.schedulers
         record.update({f"lr_{k}": s.get_last_lr()[0] for k, s in schedulers.items()})
         record["lr"] = next(iter(schedulers.values())).get_last_lr()[0]
+        if self.parts.ema is not None:  # the decay this step's average was folded in with
+            record["ema_decay"] = self.parts.ema.decay_at(step)
         record["images_per_sec"] = images_per_sec
         record.update(self.counters)
         self.tracker.log({**record, **metrics}, step)
@@ -264,11 +266,16 @@ class Session:
         if engine.is_main:
             viz.save_gif(run.snapshots("step"), run.media("evolution.gif"))
             self.family.finish(self.parts, run)
+            sampled_with = self.parts.sampled_with(self.family.sampler)
+            grid = run.media("final_grid.png")
+            viz.with_caption(Image.open(grid), f"step {step}, {sampled_with} weights",
+                             min_width=0).save(grid)
             viz.plot_metrics(read_history(run.root), run.metrics_figure)
             summary = {"step": step, "total_steps": total, "finished": not stopped,
                        "family": self.cfg.family, "precision": engine.precision,
                        "device": str(engine.device), "world_size": engine.world_size,
-                       "rollbacks": self.guard.rollbacks, **self.counters,
+                       "rollbacks": self.guard.rollbacks, "sampled_with": sampled_with,
+                       **self.counters,
                        "sample_seconds_per_image": sampling_cost(self.family, self.parts,
                                                                  engine)}
             run.summary.write_text(json.dumps(summary, indent=2) + "\n")
