@@ -163,8 +163,6 @@ def test_ssim_of_identical_images_is_one(evaluator):
     assert (noisy < 0.95).all()
     result = evaluator.evaluate(x, recon_pairs=(x, x))
     assert result["ssim_recon"] == pytest.approx(1.0)
-    assert 0.5 < result["label_sensitivity"] < 2  # real digits: the class moves as much as style
-    assert result["sampled_with"] == "raw"
 
 
 def test_per_class_fid(evaluator, digits):
