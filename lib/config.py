@@ -38,7 +38,7 @@ MAX_MODEL_BYTES = 2**32  # 4 GiB of weights and buffers per network (Adam's mome
 
 # The sections each kind of config reads; any other one would be silently ignored.
 GAN_SECTIONS = ("generator", "discriminator", "generator_optimizer", "discriminator_optimizer",
-                "generator_lr_scheduler", "discriminator_lr_scheduler")
+                "generator_lr_scheduler", "discriminator_lr_scheduler", "gan")
 MODEL_SECTIONS = ("model", "optimizer", "lr_scheduler")
 
 
@@ -58,6 +58,14 @@ class OptimizerConfig:
 @dataclass
 class SchedulerConfig:
     gamma: float = 1.0  # exponential decay per iteration; 1.0 keeps the lr constant
+
+
+@dataclass
+class GanConfig:
+    """The GAN family's training options; the defaults are the reference DCGAN's step."""
+
+    loss: str = "bce"  # bce (the reference, non-saturating) | hinge (SN-GAN, BigGAN)
+    augment: str = ""  # DiffAugment of D's inputs, e.g. "color,translation,cutout"; "" = none
 
 
 @dataclass
@@ -132,6 +140,7 @@ class Config:
     generator_lr_scheduler: SchedulerConfig | None = None
     discriminator_lr_scheduler: SchedulerConfig | None = None
     lr_scheduler: SchedulerConfig | None = None
+    gan: GanConfig | None = None  # GAN options (loss, DiffAugment); absent = the reference's
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
@@ -501,6 +510,18 @@ def _check_optimizer(opt: OptimizerConfig, source: str, name: str) -> None:
            f"must be in [0, 1], got {opt.weight_decay}")
 
 
+def _check_gan(gan: GanConfig, source: str) -> None:
+    from lib.models.augment import AUGMENT_POLICIES, parse_policy
+    from lib.models.losses import GAN_LOSSES
+
+    _check_choice(gan.loss, GAN_LOSSES, source, "gan.loss")
+    try:
+        parse_policy(gan.augment)
+    except ValueError:
+        raise _err(source, "gan.augment", f"{_show(gan.augment)} is not a comma-separated "
+                   f"subset of {list(AUGMENT_POLICIES)}, nor '' (none)") from None
+
+
 COMPILE_MODES = {"default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"}
 
 
@@ -556,6 +577,8 @@ def validate(cfg: Config, source: str = "<config>") -> None:
                "a GAN config needs both generator and discriminator")
         check_model_args(cfg.generator, d, source, "generator")
         check_model_args(cfg.discriminator, d, source, "discriminator")
+        if cfg.gan is not None:
+            _check_gan(cfg.gan, source)
     else:
         _check(cfg.model is not None, source, "model",
                "missing: give generator+discriminator (GAN) or model (CVAE/DDPM)")
