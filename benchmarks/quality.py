@@ -259,8 +259,10 @@ def run_ablation(args, data: ImageData, evaluator: Evaluator,
             max((costs[v]["wall_s"] for v in ddpm), default=1),
             args.train_minutes * (1 - share), max(1, len(ddpm))),
     }
-    print(f"[sizing] {steps['dcgan']} steps per GAN run, {steps['ddpm']} per DDPM run, "
-          f"for ~{args.train_minutes:g} min of training in all", flush=True)
+    how = ("as given" if args.gan_steps and args.ddpm_steps
+           else f"for ~{args.train_minutes:g} min of training in all")
+    print(f"[sizing] {steps['dcgan']} steps per GAN run, {steps['ddpm']} per DDPM run, {how}",
+          flush=True)
 
     for v in variants:
         cfg = ablation_config(v, args, steps[kinds[v]])
@@ -283,6 +285,23 @@ def run_ablation(args, data: ImageData, evaluator: Evaluator,
     return {"steps": steps, "costs": costs}
 
 
+def merge(folders: list[Path]) -> str:
+    """One ablation table from runs split by --variant (each folder's quality.json, or the
+    rows a stopped run saved in quality.partial.json), rows in ABLATION's order."""
+    rows: dict[str, dict] = {}
+    for folder in folders:
+        done = folder / "quality.json"
+        rows.update(json.loads(done.read_text())["rows"] if done.exists()
+                    else json.loads((folder / "quality.partial.json").read_text()))
+    order = ["real vs real (half B)", *ABLATION]
+    ranked = sorted(rows, key=lambda r: next((i for i, o in enumerate(order)
+                                              if r == o or r.startswith(o + ",")), len(order)))
+    protocol = protocol_summary(rows[ranked[0]]["protocol"])
+    missing = [v for v in order if v not in rows]
+    return (f"{ablation_table({r: rows[r] for r in ranked})}\n\nFID protocol: {protocol}"
+            + (f"; not measured: {', '.join(missing)}" if missing else "") + "\n")
+
+
 def _f(v, digits: int) -> str:
     return "-" if v is None else f"{v:,.{digits}f}"
 
@@ -290,7 +309,7 @@ def _f(v, digits: int) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", type=Path, required=True, help="the cat faces folder (or its parent)")
+    p.add_argument("--data", type=Path, help="the cat faces folder (or its parent)")
     p.add_argument("--minutes", type=float, default=4.0, help="training budget per model")
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--n", type=int, default=500, help="images per side of every FID")
@@ -314,9 +333,16 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"ablation: only this variant (repeatable); of {list(ABLATION)}")
     p.add_argument("--skip-real-vs-real", action="store_true",
                    help="leave out the real-vs-real row (a run split by --variant needs it once)")
+    p.add_argument("--merge", type=Path, nargs="+", default=None, metavar="FOLDER",
+                   help="print one ablation table from the --out folders of split runs")
     p.add_argument("--threads", type=int, default=0,
                    help="torch intra-op threads (default: torch's); 1 on a busy shared box")
     args = p.parse_args(argv)
+    if args.merge:
+        print(merge(args.merge))
+        return 0
+    if args.data is None:
+        p.error("--data is required (the cat faces folder)")
     if args.threads:
         torch.set_num_threads(args.threads)
     unknown = sorted(set(args.variants) - set(ABLATION))

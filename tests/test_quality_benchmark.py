@@ -72,3 +72,20 @@ def test_batch_size_override_and_step_sizing(quality, tmp_path):
     # 7 runs of 0.6 s a step in 25 minutes: 357 steps each, rounded down to tens
     assert quality.pick_steps(0.6, 25, 7) == 350
     assert quality.pick_steps(100.0, 1, 7) == 20  # never fewer than the floor
+
+
+def test_merge_orders_split_runs_and_names_what_is_missing(quality, tmp_path):
+    protocol = {"features": "inception", "n_fake": 10}
+    row = {"fid": 50.0, "fid_low": 45.0, "fid_high": 55.0, "kid": 0.01, "kid_std": 0.001,
+           "diversity": 0.9, "protocol": protocol}
+    first, second = tmp_path / "a", tmp_path / "b"
+    first.mkdir(), second.mkdir()
+    (first / "quality.json").write_text(quality.json.dumps(
+        {"rows": {"dcgan + hinge loss": row, "real vs real (half B)": row}}))
+    (second / "quality.partial.json").write_text(quality.json.dumps(  # a run stopped early
+        {"dcgan reference": {**row, "fid": 60.0, "steps": 100}}))
+    text = quality.merge([first, second])
+    body = [line for line in text.splitlines() if line.startswith("| ") and "variant" not in line]
+    assert [line.split(" | ")[0] for line in body] == [
+        "| real vs real (half B)", "| dcgan reference", "| dcgan + hinge loss"]
+    assert "60.0 (45.0-55.0)" in body[1] and "not measured: dcgan + DiffAugment" in text
