@@ -11,12 +11,24 @@ therefore shares one reference, one `n` and one feature network, so the real-vs-
 is the floor a model could reach at this `n`. Models train on all the data (A and B).
 A GPU user runs the same script at `--image-size 64` with the presets' own length
 (`--minutes 0 --full`).
+
+Ablation (`--ablation`, docs/quality.md): the reference DCGAN and each GAN option alone
+(DiffAugment, hinge loss, spectral norm in D with hinge as in SN-GAN, TTUR, EMA of G), then
+all of them together; DDPM with eps- vs v-prediction vs min-SNR weighting; and, for the
+eps DDPM, DDIM-50 vs DPM-Solver++ at 10 and 20 steps. Equal compute, not equal wall
+clock (the machine is shared): every GAN variant trains the same number of steps at the
+same batch size, every DDPM variant likewise, and each row records the process CPU seconds
+per step it cost. Step counts are picked from one measured step of each kind so that the
+training fits `--train-minutes`, unless given (`--gan-steps`, `--ddpm-steps`).
+
+    python benchmarks/quality.py --data /path/to/cats --ablation --image-size 32 --n 500
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -26,15 +38,19 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from lib.config import load_config  # noqa: E402
+from lib import viz  # noqa: E402
+from lib.config import Config, load_config  # noqa: E402
 from lib.data import (  # noqa: E402
     ImageData,
     distinct_indices,  # noqa: E402
     load_dataset,
     to_uint8,
 )
-from lib.families.base import fixed_generator  # noqa: E402
+from lib.device import setup_engine  # noqa: E402
+from lib.families import FAMILIES  # noqa: E402
+from lib.families.base import fixed_generator, unwrap  # noqa: E402
 from lib.metrics import Evaluator, protocol_summary  # noqa: E402
+from lib.rundir import RunDir  # noqa: E402
 from lib.training.evaluation import rebuild  # noqa: E402
 from lib.training.loop import train  # noqa: E402
 
@@ -46,6 +62,39 @@ MODELS = {
         "model.args.num_res_blocks=1", "model.args.dropout=0.0", "trainer.batch_size=64",
         "trainer.ema_decay=0.999"]),
 }
+
+
+# the ablation's variants: name -> (model in MODELS, overrides on top of its sizing)
+EMA_G = ["trainer.ema_decay=0.999", "trainer.ema_power=0.75"]  # warm-up: ~0.988 at step 350
+GAN_OPTIONS = {
+    "augment": ["gan.augment=color,translation,cutout"],
+    "hinge": ["gan.loss=hinge"],
+    # SN-GAN's D: spectral norm with the hinge loss, and no BatchNorm (Miyato et al. 2018)
+    "sn": ["gan.loss=hinge", "discriminator.args.spectral_norm=true",
+           "discriminator.args.batch_norm=false"],
+    "ttur": ["discriminator_optimizer.lr=4e-4", "generator_optimizer.lr=1e-4"],  # Heusel et al.
+    "ema": EMA_G,
+}
+ABLATION = {
+    "dcgan reference": ("dcgan", []),
+    "dcgan + DiffAugment (color,translation,cutout)": ("dcgan", GAN_OPTIONS["augment"]),
+    "dcgan + hinge loss": ("dcgan", GAN_OPTIONS["hinge"]),
+    "dcgan + spectral norm in D (with hinge, no BN in D: SN-GAN)": ("dcgan", GAN_OPTIONS["sn"]),
+    "dcgan + TTUR (D lr 4e-4, G lr 1e-4)": ("dcgan", GAN_OPTIONS["ttur"]),
+    "dcgan + EMA of G (0.999, warm-up power 0.75)": ("dcgan", GAN_OPTIONS["ema"]),
+    "dcgan + all of the above": ("dcgan", [*GAN_OPTIONS["augment"], *GAN_OPTIONS["sn"],
+                                          *GAN_OPTIONS["ttur"], *GAN_OPTIONS["ema"]]),
+    "ddpm eps-prediction": ("ddpm", []),
+    "ddpm v-prediction": ("ddpm", ["model.args.prediction=v"]),
+    "ddpm eps + min-SNR weighting (gamma 5)": ("ddpm", ["model.args.loss_weighting=min_snr"]),
+}
+# DDPM rows are scored with DDIM-50; the training run's own snapshots (first, last, final
+# grid, denoising GIF: ~4 x 64 images) use DDIM-10, which would otherwise cost as much as
+# hundreds of training steps on a CPU. Each row also saves a grid of the samples it scored.
+DDPM_SNAPSHOTS = ["model.args.sampler=ddim", "model.args.sample_steps=10"]
+DDPM_SCORED = ("ddim", 50)
+SAMPLER_MODEL = "ddpm eps-prediction"  # sampled again with each of these
+SAMPLERS = {"DPM-Solver++ 10 steps": ("dpm++2m", 10), "DPM-Solver++ 20 steps": ("dpm++2m", 20)}
 
 
 def halves(data: ImageData, n: int, seed: int) -> tuple[ImageData, ImageData, dict]:
@@ -61,12 +110,16 @@ def halves(data: ImageData, n: int, seed: int) -> tuple[ImageData, ImageData, di
     return a, b, counts
 
 
+def base_overrides(name: str, args) -> list[str]:
+    return [f"name=quality_{name}_{args.image_size}px", "data.dataset=cats",
+            f"data.image_size={args.image_size}", f"data.path={json.dumps(str(args.data))}",
+            f"data.root={json.dumps(str(args.data_root))}",
+            "trainer.eval_samples=0", "wandb.mode=disabled", f"trainer.device={args.device}"]
+
+
 def train_model(name: str, args, out_root: Path) -> Path:
     preset, sizing = MODELS[name]
-    overrides = [f"name=quality_{name}_{args.image_size}px", "data.dataset=cats",
-                 f"data.image_size={args.image_size}", f"data.path={json.dumps(str(args.data))}",
-                 f"data.root={json.dumps(str(args.data_root))}",
-                 "trainer.eval_samples=0", "wandb.mode=disabled", f"trainer.device={args.device}"]
+    overrides = base_overrides(name, args)
     if not args.full:
         # the budget ends the run: enough epochs that it never ends first
         overrides += [*sizing, "trainer.epochs=1000", "trainer.iterations_per_epoch=100",
@@ -77,12 +130,63 @@ def train_model(name: str, args, out_root: Path) -> Path:
     return train(cfg, out_root=out_root, progress=False)
 
 
+def slug(variant: str) -> str:
+    return re.sub(r"[^\w.-]+", "_", variant).strip("_")[:60]
+
+
+def ablation_config(variant: str, args, steps: int) -> Config:
+    """The variant's config: its model's preset sized as in MODELS, `steps` long, one snapshot."""
+    model, options = ABLATION[variant]
+    preset, sizing = MODELS[model]
+    snapshots = DDPM_SNAPSHOTS if model == "ddpm" else []
+    overrides = [*base_overrides(slug(variant), args), *sizing, *snapshots, *options,
+                 "trainer.epochs=1",
+                 f"trainer.iterations_per_epoch={steps}", "trainer.save_period=1",
+                 f"trainer.log_every_step={steps}", "trainer.max_minutes=0",
+                 f"trainer.seed={args.seed}"]
+    if args.batch_size:
+        overrides.append(f"trainer.batch_size={args.batch_size}")
+    return load_config(ROOT / preset, overrides)
+
+
+def step_cost(cfg: Config, data: ImageData, repeats: int = 2) -> dict:
+    """Process CPU and wall seconds of one training step, after one warm-up step."""
+    engine = setup_engine(cfg.trainer)
+    family = FAMILIES[cfg.family]
+    parts = family.build(cfg, data, engine)
+    b = cfg.trainer.batch_size
+    x = engine.batch(data.images[torch.randperm(len(data))[:b]])
+    family.step(parts, x, None, 1, engine, cfg)  # warm-up: first-call allocations
+    cpu, wall = time.process_time(), time.perf_counter()
+    for i in range(repeats):
+        logs = family.step(parts, x, None, i + 2, engine, cfg)
+    float(next(iter(logs.values())))  # wait for the device
+    return {"cpu_s": (time.process_time() - cpu) / repeats,
+            "wall_s": (time.perf_counter() - wall) / repeats}
+
+
+def train_for_steps(cfg: Config, out_root: Path) -> tuple[Path, float]:
+    """The run folder, and the process CPU seconds per step of the whole training call
+    (its steps, plus the first and last snapshots, final grid and checkpoints)."""
+    cpu = time.process_time()
+    run_dir = train(cfg, out_root=out_root, progress=False)
+    return run_dir, (time.process_time() - cpu) / cfg.total_steps
+
+
 @torch.inference_mode()
-def score(run_dir: Path, evaluator: Evaluator, n: int, seed: int) -> dict:
+def score(run_dir: Path, evaluator: Evaluator, n: int, seed: int,
+          sampler: tuple[str, int] | None = None) -> dict:
     rebuilt = rebuild(run_dir)
+    if sampler is not None:  # the DDPM's default sampler for this scoring: (name, steps)
+        for net in (rebuilt.parts.sampler_net("model"), rebuilt.parts.nets["model"]):
+            unwrap(net).sampler, unwrap(net).sample_steps = sampler
     t0 = time.perf_counter()
     fake = to_uint8(rebuilt.family.sample(rebuilt.parts, n, None, fixed_generator(seed)))
     sample_s = time.perf_counter() - t0
+    scored_grid = Path(run_dir) / (f"scored_{sampler[0]}_{sampler[1]}.png" if sampler
+                                   else "scored.png")
+    viz.save_png(viz.make_grid(fake[:64], nrow=8), scored_grid,
+                 scale=max(1, 512 // (8 * fake.shape[-1])))
     result = evaluator.evaluate(fake)
     summary = json.loads((run_dir / "summary.json").read_text())
     return {**result, "steps": summary["step"], "train_min": summary["train_seconds"] / 60,
@@ -90,7 +194,8 @@ def score(run_dir: Path, evaluator: Evaluator, n: int, seed: int) -> dict:
             "images_per_sec": summary["images_seen"] / max(summary["train_seconds"], 1e-9),
             "sample_ms_per_image": 1000 * sample_s / n,
             "sampled_with": "ema" if rebuilt.parts.ema else "raw",
-            "grid": str(run_dir / "final_grid.png")}
+            "grid": str(RunDir(run_dir).media("final_grid.png")),
+            "scored_grid": str(scored_grid)}
 
 
 def table(rows: dict[str, dict]) -> str:
@@ -108,6 +213,95 @@ def table(rows: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def ablation_table(rows: dict[str, dict]) -> str:
+    head = ("| variant | FID (95% interval) | KID ± std | diversity | CPU s/step (step alone) | "
+            "CPU s/step (whole run) | steps | batch | sampling ms/img | weights |")
+    lines = [head, "|" + "---|" * 10]
+    for name, r in rows.items():
+        interval = f" ({r['fid_low']:.1f}-{r['fid_high']:.1f})" if "fid_low" in r else ""
+        kid = f"{r['kid']:.4f} ± {r['kid_std']:.4f}" if "kid" in r else "-"
+        lines.append(
+            f"| {name} | {r['fid']:.1f}{interval} | {kid} | {r['diversity']:.2f} | "
+            f"{_f(r.get('cpu_s_per_step'), 2)} | {_f(r.get('run_cpu_s_per_step'), 2)} | "
+            f"{r.get('steps', '-')} | {r.get('batch', '-')} | "
+            f"{_f(r.get('sample_ms_per_image'), 2)} | {r.get('sampled_with', '-')} |")
+    return "\n".join(lines)
+
+
+def pick_steps(cost_s: float, minutes: float, runs: int, low: int = 20) -> int:
+    """Steps per run so that `runs` runs of `cost_s` seconds a step fit `minutes`, in tens."""
+    return max(low, int(minutes * 60 / runs / cost_s) // 10 * 10)
+
+
+def save_partial(args, rows: dict[str, dict]) -> None:
+    """Every row so far, so that a run stopped early keeps what it measured."""
+    (args.out / "quality.partial.json").write_text(json.dumps(rows, indent=2, default=str))
+
+
+def run_ablation(args, data: ImageData, evaluator: Evaluator,
+                 rows: dict[str, dict]) -> dict:
+    """Train and score every variant of ABLATION into `rows`; the sizing it chose."""
+    variants = [v for v in ABLATION if not args.variants or v in args.variants]
+    # one measured step of every variant, then the step counts that fit the budget
+    costs = {v: step_cost(ablation_config(v, args, 1), data) for v in variants}
+    for v, c in costs.items():
+        print(f"[cost] {v}: {c['cpu_s']:.2f} CPU s, {c['wall_s']:.2f} wall s per step",
+              flush=True)
+    kinds = {v: ABLATION[v][0] for v in variants}
+    gan = [v for v in variants if kinds[v] == "dcgan"]
+    ddpm = [v for v in variants if kinds[v] == "ddpm"]
+    share = len(gan) / max(1, len(gan) + len(ddpm))  # equal wall time per run, roughly
+    steps = {
+        "dcgan": args.gan_steps or pick_steps(
+            max((costs[v]["wall_s"] for v in gan), default=1), args.train_minutes * share,
+            max(1, len(gan))),
+        "ddpm": args.ddpm_steps or pick_steps(
+            max((costs[v]["wall_s"] for v in ddpm), default=1),
+            args.train_minutes * (1 - share), max(1, len(ddpm))),
+    }
+    how = ("as given" if args.gan_steps and args.ddpm_steps
+           else f"for ~{args.train_minutes:g} min of training in all")
+    print(f"[sizing] {steps['dcgan']} steps per GAN run, {steps['ddpm']} per DDPM run, {how}",
+          flush=True)
+
+    for v in variants:
+        cfg = ablation_config(v, args, steps[kinds[v]])
+        print(f"[{v}] training {cfg.total_steps} steps, batch {cfg.trainer.batch_size} ...",
+              flush=True)
+        run_dir, run_cpu = train_for_steps(cfg, args.out)
+        extra = {"cpu_s_per_step": costs[v]["cpu_s"], "run_cpu_s_per_step": run_cpu,
+                 "batch": cfg.trainer.batch_size}
+        scored = DDPM_SCORED if kinds[v] == "ddpm" else None
+        rows[v] = {**score(run_dir, evaluator, args.n, args.seed + 2, scored), **extra}
+        print(f"[{v}] FID {rows[v]['fid']:.1f}, {run_cpu:.2f} CPU s/step", flush=True)
+        save_partial(args, rows)
+        if v == SAMPLER_MODEL:
+            for label, sampler in SAMPLERS.items():
+                row = f"{v}, sampled with {label}"
+                rows[row] = {**score(run_dir, evaluator, args.n, args.seed + 2, sampler),
+                             **extra}
+                print(f"[{row}] FID {rows[row]['fid']:.1f}", flush=True)
+                save_partial(args, rows)
+    return {"steps": steps, "costs": costs}
+
+
+def merge(folders: list[Path]) -> str:
+    """One ablation table from runs split by --variant (each folder's quality.json, or the
+    rows a stopped run saved in quality.partial.json), rows in ABLATION's order."""
+    rows: dict[str, dict] = {}
+    for folder in folders:
+        done = folder / "quality.json"
+        rows.update(json.loads(done.read_text())["rows"] if done.exists()
+                    else json.loads((folder / "quality.partial.json").read_text()))
+    order = ["real vs real (half B)", *ABLATION]
+    ranked = sorted(rows, key=lambda r: next((i for i, o in enumerate(order)
+                                              if r == o or r.startswith(o + ",")), len(order)))
+    protocol = protocol_summary(rows[ranked[0]]["protocol"])
+    missing = [v for v in order if v not in rows]
+    return (f"{ablation_table({r: rows[r] for r in ranked})}\n\nFID protocol: {protocol}"
+            + (f"; not measured: {', '.join(missing)}" if missing else "") + "\n")
+
+
 def _f(v, digits: int) -> str:
     return "-" if v is None else f"{v:,.{digits}f}"
 
@@ -115,7 +309,7 @@ def _f(v, digits: int) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", type=Path, required=True, help="the cat faces folder (or its parent)")
+    p.add_argument("--data", type=Path, help="the cat faces folder (or its parent)")
     p.add_argument("--minutes", type=float, default=4.0, help="training budget per model")
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--n", type=int, default=500, help="images per side of every FID")
@@ -127,7 +321,33 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=ROOT / "outputs" / "quality")
     p.add_argument("--data-root", type=Path, default=ROOT / "data")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ablation", action="store_true",
+                   help="the GAN options, DDPM objectives and samplers at equal steps")
+    p.add_argument("--train-minutes", type=float, default=30.0,
+                   help="ablation: wall-clock training of all runs together, to size the steps")
+    p.add_argument("--gan-steps", type=int, default=0, help="ablation: steps per GAN run")
+    p.add_argument("--ddpm-steps", type=int, default=0, help="ablation: steps per DDPM run")
+    p.add_argument("--batch-size", type=int, default=0,
+                   help="ablation: every run's batch (default: the presets', 128 GAN, 64 DDPM)")
+    p.add_argument("--variant", dest="variants", action="append", default=[],
+                   help=f"ablation: only this variant (repeatable); of {list(ABLATION)}")
+    p.add_argument("--skip-real-vs-real", action="store_true",
+                   help="leave out the real-vs-real row (a run split by --variant needs it once)")
+    p.add_argument("--merge", type=Path, nargs="+", default=None, metavar="FOLDER",
+                   help="print one ablation table from the --out folders of split runs")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch intra-op threads (default: torch's); 1 on a busy shared box")
     args = p.parse_args(argv)
+    if args.merge:
+        print(merge(args.merge))
+        return 0
+    if args.data is None:
+        p.error("--data is required (the cat faces folder)")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    unknown = sorted(set(args.variants) - set(ABLATION))
+    if unknown:
+        p.error(f"unknown variant(s) {unknown}; choose from {list(ABLATION)}")
     models = [m for m in args.models.split(",") if m]
     unknown = sorted(set(models) - set(MODELS))
     if unknown:
@@ -141,29 +361,48 @@ def main(argv: list[str] | None = None) -> int:
                           cache_dir=args.data_root / "cache",
                           weights_path=args.inception_weights, reference="half A of the data",
                           seed=args.seed)
-    rows = {"real vs real (half B)": evaluator.evaluate(half_b.images)}
-    print(f"real vs real FID {rows['real vs real (half B)']['fid']:.1f} "
-          f"({time.perf_counter() - t0:.0f} s with data and reference features)", flush=True)
+    rows = {}
+    if not args.skip_real_vs_real:
+        rows["real vs real (half B)"] = evaluator.evaluate(half_b.images)
+        print(f"real vs real FID {rows['real vs real (half B)']['fid']:.1f} "
+              f"({time.perf_counter() - t0:.0f} s with data and reference features)", flush=True)
 
-    for name in models:
-        run_dir = train_model(name, args, args.out)
-        rows[name] = score(run_dir, evaluator, args.n, args.seed + 2)
-        print(f"[{name}] FID {rows[name]['fid']:.1f} after {rows[name]['steps']} steps "
-              f"({rows[name]['train_min']:.1f} min)", flush=True)
+    sizing = None
+    if args.ablation:
+        sizing = run_ablation(args, data, evaluator, rows)
+    else:
+        for name in models:
+            run_dir = train_model(name, args, args.out)
+            rows[name] = score(run_dir, evaluator, args.n, args.seed + 2)
+            print(f"[{name}] FID {rows[name]['fid']:.1f} after {rows[name]['steps']} steps "
+                  f"({rows[name]['train_min']:.1f} min)", flush=True)
 
     protocol = protocol_summary(next(iter(rows.values()))["protocol"])
-    text = (f"{table(rows)}\n\nFID protocol: {protocol}; data: {counts['files']} files, "
+    if sizing is None:
+        budget = (f"budget {args.minutes:g} min per model "
+                  f"({'preset length' if args.full else 'wall clock'})")
+    else:
+        budget = (f"equal steps: {sizing['steps']['dcgan']} per GAN run, "
+                  f"{sizing['steps']['ddpm']} per DDPM run, batches as in the table; "
+                  "CPU s/step (step alone) is one step timed after a warm-up, (whole run) "
+                  "the training call's process time over its steps, snapshots, grid and "
+                  "checkpoints included")
+    text = (f"{ablation_table(rows) if args.ablation else table(rows)}\n\n"
+            f"FID protocol: {protocol}; data: {counts['files']} files, "
             f"{counts['distinct']} distinct ({counts['duplicates']} exact duplicates); "
-            f"{args.image_size} px; budget {args.minutes:g} min per model "
-            f"({'preset length' if args.full else 'wall clock'}); device {args.device}; "
+            f"{args.image_size} px; {budget}; device {args.device}, "
+            f"{torch.get_num_threads()} threads; "
             f"total {(time.perf_counter() - t0) / 60:.1f} min\n")
     print("\n" + text)
     (args.out / "quality.md").write_text(text)
     (args.out / "quality.json").write_text(json.dumps(
-        {"rows": rows, "counts": counts, "args": {k: str(v) for k, v in vars(args).items()}},
+        {"rows": rows, "counts": counts, "sizing": sizing,
+         "args": {k: str(v) for k, v in vars(args).items()}},
         indent=2, default=str) + "\n")
-    for name in models:
-        print(f"look at the grid: {rows[name]['grid']}")
+    for row in rows.values():
+        if "grid" in row:
+            print(f"look at the grids: {row['grid']} (last snapshot), {row['scored_grid']} "
+                  "(what was scored)")
     return 0
 
 

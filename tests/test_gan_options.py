@@ -257,3 +257,92 @@ def test_batch_norm_free_d_has_biases_from_zero_and_round_trips_its_state():
     twin.load_state_dict(D.state_dict())
     assert torch.equal(twin.eval()(x), copy.deepcopy(D).eval()(x))
     assert D(x).shape == (4,)
+
+
+# ---------------------------------------------------------------------------
+# The options in the DCGAN family's step (config `gan` section)
+
+# imported here so the maths tests above stay independent of the config and the family
+from lib.config import ConfigError, load_config  # noqa: E402
+from lib.data import ImageData  # noqa: E402
+from lib.device import Engine  # noqa: E402
+from lib.families import FAMILIES  # noqa: E402
+
+TINY_GAN = ["data.image_size=16", "generator.args.hidden_dim=8",
+            "discriminator.args.hidden_dim=8", "trainer.batch_size=8"]
+
+
+def tiny_gan(*overrides: str):
+    """configs/dcgan_train.json at 16 px, a built DCGAN and one batch, all under seed 0."""
+    cfg = load_config("configs/dcgan_train.json", [*TINY_GAN, *overrides])
+    engine = Engine(torch.device("cpu"), None, channels_last=False)
+    data = ImageData(torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8,
+                                   generator=seeded(1)), None, None, "cats")
+    torch.manual_seed(0)
+    parts = FAMILIES["dcgan"].build(cfg, data, engine)
+    return cfg, engine, parts, data.images.float() / 127.5 - 1
+
+
+def one_step(*overrides: str) -> dict[str, float]:
+    cfg, engine, parts, x = tiny_gan(*overrides)
+    torch.manual_seed(1)
+    logs = FAMILIES["dcgan"].step(parts, x, None, 1, engine, cfg)
+    return {k: float(v) for k, v in logs.items()}
+
+
+def test_the_default_gan_section_is_the_absent_one_value_for_value():
+    absent = one_step()
+    assert one_step("gan.loss=bce", 'gan.augment=""') == absent
+
+
+def test_hinge_reaches_the_step_and_changes_the_losses():
+    bce, hinge = one_step(), one_step("gan.loss=hinge")
+    assert hinge["loss_d"] != bce["loss_d"] and hinge["loss_g"] != bce["loss_g"]
+    # before any update D's logits are the same: only the loss on them differs
+    assert hinge["d_real"] == bce["d_real"] and hinge["d_fake"] == bce["d_fake"]
+    assert all(math.isfinite(v) for v in hinge.values())
+
+
+@pytest.mark.parametrize("augment", ["", "color,translation,cutout"])
+def test_augment_changes_what_d_sees_in_both_steps(augment):
+    cfg, engine, parts, x = tiny_gan(f"gan.augment={augment}" if augment else 'gan.augment=""')
+    seen = []
+    D = parts.nets["discriminator"]
+    D.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach().clone()))
+    torch.manual_seed(1)
+    logs = FAMILIES["dcgan"].step(parts, x, None, 1, engine, cfg)
+    assert len(seen) == 3  # real and fake in D's update, fake in G's
+    real_changed = not torch.equal(seen[0], x)
+    fakes_differ = not torch.equal(seen[1], seen[2])  # the same fakes, each its own draw
+    assert real_changed == fakes_differ == bool(augment)
+    assert all(math.isfinite(float(v)) for v in logs.values())
+
+
+def test_all_options_together_train_finite_steps_and_move_both_nets():
+    cfg, engine, parts, x = tiny_gan("gan.loss=hinge", "gan.augment=color,translation,cutout",
+                                     "discriminator.args.spectral_norm=true",
+                                     "discriminator.args.batch_norm=false",
+                                     "discriminator_optimizer.lr=4e-4",
+                                     "generator_optimizer.lr=1e-4")
+    before = {name: copy.deepcopy(net.state_dict()) for name, net in parts.nets.items()}
+    for step in range(1, 4):
+        logs = FAMILIES["dcgan"].step(parts, x, None, step, engine, cfg)
+        assert all(math.isfinite(float(v)) for v in logs.values())
+    for name, net in parts.nets.items():
+        assert any(not torch.equal(v, before[name][k]) for k, v in net.state_dict().items())
+
+
+@pytest.mark.parametrize("override, message", [
+    ("gan.loss=wgan", r"gan\.loss: 'wgan' is not one of \['bce', 'hinge'\]"),
+    ("gan.augment=colour", r"gan\.augment: 'colour' is not a comma-separated subset"),
+    ("gan.augmentation=color", r"gan\.augmentation: unknown field"),
+])
+def test_bad_gan_options_are_refused_naming_the_field(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("configs/dcgan_train.json", [override])
+
+
+def test_the_gan_section_is_refused_on_a_non_gan_config():
+    with pytest.raises(ConfigError, match=r"gan: a CVAE/DDPM config \(model\) would ignore "
+                                          r"gan\.loss"):
+        load_config("configs/ddpm_cats.json", ["gan.loss=hinge"])

@@ -36,6 +36,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "DataConfig",
+    "GanConfig",
     "ModelSpec",
     "OptimizerConfig",
     "SchedulerConfig",
@@ -64,6 +65,14 @@ class OptimizerConfig:
 @dataclass
 class SchedulerConfig:
     gamma: float = 1.0  # exponential decay per iteration; 1.0 keeps the lr constant
+
+
+@dataclass
+class GanConfig:
+    """The GAN family's training options; the defaults are the reference DCGAN's step."""
+
+    loss: str = "bce"  # bce (the reference, non-saturating) | hinge (SN-GAN, BigGAN)
+    augment: str = ""  # DiffAugment of D's inputs, e.g. "color,translation,cutout"; "" = none
 
 
 @dataclass
@@ -145,6 +154,7 @@ class Config:
     generator_lr_scheduler: SchedulerConfig | None = None
     discriminator_lr_scheduler: SchedulerConfig | None = None
     lr_scheduler: SchedulerConfig | None = None
+    gan: GanConfig | None = None  # GAN options (loss, DiffAugment); absent = the reference's
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from lib.config.parse import INT64_MAX, _coerce, _err, _show, check_sections
 
 if TYPE_CHECKING:
-    from lib.config import Config, DataConfig, ModelSpec, OptimizerConfig
+    from lib.config import Config, DataConfig, GanConfig, ModelSpec, OptimizerConfig
 
 MAX_IMAGE_SIZE = 1024  # pixels per side; the largest native size of a built-in dataset is 256
 MAX_EVAL_SAMPLES = 100_000  # twice the standard FID@50k
@@ -122,6 +122,18 @@ def _check_optimizer(opt: OptimizerConfig, source: str, name: str) -> None:
            f"must be in [0, 1], got {opt.weight_decay}")
 
 
+def _check_gan(gan: GanConfig, source: str) -> None:
+    from lib.models.augment import AUGMENT_POLICIES, parse_policy
+    from lib.models.losses import GAN_LOSSES
+
+    _check_choice(gan.loss, GAN_LOSSES, source, "gan.loss")
+    try:
+        parse_policy(gan.augment)
+    except ValueError:
+        raise _err(source, "gan.augment", f"{_show(gan.augment)} is not a comma-separated "
+                   f"subset of {list(AUGMENT_POLICIES)}, nor '' (none)") from None
+
+
 COMPILE_MODES = {"default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"}
 
 
@@ -179,6 +191,8 @@ def validate(cfg: Config, source: str = "<config>") -> None:
                "a GAN config needs both generator and discriminator")
         check_model_args(cfg.generator, d, source, "generator")
         check_model_args(cfg.discriminator, d, source, "discriminator")
+        if cfg.gan is not None:
+            _check_gan(cfg.gan, source)
     else:
         _check(cfg.model is not None, source, "model",
                "missing: give generator+discriminator (GAN) or model (CVAE/DDPM)")

@@ -25,7 +25,7 @@ INT64_MAX = 2**63 - 1
 
 # The sections each kind of config reads; any other one would be silently ignored.
 GAN_SECTIONS = ("generator", "discriminator", "generator_optimizer", "discriminator_optimizer",
-                "generator_lr_scheduler", "discriminator_lr_scheduler")
+                "generator_lr_scheduler", "discriminator_lr_scheduler", "gan")
 MODEL_SECTIONS = ("model", "optimizer", "lr_scheduler")
 
 

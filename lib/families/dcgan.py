@@ -1,12 +1,15 @@
-"""DCGAN: the reference's iteration (D on real then fake, one D update; then one G update)."""
+"""DCGAN: the reference's iteration (D on real then fake, one D update; then one G update).
+
+Options of `cfg.gan` (off by default, the reference's step exactly): the loss ("bce" or
+"hinge", lib.models.losses) and DiffAugment of everything D sees (lib.models.augment).
+"""
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from lib import viz
-from lib.config import Config
+from lib.config import Config, GanConfig
 from lib.data import ImageData
 from lib.device import Engine
 from lib.families.base import (
@@ -22,7 +25,9 @@ from lib.families.base import (
     resolve_model,
     unwrap,
 )
+from lib.models.augment import diff_augment
 from lib.models.dcgan import Discriminator, Generator
+from lib.models.losses import d_loss, g_loss
 from lib.rundir import RunDir
 
 
@@ -44,26 +49,26 @@ def build(cfg: Config, data: ImageData, engine: Engine) -> Parts:
 def step(parts: Parts, x: torch.Tensor, y, step: int, engine: Engine,
          cfg: Config) -> dict[str, torch.Tensor]:
     G, D = parts.nets["generator"], parts.nets["discriminator"]
+    gan = cfg.gan or GanConfig()  # DiffAugment's "" policy returns its input, drawing nothing
     b = x.shape[0]
-    ones = torch.ones(b, device=x.device)
-    zeros = torch.zeros(b, device=x.device)
     noise = torch.randn(b, parts.fixed["noise"].shape[1], device=x.device)
     clip = cfg.trainer.grad_clip
 
+    # separate real and fake passes: BatchNorm sees one kind per batch. DiffAugment: the same
+    # policy on the real and the fake batch, in D's update and in G's (Zhao et al. 2020)
     with engine.autocast():
-        out_real = D(x)  # separate real and fake passes: BatchNorm sees one kind per batch
+        out_real = D(diff_augment(x, gan.augment))
         fake = G(noise)
-        out_fake = D(fake.detach())
-        loss_d = (F.binary_cross_entropy_with_logits(out_real.float(), ones)
-                  + F.binary_cross_entropy_with_logits(out_fake.float(), zeros))
+        out_fake = D(diff_augment(fake.detach(), gan.augment))
+        loss_d = d_loss(gan.loss, out_real.float(), out_fake.float())
     engine.backward_step("discriminator", loss_d, parts.optimizers["discriminator"], clip)
 
     # D's weight gradients are not needed for G's update: freezing them saves ~13%.
     # Under DDP, D runs without its wrapper here: the wrapper would wait for D gradients.
     D.requires_grad_(False)
     with engine.autocast():
-        out_g = local(D)(fake)
-        loss_g = F.binary_cross_entropy_with_logits(out_g.float(), ones)
+        out_g = local(D)(diff_augment(fake, gan.augment))
+        loss_g = g_loss(gan.loss, out_g.float())
     engine.backward_step("generator", loss_g, parts.optimizers["generator"], clip)
     D.requires_grad_(True)
 

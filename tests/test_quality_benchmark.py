@@ -1,0 +1,91 @@
+"""benchmarks/quality.py --ablation: every variant builds a valid config that carries its option.
+
+The end-to-end run at toy size takes minutes on a busy 2-core box (each DDPM run samples its
+snapshots), so this checks the variant list and the sizing without training.
+"""
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def quality():
+    spec = importlib.util.spec_from_file_location("quality", ROOT / "benchmarks" / "quality.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("quality", module)
+    spec.loader.exec_module(module)
+    return module
+
+
+def args(tmp_path, batch_size=0):
+    return SimpleNamespace(image_size=32, data=tmp_path / "cats", data_root=tmp_path,
+                           device="cpu", seed=0, batch_size=batch_size)
+
+
+def test_every_variant_builds_a_valid_config_with_its_option(quality, tmp_path):
+    configs = {v: quality.ablation_config(v, args(tmp_path), 300) for v in quality.ABLATION}
+    assert len(configs) == 10  # 7 GAN (reference, 5 options, all) + 3 DDPM objectives
+    gan = {v: c for v, c in configs.items() if c.family == "dcgan"}
+    ddpm = {v: c for v, c in configs.items() if c.family == "ddpm"}
+    assert len(gan) == 7 and len(ddpm) == 3
+    # equal compute: the same steps and batch within a family, one snapshot at the end
+    assert {(c.total_steps, c.trainer.batch_size, c.trainer.log_every_step)
+            for c in gan.values()} == {(300, 128, 300)}
+    assert {(c.total_steps, c.trainer.batch_size) for c in ddpm.values()} == {(300, 64)}
+    assert all(c.data.image_size == 32 and c.trainer.eval_samples == 0
+               for c in configs.values())
+
+    ref = gan["dcgan reference"]
+    assert ref.gan is None and ref.trainer.ema_decay == 0
+    assert ref.generator_optimizer.lr == ref.discriminator_optimizer.lr == 2e-4
+    assert ref.discriminator.args == {"n_channels": 3, "hidden_dim": 64}  # the course preset
+    by_option = {v.split(" + ")[1].split(" (")[0]: c for v, c in gan.items() if " + " in v}
+    assert by_option["DiffAugment"].gan.augment == "color,translation,cutout"
+    assert by_option["hinge loss"].gan.loss == "hinge"
+    sn = by_option["spectral norm in D"]
+    assert sn.gan.loss == "hinge" and sn.discriminator.args["spectral_norm"] is True
+    assert sn.discriminator.args["batch_norm"] is False
+    ttur = by_option["TTUR"]
+    assert (ttur.discriminator_optimizer.lr, ttur.generator_optimizer.lr) == (4e-4, 1e-4)
+    assert by_option["EMA of G"].trainer.ema_decay == 0.999
+    assert by_option["EMA of G"].trainer.ema_power > 0  # warm-up for a short run
+    combined = by_option["all of the above"]
+    assert (combined.gan.loss, combined.gan.augment) == ("hinge", "color,translation,cutout")
+    assert combined.discriminator.args["spectral_norm"] and combined.trainer.ema_decay > 0
+
+    objectives = {(c.model.args.get("prediction", "eps"),
+                   c.model.args.get("loss_weighting", "none")) for c in ddpm.values()}
+    assert objectives == {("eps", "none"), ("v", "none"), ("eps", "min_snr")}
+    assert quality.SAMPLER_MODEL in ddpm
+    assert {s for s, _ in quality.SAMPLERS.values()} == {"dpm++2m"}
+
+
+def test_batch_size_override_and_step_sizing(quality, tmp_path):
+    cfg = quality.ablation_config("dcgan reference", args(tmp_path, batch_size=8), 2)
+    assert cfg.trainer.batch_size == 8 and cfg.total_steps == 2
+    # 7 runs of 0.6 s a step in 25 minutes: 357 steps each, rounded down to tens
+    assert quality.pick_steps(0.6, 25, 7) == 350
+    assert quality.pick_steps(100.0, 1, 7) == 20  # never fewer than the floor
+
+
+def test_merge_orders_split_runs_and_names_what_is_missing(quality, tmp_path):
+    protocol = {"features": "inception", "n_fake": 10}
+    row = {"fid": 50.0, "fid_low": 45.0, "fid_high": 55.0, "kid": 0.01, "kid_std": 0.001,
+           "diversity": 0.9, "protocol": protocol}
+    first, second = tmp_path / "a", tmp_path / "b"
+    first.mkdir(), second.mkdir()
+    (first / "quality.json").write_text(quality.json.dumps(
+        {"rows": {"dcgan + hinge loss": row, "real vs real (half B)": row}}))
+    (second / "quality.partial.json").write_text(quality.json.dumps(  # a run stopped early
+        {"dcgan reference": {**row, "fid": 60.0, "steps": 100}}))
+    text = quality.merge([first, second])
+    body = [line for line in text.splitlines() if line.startswith("| ") and "variant" not in line]
+    assert [line.split(" | ")[0] for line in body] == [
+        "| real vs real (half B)", "| dcgan reference", "| dcgan + hinge loss"]
+    assert "60.0 (45.0-55.0)" in body[1] and "not measured: dcgan + DiffAugment" in text
