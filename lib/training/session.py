@@ -263,6 +263,8 @@ class Session:
             if engine.is_main:
                 print(message, file=sys.stderr)
             raise Interrupted(message)
+        if self.clock.images:  # steps after the last log line (a budget stop between logs)
+            self.counters["train_seconds"] += self.clock.read()[0]
         if engine.is_main:
             viz.save_gif(run.snapshots("step"), run.media("evolution.gif"))
             self.family.finish(self.parts, run)
