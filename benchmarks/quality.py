@@ -193,7 +193,7 @@ def score(run_dir: Path, evaluator: Evaluator, n: int, seed: int,
             "images_seen": summary["images_seen"],
             "images_per_sec": summary["images_seen"] / max(summary["train_seconds"], 1e-9),
             "sample_ms_per_image": 1000 * sample_s / n,
-            "sampled_with": "ema" if rebuilt.parts.ema else "raw",
+            "sampled_with": rebuilt.parts.sampled_with(rebuilt.family.sampler),
             "grid": str(RunDir(run_dir).media("final_grid.png")),
             "scored_grid": str(scored_grid)}
 
@@ -203,13 +203,10 @@ def table(rows: dict[str, dict]) -> str:
             "diversity | sampling ms/img | weights |")
     lines = [head, "|" + "---|" * 9]
     for name, r in rows.items():
-        interval = (f" ({r['fid_low']:.1f}-{r['fid_high']:.1f})" if "fid_low" in r else "")
-        kid = f"{r['kid']:.4f} ± {r['kid_std']:.4f}" if "kid" in r else "-"
         lines.append(
             f"| {name} | {r.get('steps', '-')} | {_f(r.get('train_min'), 1)} | "
-            f"{_f(r.get('images_per_sec'), 0)} | {r['fid']:.1f}{interval} | {kid} | "
-            f"{r['diversity']:.2f} | {_f(r.get('sample_ms_per_image'), 2)} | "
-            f"{r.get('sampled_with', '-')} |")
+            f"{_f(r.get('images_per_sec'), 0)} | {_scores(r)} | "
+            f"{_f(r.get('sample_ms_per_image'), 2)} | {r.get('sampled_with', '-')} |")
     return "\n".join(lines)
 
 
@@ -218,14 +215,19 @@ def ablation_table(rows: dict[str, dict]) -> str:
             "CPU s/step (whole run) | steps | batch | sampling ms/img | weights |")
     lines = [head, "|" + "---|" * 10]
     for name, r in rows.items():
-        interval = f" ({r['fid_low']:.1f}-{r['fid_high']:.1f})" if "fid_low" in r else ""
-        kid = f"{r['kid']:.4f} ± {r['kid_std']:.4f}" if "kid" in r else "-"
         lines.append(
-            f"| {name} | {r['fid']:.1f}{interval} | {kid} | {r['diversity']:.2f} | "
+            f"| {name} | {_scores(r)} | "
             f"{_f(r.get('cpu_s_per_step'), 2)} | {_f(r.get('run_cpu_s_per_step'), 2)} | "
             f"{r.get('steps', '-')} | {r.get('batch', '-')} | "
             f"{_f(r.get('sample_ms_per_image'), 2)} | {r.get('sampled_with', '-')} |")
     return "\n".join(lines)
+
+
+def _scores(r: dict) -> str:
+    """The FID (interval), KID ± std and diversity cells both tables share."""
+    interval = f" ({r['fid_low']:.1f}-{r['fid_high']:.1f})" if "fid_low" in r else ""
+    kid = f"{r['kid']:.4f} ± {r['kid_std']:.4f}" if "kid" in r else "-"
+    return f"{r['fid']:.1f}{interval} | {kid} | {r['diversity']:.2f}"
 
 
 def pick_steps(cost_s: float, minutes: float, runs: int, low: int = 20) -> int:

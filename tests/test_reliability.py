@@ -419,8 +419,8 @@ def test_collapse_event_below_the_fraction():
     assert "diversity 0.1 at step 20" in event["message"]
 
 
-def stub_evaluation(monkeypatch, diversity: dict[int, float]):
-    """Evaluation that reports `diversity[step]` (1.0 otherwise), each entry once."""
+def stub_evaluation(monkeypatch, scores: dict[int, float], key: str = "diversity"):
+    """Evaluation that reports `key` = `scores[step]` (1.0 otherwise), each entry once."""
     import lib.training.loop
     import lib.training.session
 
@@ -431,7 +431,7 @@ def stub_evaluation(monkeypatch, diversity: dict[int, float]):
     def evaluate(family, parts, evaluator, engine, seed):
         step = len(calls)
         calls.append(step)
-        return {"fid": 100.0 - step, "diversity": diversity.pop(4 * (step + 1), 1.0)}
+        return {"fid": 100.0 - step, key: scores.pop(4 * (step + 1), 1.0)}
 
     monkeypatch.setattr(lib.training.session, "evaluate_parts", evaluate)
     return calls
@@ -475,14 +475,7 @@ def test_label_collapse_event_below_the_minimum():
 
 
 def test_label_collapse_during_training_is_logged_as_an_event(tmp_path, monkeypatch):
-    import lib.training.loop
-    import lib.training.session
-
-    evaluator = type("StubEvaluator", (), {"features": "stub", "num_samples": 8})()
-    monkeypatch.setattr(lib.training.loop, "make_evaluator", lambda *a, **k: evaluator)
-    sensitivity = iter([0.8, 0.01, 0.7])  # steps 4, 8, 12: the label ignored at step 8
-    monkeypatch.setattr(lib.training.session, "evaluate_parts", lambda *a: {
-        "fid": 10.0, "diversity": 1.0, "label_sensitivity": next(sensitivity)})
+    stub_evaluation(monkeypatch, {8: 0.01}, key="label_sensitivity")  # ignored at step 8
     run = train(load_config(tiny_config(tmp_path, eval_every=4, eval_samples=8)),
                 out_root=tmp_path, progress=False)
     events = [r for r in read_history(run) if "event" in r]

@@ -87,22 +87,14 @@ class Guard:
 
     def collapse(self, step: int, diversity: float) -> dict | None:
         """A `collapse` event record when diversity fell below the configured fraction."""
-        threshold = self.cfg.collapse_fraction
-        if threshold <= 0 or not diversity < threshold:
-            return None
-        return {"event": "collapse", "diversity": diversity, "threshold": threshold,
-                "message": f"diversity {diversity:.3g} at step {step} is below "
-                           f"{threshold:g} of the real data's (mode collapse?)"}
+        return _below("collapse", "diversity", diversity, self.cfg.collapse_fraction, step,
+                      "of the real data's (mode collapse?)")
 
     def label_collapse(self, step: int, sensitivity: float) -> dict | None:
         """A `label_collapse` event record when label sensitivity fell below the minimum."""
-        threshold = self.cfg.label_sensitivity_min
-        if threshold <= 0 or not sensitivity < threshold:
-            return None
-        return {"event": "label_collapse", "label_sensitivity": sensitivity,
-                "threshold": threshold,
-                "message": f"label sensitivity {sensitivity:.3g} at step {step} is below "
-                           f"{threshold:g} (the generator ignores its class label?)"}
+        return _below("label_collapse", "label_sensitivity", sensitivity,
+                      self.cfg.label_sensitivity_min, step,
+                      "(the generator ignores its class label?)")
 
     def collapses(self, step: int, metrics: dict) -> list[dict]:
         """The collapse events an evaluation's scores show (none when they are absent)."""
@@ -152,3 +144,14 @@ class Guard:
         self.lr_scale = state.get("lr_scale", 1.0)
         self.recent = {k: deque(v, maxlen=SPIKE_WINDOW) for k, v in state.get("recent", {}).items()}
         self.pending = []
+
+
+def _below(event: str, score: str, value: float, threshold: float, step: int,
+           why: str) -> dict | None:
+    """An `event` record when `score` fell below `threshold` (0: the watch is off; NaN never
+    fires)."""
+    if threshold <= 0 or not value < threshold:
+        return None
+    return {"event": event, score: value, "threshold": threshold,
+            "message": f"{score.replace('_', ' ')} {value:.3g} at step {step} is below "
+                       f"{threshold:g} {why}"}

@@ -143,7 +143,6 @@ def train(cfg: Config, out_root: str | Path = "outputs", run_dir: str | Path | N
     return run.root
 
 
-
 def claim_run(cfg: Config, engine: Engine, out_root: str | Path, run_dir: str | Path | None,
               resume: str | Path | None) -> RunDir:
     """The run folder, claimed and locked by rank 0: a new one (never an existing folder:
