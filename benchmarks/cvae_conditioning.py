@@ -25,7 +25,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from lib.data import load_dataset, to_float, to_uint8  # noqa: E402
-from lib.metrics import label_sensitivity, load_classifier  # noqa: E402
+from lib.metrics import label_sensitivity  # noqa: E402
+from lib.metrics.classifier import load_classifier  # noqa: E402
 from lib.models.cvae import CVAE  # noqa: E402
 
 

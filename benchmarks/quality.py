@@ -143,10 +143,22 @@ def ablation_config(variant: str, args, steps: int) -> Config:
                  "trainer.epochs=1",
                  f"trainer.iterations_per_epoch={steps}", "trainer.save_period=1",
                  f"trainer.log_every_step={steps}", "trainer.max_minutes=0",
-                 f"trainer.seed={args.seed}"]
+                 f"trainer.seed={train_seed(args)}"]
     if args.batch_size:
         overrides.append(f"trainer.batch_size={args.batch_size}")
     return load_config(ROOT / preset, overrides)
+
+
+def train_seed(args) -> int:
+    """The seed of the training runs: --train-seed, else --seed (which also splits the data
+    and draws the scored samples, so a second training seed keeps the same FID reference)."""
+    return args.seed if getattr(args, "train_seed", None) is None else args.train_seed
+
+
+def row_name(variant: str, args) -> str:
+    """The variant, marked with its training seed when that is not --seed."""
+    seed = train_seed(args)
+    return variant if seed == args.seed else f"{variant}, train seed {seed}"
 
 
 def step_cost(cfg: Config, data: ImageData, repeats: int = 2) -> dict:
@@ -274,12 +286,13 @@ def run_ablation(args, data: ImageData, evaluator: Evaluator,
         extra = {"cpu_s_per_step": costs[v]["cpu_s"], "run_cpu_s_per_step": run_cpu,
                  "batch": cfg.trainer.batch_size}
         scored = DDPM_SCORED if kinds[v] == "ddpm" else None
-        rows[v] = {**score(run_dir, evaluator, args.n, args.seed + 2, scored), **extra}
-        print(f"[{v}] FID {rows[v]['fid']:.1f}, {run_cpu:.2f} CPU s/step", flush=True)
+        name = row_name(v, args)
+        rows[name] = {**score(run_dir, evaluator, args.n, args.seed + 2, scored), **extra}
+        print(f"[{name}] FID {rows[name]['fid']:.1f}, {run_cpu:.2f} CPU s/step", flush=True)
         save_partial(args, rows)
         if v == SAMPLER_MODEL:
             for label, sampler in SAMPLERS.items():
-                row = f"{v}, sampled with {label}"
+                row = f"{name}, sampled with {label}"
                 rows[row] = {**score(run_dir, evaluator, args.n, args.seed + 2, sampler),
                              **extra}
                 print(f"[{row}] FID {rows[row]['fid']:.1f}", flush=True)
@@ -322,7 +335,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--full", action="store_true", help="the presets' own length (a GPU run)")
     p.add_argument("--out", type=Path, default=ROOT / "outputs" / "quality")
     p.add_argument("--data-root", type=Path, default=ROOT / "data")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="splits the data, seeds training and draws the scored samples")
+    p.add_argument("--train-seed", type=int, default=None,
+                   help="ablation: another training seed on the same FID reference (rows "
+                        "named '..., train seed N')")
     p.add_argument("--ablation", action="store_true",
                    help="the GAN options, DDPM objectives and samplers at equal steps")
     p.add_argument("--train-minutes", type=float, default=30.0,

@@ -89,3 +89,12 @@ def test_merge_orders_split_runs_and_names_what_is_missing(quality, tmp_path):
     assert [line.split(" | ")[0] for line in body] == [
         "| real vs real (half B)", "| dcgan reference", "| dcgan + hinge loss"]
     assert "60.0 (45.0-55.0)" in body[1] and "not measured: dcgan + DiffAugment" in text
+
+
+def test_a_second_training_seed_keeps_the_reference_and_names_its_rows(quality, tmp_path):
+    same = args(tmp_path)
+    other = SimpleNamespace(**vars(same), train_seed=1)
+    assert quality.ablation_config("dcgan reference", same, 2).trainer.seed == 0
+    assert quality.ablation_config("dcgan reference", other, 2).trainer.seed == 1
+    assert quality.row_name("dcgan reference", same) == "dcgan reference"
+    assert quality.row_name("dcgan reference", other) == "dcgan reference, train seed 1"
