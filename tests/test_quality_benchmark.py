@@ -30,10 +30,10 @@ def args(tmp_path, batch_size=0):
 
 def test_every_variant_builds_a_valid_config_with_its_option(quality, tmp_path):
     configs = {v: quality.ablation_config(v, args(tmp_path), 300) for v in quality.ABLATION}
-    assert len(configs) == 10  # 7 GAN (reference, 5 options, all) + 3 DDPM objectives
+    assert len(configs) == 11  # 8 GAN (reference, 5 options, all, preset) + 3 DDPM
     gan = {v: c for v, c in configs.items() if c.family == "dcgan"}
     ddpm = {v: c for v, c in configs.items() if c.family == "ddpm"}
-    assert len(gan) == 7 and len(ddpm) == 3
+    assert len(gan) == 8 and len(ddpm) == 3
     # equal compute: the same steps and batch within a family, one snapshot at the end
     assert {(c.total_steps, c.trainer.batch_size, c.trainer.log_every_step)
             for c in gan.values()} == {(300, 128, 300)}
@@ -98,3 +98,18 @@ def test_a_second_training_seed_keeps_the_reference_and_names_its_rows(quality, 
     assert quality.ablation_config("dcgan reference", other, 2).trainer.seed == 1
     assert quality.row_name("dcgan reference", same) == "dcgan reference"
     assert quality.row_name("dcgan reference", other) == "dcgan reference, train seed 1"
+
+
+def test_the_strong_preset_row_trains_what_the_preset_changes(quality, tmp_path):
+    """The ablation's preset row and configs/dcgan_cats_strong.json agree on every option."""
+    from lib.config import load_config
+
+    row = quality.ablation_config("dcgan + the strong preset's options", args(tmp_path), 2)
+    preset = load_config(ROOT / "configs" / "dcgan_cats_strong.json")
+    course = load_config(ROOT / "configs" / "dcgan_train.json")
+    assert row.gan == preset.gan and row.gan != course.gan
+    for part in ("generator", "discriminator", "generator_optimizer",
+                 "discriminator_optimizer"):
+        assert getattr(row, part) == getattr(preset, part), part
+    for field in ("ema_decay", "ema_power", "batch_size"):
+        assert getattr(row.trainer, field) == getattr(preset.trainer, field), field
