@@ -75,7 +75,7 @@ GAN_OPTIONS = {
     "ttur": ["discriminator_optimizer.lr=4e-4", "generator_optimizer.lr=1e-4"],  # Heusel et al.
     "ema": EMA_G,
 }
-STRONG = ["gan.augment=color,translation,cutout", *EMA_G]
+STRONG = [*GAN_OPTIONS["hinge"], *EMA_G]
 ABLATION = {
     "dcgan reference": ("dcgan", []),
     "dcgan + DiffAugment (color,translation,cutout)": ("dcgan", GAN_OPTIONS["augment"]),
