@@ -7,7 +7,7 @@ model and the PNG encoding. Every move goes to a new setting: the DDPM explorer'
 cache of past renders is never what is timed.
 
     python benchmarks/widgets.py [--updates 20] [--threads N] [--dcgan-samples 4]
-                                 [--ddpm-steps 10] [--ddpm-sampler ddim] [--ddpm-samples 1]
+                                 [--ddpm-steps 10] [--ddpm-sampler dpm++2m] [--ddpm-samples 1]
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--dcgan-samples", type=int, default=4, help="images in the DCGAN grid")
     parser.add_argument("--ddpm-steps", type=int, default=10)
-    parser.add_argument("--ddpm-sampler", default="ddim")
+    parser.add_argument("--ddpm-sampler", default="dpm++2m")
     parser.add_argument("--ddpm-samples", type=int, default=1)
     args = parser.parse_args()
     if args.threads:

@@ -285,11 +285,14 @@ def class_traversal_grid(cvae: nn.Module, directions: Directions, label: int = 0
 
 
 ALL_CLASSES = -1  # a label that cycles over the classes (0, 1, 2, ...)
+# The explorers' sampler: DPM-Solver++(2M) at 10 steps scored within 6% of DDIM-50's
+# Inception FID on the real cats (docs/quality.md), at a fifth of the network calls.
+FAST_SAMPLER, FAST_STEPS = "dpm++2m", 10
 
 
-def ddpm_images(model: nn.Module, seed: int = 0, n: int = 4, steps: int | None = 20,
+def ddpm_images(model: nn.Module, seed: int = 0, n: int = 4, steps: int | None = FAST_STEPS,
                 guidance_scale: float = 1.0, label: int | None = None,
-                sampler: str = "ddim", eta: float | None = None) -> torch.Tensor:
+                sampler: str = FAST_SAMPLER, eta: float | None = None) -> torch.Tensor:
     """Samples from the noise a seed stands for -> (n, C, H, W) in [-1, 1] on the CPU.
 
     The seed fixes every random draw (x_T and the sampler's noise). label None or
@@ -307,18 +310,18 @@ def ddpm_images(model: nn.Module, seed: int = 0, n: int = 4, steps: int | None =
     return out.float().cpu()
 
 
-def ddpm_grid(model: nn.Module, seed: int = 0, n: int = 8, steps: int = 20,
+def ddpm_grid(model: nn.Module, seed: int = 0, n: int = 8, steps: int = FAST_STEPS,
               guidance_scales: Sequence[float] = (1.0,), label: int | None = None,
-              sampler: str = "ddim") -> torch.Tensor:
+              sampler: str = FAST_SAMPLER) -> torch.Tensor:
     """One row per guidance scale, the same starting noise in every row."""
     images = torch.cat([ddpm_images(model, seed, n, steps, w, label, sampler)
                         for w in guidance_scales])
     return viz.make_grid(images, nrow=n)
 
 
-def guidance_grid(model: nn.Module, seed: int = 0, n: int = 8, steps: int = 20,
+def guidance_grid(model: nn.Module, seed: int = 0, n: int = 8, steps: int = FAST_STEPS,
                   guidance_scales: Sequence[float] = (1.0,),
-                  class_names: Sequence[str] | None = None, sampler: str = "ddim"):
+                  class_names: Sequence[str] | None = None, sampler: str = FAST_SAMPLER):
     """`ddpm_grid` with its rows labelled by guidance scale -> a PIL image; the columns of a
     conditional model cycle over the classes (named in the first row's caption)."""
     grid = ddpm_grid(model, seed, n, steps, guidance_scales, sampler=sampler)

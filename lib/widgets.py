@@ -27,6 +27,8 @@ from torch import nn
 from lib import viz
 from lib.explore import (
     ALL_CLASSES,
+    FAST_SAMPLER,
+    FAST_STEPS,
     Directions,
     class_grid,
     class_traversal_grid,
@@ -207,8 +209,8 @@ def class_explorer(cvae: nn.Module, images: torch.Tensor, labels: torch.Tensor,
                      buttons={"resample": resample})
 
 
-def ddpm_explorer(model: nn.Module, n_samples: int = 4, steps: int = 20, max_steps: int = 100,
-                  sampler: str = "ddim", eta: float | None = None,
+def ddpm_explorer(model: nn.Module, n_samples: int = 4, steps: int = FAST_STEPS,
+                  max_steps: int = 100, sampler: str = FAST_SAMPLER, eta: float | None = None,
                   class_names: list[str] | None = None, display_size: int = 128,
                   cache_size: int = 64) -> Explorer:
     """A diffusion model's samples: seed, sampler steps, guidance scale (and class if
@@ -216,8 +218,9 @@ def ddpm_explorer(model: nn.Module, n_samples: int = 4, steps: int = 20, max_ste
 
     Each update runs `steps` UNet passes, so sliders update on release, not while dragging;
     the last `cache_size` renders are kept, so going back to a setting is instant.
-    sampler: any of the model's samplers; one that takes every timestep ("ddpm") fixes the
-    steps slider. eta: the sampler's noise (None: the model's).
+    sampler: any of the model's samplers, by default DPM-Solver++(2M) at 10 steps; one that
+    takes every timestep ("ddpm") fixes the steps slider. eta: the sampler's noise (None:
+    the model's; "dpm++2m" has none).
     controls: "seed", "steps", "guidance_scale", and "label" for a conditional model
     (ALL_CLASSES = cycle over the classes).
     """

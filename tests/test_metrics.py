@@ -315,6 +315,22 @@ def test_evaluate_parts_scores_classes_and_reconstructions(evaluator, digits):
     assert result["sampled_with"] == "raw"
 
 
+def test_a_diffusion_models_score_names_its_sampler_and_steps(evaluator, digits):
+    from lib.models.ddpm import DDPM
+
+    model = DDPM(image_size=8, n_channels=1, num_classes=0, base_channels=8,
+                 channel_mults=[1, 2], num_res_blocks=1, timesteps=20, sampler="dpm++2m",
+                 sample_steps=5)
+    family = dataclasses.replace(FAMILIES["ddpm"],
+                                 sample=lambda parts, n, labels, gen: digits.images[:n] / 127.5 - 1)
+    parts = Parts(nets={"model": model}, optimizers={}, schedulers={},
+                  specs={"model": {"type": "DDPM", "args": {}}})
+    engine = Engine(torch.device("cpu"), None)
+    assert evaluate_parts(family, parts, evaluator, engine, seed=0)["sampler"] == "dpm++2m 5 steps"
+    model.sampler = "ddpm"  # the ancestral chain: every timestep
+    assert evaluate_parts(family, parts, evaluator, engine, seed=0)["sampler"] == "ddpm 20 steps"
+
+
 def test_plot_metrics_draws_what_was_logged(tmp_path):
     assert plot_metrics([], tmp_path / "m.png") is None  # nothing logged yet
     assert plot_metrics([{"step": 1, "loss": 0.5}], tmp_path / "l.png").stat().st_size > 1000

@@ -137,7 +137,17 @@ def evaluate_parts(family: Family, parts: Parts, evaluator: Evaluator, engine: E
         if family.label_grid is not None:
             grid = to_uint8(family.label_grid(parts, fixed_generator(seed + 3)))
         result = evaluator.evaluate(fake, labels, recon, grid)
-    return {**result, "sampled_with": parts.sampled_with(family.sampler)}
+    return {**result, **diffusion_sampler(parts, family.sampler),
+            "sampled_with": parts.sampled_with(family.sampler)}
+
+
+def diffusion_sampler(parts: Parts, name: str) -> dict:
+    """{"sampler": "dpm++2m 20 steps"} for a diffusion model, whose score depends on the
+    sampler that drew its images (and how many network calls it took); {} otherwise."""
+    net = unwrap(parts.sampler_net(name)) if name in parts.nets else None
+    if not hasattr(net, "timestep_sequence"):
+        return {}
+    return {"sampler": f"{net.sampler} {len(net.timestep_sequence(net.sampler, None)) - 1} steps"}
 
 
 def best_fid(run: RunDir, features: str, step: int) -> float:
