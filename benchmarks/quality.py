@@ -215,27 +215,33 @@ def score(run_dir: Path, evaluator: Evaluator, n: int, seed: int,
 
 
 def table(rows: dict[str, dict]) -> str:
-    head = ("| model | steps | train min | images/s | FID (95% interval) | KID ± std | "
-            "diversity | sampling ms/img | weights |")
-    lines = [head, "|" + "---|" * 9]
-    for name, r in rows.items():
-        lines.append(
-            f"| {name} | {r.get('steps', '-')} | {_f(r.get('train_min'), 1)} | "
-            f"{_f(r.get('images_per_sec'), 0)} | {_scores(r)} | "
-            f"{_f(r.get('sample_ms_per_image'), 2)} | {r.get('sampled_with', '-')} |")
-    return "\n".join(lines)
+    return _markdown(rows, "model", [
+        ("steps", lambda r: str(r.get("steps", "-"))),
+        ("train min", lambda r: _f(r.get("train_min"), 1)),
+        ("images/s", lambda r: _f(r.get("images_per_sec"), 0)),
+        ("FID (95% interval) | KID ± std | diversity", _scores),
+        ("sampling ms/img", lambda r: _f(r.get("sample_ms_per_image"), 2)),
+        ("weights", lambda r: r.get("sampled_with", "-"))])
 
 
 def ablation_table(rows: dict[str, dict]) -> str:
-    head = ("| variant | FID (95% interval) | KID ± std | diversity | CPU s/step (step alone) | "
-            "CPU s/step (whole run) | steps | batch | sampling ms/img | weights |")
-    lines = [head, "|" + "---|" * 10]
-    for name, r in rows.items():
-        lines.append(
-            f"| {name} | {_scores(r)} | "
-            f"{_f(r.get('cpu_s_per_step'), 2)} | {_f(r.get('run_cpu_s_per_step'), 2)} | "
-            f"{r.get('steps', '-')} | {r.get('batch', '-')} | "
-            f"{_f(r.get('sample_ms_per_image'), 2)} | {r.get('sampled_with', '-')} |")
+    return _markdown(rows, "variant", [
+        ("FID (95% interval) | KID ± std | diversity", _scores),
+        ("CPU s/step (step alone)", lambda r: _f(r.get("cpu_s_per_step"), 2)),
+        ("CPU s/step (whole run)", lambda r: _f(r.get("run_cpu_s_per_step"), 2)),
+        ("steps", lambda r: str(r.get("steps", "-"))),
+        ("batch", lambda r: str(r.get("batch", "-"))),
+        ("sampling ms/img", lambda r: _f(r.get("sample_ms_per_image"), 2)),
+        ("weights", lambda r: r.get("sampled_with", "-"))])
+
+
+def _markdown(rows: dict[str, dict], first: str, columns: list) -> str:
+    """A markdown table: one line per row, `first` naming it, then (header, cell) columns
+    (a header holding ' | ' spans as many table columns as its cell)."""
+    head = " | ".join([first, *(h for h, _ in columns)])
+    lines = [f"| {head} |", "|" + "---|" * (head.count(" | ") + 1)]
+    lines += [f"| {' | '.join([name, *(cell(r) for _, cell in columns)])} |"
+              for name, r in rows.items()]
     return "\n".join(lines)
 
 

@@ -402,7 +402,7 @@ def write_cats_with_duplicates(folder: Path) -> None:
 
 
 @pytest.mark.parametrize("layout", [
-    "tarball",  # data.path=<root> holding cats/<n>.jpg, as ../shared/data/cats64.tar extracts
+    "tarball",  # data.path=<root> holding cats/<n>.jpg, as the course's cats64.tar mirror extracts
     "root",  # the tarball extracted into data.root
     "kaggle",  # /kaggle/input/<slug>/cats/
     "kaggle_nested",  # /kaggle/input/datasets/<owner>/<slug>/cats/, a slug not named cats*
