@@ -73,6 +73,9 @@ class GanConfig:
 
     loss: str = "bce"  # bce (the reference, non-saturating) | hinge (SN-GAN, BigGAN)
     augment: str = ""  # DiffAugment of D's inputs, e.g. "color,translation,cutout"; "" = none
+    # G's BatchNorm statistics for sampling: recomputed on this many noise draws through the
+    # weights that sample (EMA or raw); 0 = the running averages training kept
+    standing_stats: int = 1024
 
 
 @dataclass

@@ -50,13 +50,31 @@ class Parts:
     ema: EMA | None = None  # moving averages of the nets the family samples with
     fixed: dict[str, torch.Tensor] = field(default_factory=dict)  # fixed noise/labels/batch
     class_names: list[str] | None = None
+    # name -> recomputes a sampling copy's BatchNorm statistics (Family.standing), for nets
+    # whose running averages describe other weights than those that sample
+    standing: dict[str, Callable[[nn.Module], None]] = field(default_factory=dict)
+    _standing: dict[str, tuple[torch.Tensor, nn.Module]] = field(default_factory=dict,
+                                                                 repr=False)
 
     def sampler_net(self, name: str) -> nn.Module:
         """The weights to sample `name` with: its EMA average when kept, never a DDP wrapper
-        (its forward is a collective, and rank 0 samples alone)."""
+        (its forward is a collective, and rank 0 samples alone). With standing statistics
+        for `name`, a copy of them whose BatchNorm statistics were recomputed for these
+        very weights: made again only when the weights changed."""
         if self.ema is not None and name in self.ema.averages:
-            return self.ema.averages[name]
-        return local(self.nets[name])
+            net = self.ema.averages[name]
+        else:
+            net = local(self.nets[name])
+        if name not in self.standing:
+            return net
+        key = fingerprint(net)
+        cached = self._standing.get(name)
+        if cached is None or not torch.equal(cached[0], key):
+            with torch.inference_mode(False), torch.no_grad():  # a copy of plain tensors
+                standing = plain_batchnorm(copy.deepcopy(unwrap(net)))
+                self.standing[name](standing)
+            self._standing[name] = (key, standing.eval().requires_grad_(False))
+        return self._standing[name][1]
 
     def sampled_with(self, name: str) -> str:
         """"ema" or "raw": which weights `sampler_net(name)` samples with (grids, scores)."""
@@ -84,6 +102,15 @@ class Family:
     # (parts, generator) -> (K, M, C, H, W) in [-1, 1]: M fixed noise vectors decoded under
     # each of K labels, for conditional models whose noise is an input (label sensitivity)
     label_grid: Callable[[Parts, torch.Generator], torch.Tensor] | None = None
+
+    # cfg -> {net name: a function that recomputes that net's BatchNorm statistics in place}
+    standing: Callable[[Config], dict[str, Callable[[nn.Module], None]]] | None = None
+
+    def prepare_sampling(self, parts: Parts, cfg: Config) -> None:
+        """What sampling draws from besides the trained nets: EMA averages, standing
+        statistics."""
+        parts.ema = self.make_ema(parts, cfg.trainer)
+        parts.standing = self.standing(cfg) if self.standing else {}
 
     def make_ema(self, parts: Parts, t: TrainerConfig) -> EMA | None:
         """The moving average of the nets this family averages; None when ema_decay is 0."""
@@ -196,6 +223,45 @@ def chunked(fn: Callable[..., torch.Tensor], *inputs: torch.Tensor | None,
     n = len(next(x for x in inputs if x is not None))
     return torch.cat([fn(*(None if x is None else x[i : i + size] for x in inputs))
                       for i in range(0, n, size)])
+
+
+def fingerprint(net: nn.Module) -> torch.Tensor:
+    """One sum per parameter, on the CPU: changes when the weights change (optimizer steps,
+    EMA updates, loaded or rolled-back weights), whatever did it in place."""
+    return torch.stack([p.detach().float().sum() for p in net.parameters()]).cpu()
+
+
+def plain_batchnorm(net: nn.Module) -> nn.Module:
+    """`net` with every SyncBatchNorm turned back into a BatchNorm2d (same weights and
+    statistics): a train-mode forward of a SyncBatchNorm is a collective over all ranks."""
+    if isinstance(net, nn.SyncBatchNorm):
+        plain = nn.BatchNorm2d(net.num_features, net.eps, net.momentum, net.affine,
+                               net.track_running_stats)
+        state = net.state_dict()
+        plain.load_state_dict(state)
+        return plain.to(next(iter(state.values())).device)
+    for name, child in net.named_children():
+        setattr(net, name, plain_batchnorm(child))
+    return net
+
+
+@torch.no_grad()
+def standing_statistics(net: nn.Module, inputs: Iterator[tuple]) -> None:
+    """Recompute `net`'s BatchNorm running statistics in place as the plain average of
+    their batch statistics over `inputs` (forward in train mode), then leave it in eval
+    mode ("standing statistics", Brock et al. 2019). Running averages kept during training
+    lag behind the weights, and an EMA copy's were measured on other weights."""
+    norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    net.train()
+    for args in inputs:
+        net(*args)
+    for m, momentum in zip(norms, momenta, strict=True):
+        m.momentum = momentum
+    net.eval()
 
 
 @contextmanager

@@ -13,6 +13,7 @@ from lib.config import Config, GanConfig
 from lib.data import ImageData
 from lib.device import Engine
 from lib.families.base import (
+    CHUNK,
     Family,
     Parts,
     chunked,
@@ -23,6 +24,7 @@ from lib.families.base import (
     make_net,
     make_opt_sched,
     resolve_model,
+    standing_statistics,
     unwrap,
 )
 from lib.models.augment import diff_augment
@@ -99,6 +101,26 @@ def finish(parts: Parts, run: RunDir) -> None:
                  scale=max(1, 256 // parts.fixed["noise"].shape[0]))
 
 
+STANDING_SEED = 12345  # the noise G's standing statistics are measured on: fixed, not training's
+
+
+def standing(cfg: Config) -> dict:
+    """G's BatchNorm statistics for sampling, measured on `gan.standing_stats` noise draws
+    through the very weights that sample (the EMA's, when kept); {} when 0."""
+    images = (cfg.gan or GanConfig()).standing_stats
+    if not images:
+        return {}
+
+    def recompute(G: torch.nn.Module) -> None:
+        g, device = fixed_generator(STANDING_SEED), device_of(G)
+        standing_statistics(G, ((torch.randn(min(CHUNK, images - i), G.latent_dim,
+                                             generator=g).to(device),)
+                                for i in range(0, images, CHUNK)))
+
+    return {"generator": recompute}
+
+
 FAMILY = Family(name="dcgan", models={"Generator": Generator, "Discriminator": Discriminator},
                 sampler="generator", averaged=("generator",), color="tab:blue",
-                build=build, step=step, snapshot=snapshot, sample=sample, finish=finish)
+                build=build, step=step, snapshot=snapshot, sample=sample, finish=finish,
+                standing=standing)

@@ -67,7 +67,7 @@ def rebuild(run_dir: str | Path, checkpoint: str = "last.pt",
     nets = {name: make_net(spec, engine) for name, spec in ckpt["models"].items()}
     parts = Parts(nets=nets, optimizers={}, schedulers={}, specs=ckpt["models"],
                   class_names=ckpt.get("class_names"))
-    parts.ema = family.make_ema(parts, cfg.trainer)
+    family.prepare_sampling(parts, cfg)
     load_weights(ckpt, parts, path)
     return Rebuilt(cfg, family, parts, engine, ckpt["step"])
 

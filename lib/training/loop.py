@@ -65,7 +65,7 @@ def train(cfg: Config, out_root: str | Path = "outputs", run_dir: str | Path | N
         data = load_dataset(**asdict(cfg.data))
     parts = family.build(cfg, data, engine)
     parts.class_names = data.class_names
-    parts.ema = family.make_ema(parts, t)
+    family.prepare_sampling(parts, cfg)
     parts.nets = {name: engine.wrap(net) for name, net in parts.nets.items()}
     if engine.rank:  # each rank its own noise and batches; rank 0 as a single process
         seed_everything(t.seed + engine.rank)
