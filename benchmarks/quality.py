@@ -51,7 +51,7 @@ from lib.families import FAMILIES  # noqa: E402
 from lib.families.base import fixed_generator, unwrap  # noqa: E402
 from lib.metrics import Evaluator, protocol_summary  # noqa: E402
 from lib.rundir import RunDir  # noqa: E402
-from lib.training.evaluation import rebuild  # noqa: E402
+from lib.training.evaluation import batchnorm_stats, rebuild  # noqa: E402
 from lib.training.loop import train  # noqa: E402
 
 # model name -> (preset, overrides that size it for a CPU budget at small image sizes)
@@ -210,6 +210,7 @@ def score(run_dir: Path, evaluator: Evaluator, n: int, seed: int,
             "images_per_sec": summary["images_seen"] / max(summary["train_seconds"], 1e-9),
             "sample_ms_per_image": 1000 * sample_s / n,
             "sampled_with": rebuilt.parts.sampled_with(rebuilt.family.sampler),
+            **batchnorm_stats(rebuilt.parts, rebuilt.family.sampler),
             "grid": str(RunDir(run_dir).media("final_grid.png")),
             "scored_grid": str(scored_grid)}
 
@@ -221,7 +222,7 @@ def table(rows: dict[str, dict]) -> str:
         ("images/s", lambda r: _f(r.get("images_per_sec"), 0)),
         ("FID (95% interval) | KID ± std | diversity", _scores),
         ("sampling ms/img", lambda r: _f(r.get("sample_ms_per_image"), 2)),
-        ("weights", lambda r: r.get("sampled_with", "-"))])
+        ("weights", _weights)])
 
 
 def ablation_table(rows: dict[str, dict]) -> str:
@@ -232,7 +233,12 @@ def ablation_table(rows: dict[str, dict]) -> str:
         ("steps", lambda r: str(r.get("steps", "-"))),
         ("batch", lambda r: str(r.get("batch", "-"))),
         ("sampling ms/img", lambda r: _f(r.get("sample_ms_per_image"), 2)),
-        ("weights", lambda r: r.get("sampled_with", "-"))])
+        ("weights", _weights)])
+
+
+def _weights(r: dict) -> str:
+    """Which weights sampled, and whether their BatchNorm statistics were their own."""
+    return r.get("sampled_with", "-") + (", standing BN" if "batchnorm" in r else "")
 
 
 def _markdown(rows: dict[str, dict], first: str, columns: list) -> str:
@@ -327,6 +333,31 @@ def merge(folders: list[Path]) -> str:
             + (f"; not measured: {', '.join(missing)}" if missing else "") + "\n")
 
 
+def rescore(folders: list[Path], evaluator: Evaluator, n: int, seed: int) -> None:
+    """Score the GAN rows of earlier --out folders again from their checkpoints, after a
+    change to how GANs sample; the training columns stay. The rows as they were are kept
+    once in quality.before_rescore.json."""
+    for folder in folders:
+        done = folder / "quality.json"
+        saved = json.loads(done.read_text()) if done.exists() else {
+            "rows": json.loads((folder / "quality.partial.json").read_text())}
+        if "args" in saved and (int(saved["args"]["n"]), int(saved["args"]["seed"])) != (n, seed):
+            raise SystemExit(f"{folder} was scored with --n {saved['args']['n']} --seed "
+                             f"{saved['args']['seed']}; rescore it with the same")
+        before = folder / "quality.before_rescore.json"
+        if not before.exists():
+            before.write_text(json.dumps(saved, indent=2, default=str) + "\n")
+        for name, row in saved["rows"].items():
+            run_dir = Path(row["grid"]).parent if "grid" in row else None
+            if run_dir is None or "generator" not in json.loads(
+                    (run_dir / "config.json").read_text()):  # GANs only
+                continue
+            old = row["fid"]
+            saved["rows"][name] = {**row, **score(run_dir, evaluator, n, seed + 2)}
+            print(f"[{name}] FID {old:.1f} -> {saved['rows'][name]['fid']:.1f}", flush=True)
+            done.write_text(json.dumps(saved, indent=2, default=str) + "\n")
+
+
 def _f(v, digits: int) -> str:
     return "-" if v is None else f"{v:,.{digits}f}"
 
@@ -364,6 +395,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="leave out the real-vs-real row (a run split by --variant needs it once)")
     p.add_argument("--merge", type=Path, nargs="+", default=None, metavar="FOLDER",
                    help="print one ablation table from the --out folders of split runs")
+    p.add_argument("--rescore", type=Path, nargs="+", default=None, metavar="FOLDER",
+                   help="score the GAN rows of earlier --out folders again from their "
+                        "checkpoints (after a change to sampling); then --merge them")
     p.add_argument("--threads", type=int, default=0,
                    help="torch intra-op threads (default: torch's); 1 on a busy shared box")
     args = p.parse_args(argv)
@@ -390,6 +424,9 @@ def main(argv: list[str] | None = None) -> int:
                           cache_dir=args.data_root / "cache",
                           weights_path=args.inception_weights, reference="half A of the data",
                           seed=args.seed)
+    if args.rescore:
+        rescore(args.rescore, evaluator, args.n, args.seed)
+        return 0
     rows = {}
     if not args.skip_real_vs_real:
         rows["real vs real (half B)"] = evaluator.evaluate(half_b.images)

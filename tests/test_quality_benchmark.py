@@ -113,3 +113,40 @@ def test_the_strong_preset_row_trains_what_the_preset_changes(quality, tmp_path)
         assert getattr(row, part) == getattr(preset, part), part
     for field in ("ema_decay", "ema_power", "batch_size"):
         assert getattr(row.trainer, field) == getattr(preset.trainer, field), field
+
+
+def test_rescore_scores_the_gan_rows_again_and_keeps_the_rest(quality, tmp_path, tiny_overrides):
+    """--rescore: after a change to how GANs sample, their rows are scored again from the
+    checkpoints; training columns, other rows and (once) the rows as they were are kept."""
+    from lib.config import load_config
+    from lib.training.loop import train
+
+    run = train(load_config(ROOT / "configs" / "dcgan_demo.json", tiny_overrides),
+                out_root=tmp_path, progress=False)
+    scored = []
+
+    class Evaluator:  # the score of an image batch: its mean, recorded
+        def evaluate(self, fake):
+            scored.append(fake.shape)
+            return {"fid": float(fake.float().mean()), "diversity": 1.0}
+
+    gan = {"fid": -1.0, "diversity": 0.5, "cpu_s_per_step": 0.7, "steps": 4,
+           "grid": str(run / "final_grid.png")}
+    other = {"fid": 30.0, "diversity": 1.0}
+    folder = tmp_path / "q"
+    folder.mkdir()
+    saved = {"rows": {"real vs real (half B)": other, "dcgan reference": gan},
+             "args": {"n": "6", "seed": "0"}}
+    (folder / "quality.json").write_text(quality.json.dumps(saved))
+    quality.rescore([folder], Evaluator(), 6, 0)
+    rows = quality.json.loads((folder / "quality.json").read_text())["rows"]
+    assert scored == [(6, 1, 32, 32)]  # the GAN row only, n images
+    assert rows["real vs real (half B)"] == other
+    new = rows["dcgan reference"]
+    assert new["fid"] != -1.0 and new["cpu_s_per_step"] == 0.7 and new["steps"] == 4
+    assert new["batchnorm"] == "standing" and new["sampled_with"] == "raw"
+    assert "standing BN" in quality.ablation_table(rows)
+    before = quality.json.loads((folder / "quality.before_rescore.json").read_text())
+    assert before == saved
+    with pytest.raises(SystemExit, match="--n 6 --seed 0"):
+        quality.rescore([folder], Evaluator(), 500, 0)

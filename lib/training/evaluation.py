@@ -138,7 +138,14 @@ def evaluate_parts(family: Family, parts: Parts, evaluator: Evaluator, engine: E
             grid = to_uint8(family.label_grid(parts, fixed_generator(seed + 3)))
         result = evaluator.evaluate(fake, labels, recon, grid)
     return {**result, **diffusion_sampler(parts, family.sampler),
+            **batchnorm_stats(parts, family.sampler),
             "sampled_with": parts.sampled_with(family.sampler)}
+
+
+def batchnorm_stats(parts: Parts, name: str) -> dict:
+    """{"batchnorm": "standing"} when the sampler's BatchNorm statistics were measured on
+    the weights that sampled (gan.standing_stats); {} for running averages or no BatchNorm."""
+    return {"batchnorm": "standing"} if name in parts.standing else {}
 
 
 def diffusion_sampler(parts: Parts, name: str) -> dict:
