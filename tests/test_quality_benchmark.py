@@ -10,6 +10,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -150,3 +151,29 @@ def test_rescore_scores_the_gan_rows_again_and_keeps_the_rest(quality, tmp_path,
     assert before == saved
     with pytest.raises(SystemExit, match="--n 6 --seed 0"):
         quality.rescore([folder], Evaluator(), 500, 0)
+
+
+def test_ema_schedules_keeps_each_average_beside_one_training_run(tmp_path, tiny_overrides):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ema_schedules",
+                                                  ROOT / "benchmarks" / "ema_schedules.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    from lib.config import load_config
+    from lib.data import load_dataset
+
+    assert module.parse_schedule("0.999:0.6") == (0.999, 0.6)
+    with pytest.raises(SystemExit, match="DECAY:POWER"):
+        module.parse_schedule("fast")
+    cfg = load_config(ROOT / "configs" / "dcgan_demo.json", tiny_overrides)
+    data = load_dataset(cfg.data.dataset, cfg.data.image_size, root=cfg.data.root)
+    family, parts, averages = module.train_with_averages(
+        cfg, data, {"none": (0.0, 0.0), "slow": (0.9, 0.0), "warm": (0.9, 1.0)})
+    G = parts.nets["generator"]
+    for name, ema in averages.items():
+        same = all(torch.equal(a, b) for a, b in zip(ema.averages["generator"].parameters(),
+                                                     G.parameters(), strict=True))
+        assert same == (name == "none"), name  # decay 0 is the trained G, the others lag it
+    # power 1: 1 - 1/(1+step), the plain mean of every step's G; constant 0.9 weighs late ones
+    assert averages["warm"].decay_at(4) == pytest.approx(0.8)
