@@ -318,14 +318,21 @@ def run_ablation(args, data: ImageData, evaluator: Evaluator,
     return {"steps": steps, "costs": costs}
 
 
+def saved_run(folder: Path) -> dict:
+    """An --out folder's quality.json, or {"rows": ...} from the quality.partial.json of a
+    run stopped early."""
+    done = folder / "quality.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    return {"rows": json.loads((folder / "quality.partial.json").read_text())}
+
+
 def merge(folders: list[Path]) -> str:
     """One ablation table from runs split by --variant (each folder's quality.json, or the
     rows a stopped run saved in quality.partial.json), rows in ABLATION's order."""
     rows: dict[str, dict] = {}
     for folder in folders:
-        done = folder / "quality.json"
-        rows.update(json.loads(done.read_text())["rows"] if done.exists()
-                    else json.loads((folder / "quality.partial.json").read_text()))
+        rows.update(saved_run(folder)["rows"])
     order = ["real vs real (half B)", *ABLATION]
     ranked = sorted(rows, key=lambda r: next((i for i, o in enumerate(order)
                                               if r == o or r.startswith(o + ",")), len(order)))
@@ -340,9 +347,7 @@ def rescore(folders: list[Path], evaluator: Evaluator, n: int, seed: int) -> Non
     change to how GANs sample; the training columns stay. The rows as they were are kept
     once in quality.before_rescore.json."""
     for folder in folders:
-        done = folder / "quality.json"
-        saved = json.loads(done.read_text()) if done.exists() else {
-            "rows": json.loads((folder / "quality.partial.json").read_text())}
+        done, saved = folder / "quality.json", saved_run(folder)
         if "args" in saved and (int(saved["args"]["n"]), int(saved["args"]["seed"])) != (n, seed):
             raise SystemExit(f"{folder} was scored with --n {saved['args']['n']} --seed "
                              f"{saved['args']['seed']}; rescore it with the same")
