@@ -5,8 +5,10 @@ of G kept side by side, each scored with Inception FID on quality.py's protocol.
 
 The run is the strong preset's step as benchmarks/quality.py's ablation trains it (its
 sizing, `--image-size`, batch 128; `--option` adds overrides), with batches from the
-project's BatchSampler. After every step each schedule folds G in with its own decay,
-min(decay, 1 - (1 + step) ** -power) (lib.families.base.EMA). At the end every average,
+project's BatchSampler; its lr schedulers are not stepped (the presets' decay, 0.9999977 a
+step, would lower the lr by 0.2% over 800 steps). After every step each schedule folds G
+in with its own decay, min(decay, 1 - (1 + step) ** -power) (lib.families.base.EMA). At
+the end every average,
 and the trained G itself, samples `--n` images with standing BatchNorm statistics, from
 the same noise quality.py scores with, against the same reference (half A of the
 distinct images). One run, so the schedules share everything but the averaging: their
@@ -83,7 +85,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     schedules = {f"EMA {s}": parse_schedule(s) for s in args.schedules or SCHEDULES}
-    args.batch_size = 0
     cfg = quality.load_config(quality.ROOT / quality.MODELS["dcgan"][0], [
         *quality.base_overrides("ema_schedules", args), *quality.MODELS["dcgan"][1],
         *[o for o in quality.STRONG if not o.startswith("trainer.ema_")], *args.options,

@@ -132,9 +132,8 @@ def _check_gan(gan: GanConfig, source: str) -> None:
     except ValueError:
         raise _err(source, "gan.augment", f"{_show(gan.augment)} is not a comma-separated "
                    f"subset of {list(AUGMENT_POLICIES)}, nor '' (none)") from None
-    _check(isinstance(gan.standing_stats, int) and gan.standing_stats >= 0, source,
-           "gan.standing_stats", f"must be a whole number >= 0 (0: training's running "
-           f"averages), got {_show(gan.standing_stats)}")
+    _check(gan.standing_stats >= 0, source, "gan.standing_stats",  # an int: parse checks
+           f"must be >= 0 (0: training's running averages), got {gan.standing_stats}")
 
 
 COMPILE_MODES = {"default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"}
