@@ -90,6 +90,10 @@ ABLATION = {
     # what configs/dcgan_cats_strong.json changes from the course preset (a test keeps the
     # two in step), picked from the rows above
     "dcgan + the strong preset's options": ("dcgan", STRONG),
+    # the data-efficient GAN recipe's augmentation pays off late, if at all: a --curve run
+    # shows whether it keeps FID and diversity improving where the preset alone stalls
+    "dcgan + the strong preset's options + DiffAugment": ("dcgan",
+                                                          [*STRONG, *GAN_OPTIONS["augment"]]),
     "ddpm eps-prediction": ("ddpm", []),
     "ddpm v-prediction": ("ddpm", ["model.args.prediction=v"]),
     "ddpm eps + min-SNR weighting (gamma 5)": ("ddpm", ["model.args.loss_weighting=min_snr"]),
@@ -140,15 +144,18 @@ def slug(variant: str) -> str:
     return re.sub(r"[^\w.-]+", "_", variant).strip("_")[:60]
 
 
-def ablation_config(variant: str, args, steps: int) -> Config:
-    """The variant's config: its model's preset sized as in MODELS, `steps` long, one snapshot."""
+def ablation_config(variant: str, args, steps: int, points: int = 1) -> Config:
+    """The variant's config: its model's preset sized as in MODELS, `steps` long, a history
+    line, snapshot and checkpoint at each of `points` evenly spaced steps (the last one
+    included). The split changes nothing else: the loop's schedules count steps, not epochs."""
     model, options = ABLATION[variant]
     preset, sizing = MODELS[model]
     snapshots = DDPM_SNAPSHOTS if model == "ddpm" else []
+    every = steps // points
     overrides = [*base_overrides(slug(variant), args), *sizing, *snapshots, *options,
-                 "trainer.epochs=1",
-                 f"trainer.iterations_per_epoch={steps}", "trainer.save_period=1",
-                 f"trainer.log_every_step={steps}", "trainer.max_minutes=0",
+                 f"trainer.epochs={points}",
+                 f"trainer.iterations_per_epoch={every}", "trainer.save_period=1",
+                 f"trainer.log_every_step={every}", "trainer.max_minutes=0",
                  f"trainer.seed={train_seed(args)}"]
     if args.batch_size:
         overrides.append(f"trainer.batch_size={args.batch_size}")
@@ -194,18 +201,8 @@ def train_for_steps(cfg: Config, out_root: Path) -> tuple[Path, float]:
 @torch.inference_mode()
 def score(run_dir: Path, evaluator: Evaluator, n: int, seed: int,
           sampler: tuple[str, int] | None = None) -> dict:
-    rebuilt = rebuild(run_dir)
-    if sampler is not None:  # the DDPM's default sampler for this scoring: (name, steps)
-        for net in (rebuilt.parts.sampler_net("model"), rebuilt.parts.nets["model"]):
-            unwrap(net).sampler, unwrap(net).sample_steps = sampler
-    t0 = time.perf_counter()
-    fake = to_uint8(rebuilt.family.sample(rebuilt.parts, n, None, fixed_generator(seed)))
-    sample_s = time.perf_counter() - t0
-    scored_grid = Path(run_dir) / (f"scored_{sampler[0]}_{sampler[1]}.png" if sampler
-                                   else "scored.png")
-    viz.save_png(viz.make_grid(fake[:64], nrow=8), scored_grid,
-                 scale=max(1, 512 // (8 * fake.shape[-1])))
-    result = evaluator.evaluate(fake)
+    result, sample_s, rebuilt, scored_grid = _sample_and_score(run_dir, "last.pt", evaluator,
+                                                               n, seed, sampler)
     summary = json.loads((run_dir / "summary.json").read_text())
     return {**result, "steps": summary["step"], "train_min": summary["train_seconds"] / 60,
             "images_seen": summary["images_seen"],
@@ -215,6 +212,44 @@ def score(run_dir: Path, evaluator: Evaluator, n: int, seed: int,
             **batchnorm_stats(rebuilt.parts, rebuilt.family.sampler),
             "grid": str(RunDir(run_dir).media("final_grid.png")),
             "scored_grid": str(scored_grid)}
+
+
+@torch.inference_mode()
+def score_curve(run_dir: Path, evaluator: Evaluator, n: int, seed: int,
+                sampler: tuple[str, int] | None, last: dict) -> list[dict]:
+    """FID, KID and diversity at every periodic checkpoint of a run, the same n samples of
+    the same noise each time; the last point is the row's own score (`last`), not redone."""
+    points = []
+    for path in RunDir(run_dir).periodic_checkpoints()[:-1]:
+        result, *_ = _sample_and_score(run_dir, path.name, evaluator, n, seed, sampler)
+        points.append({"step": viz.step_of(path), **_curve_point(result)})
+        print(f"    step {points[-1]['step']}: FID {result['fid']:.1f}, diversity "
+              f"{result['diversity']:.2f}", flush=True)
+    return [*points, {"step": last["steps"], **_curve_point(last)}]
+
+
+def _curve_point(result: dict) -> dict:
+    return {k: result[k] for k in ("fid", "fid_low", "fid_high", "kid", "kid_std", "diversity")
+            if k in result}
+
+
+def _sample_and_score(run_dir: Path, checkpoint: str, evaluator: Evaluator, n: int, seed: int,
+                      sampler: tuple[str, int] | None):
+    """n samples of one checkpoint from fixed noise, a grid of them saved beside the run, and
+    their scores: (scores, sampling seconds, the rebuilt run, the grid's path)."""
+    rebuilt = rebuild(run_dir, checkpoint)
+    if sampler is not None:  # the DDPM's default sampler for this scoring: (name, steps)
+        for net in (rebuilt.parts.sampler_net("model"), rebuilt.parts.nets["model"]):
+            unwrap(net).sampler, unwrap(net).sample_steps = sampler
+    t0 = time.perf_counter()
+    fake = to_uint8(rebuilt.family.sample(rebuilt.parts, n, None, fixed_generator(seed)))
+    sample_s = time.perf_counter() - t0
+    at = "" if checkpoint == "last.pt" else f"_step_{rebuilt.step:07d}"
+    scored_grid = Path(run_dir) / (f"scored_{sampler[0]}_{sampler[1]}{at}.png" if sampler
+                                   else f"scored{at}.png")
+    viz.save_png(viz.make_grid(fake[:64], nrow=8), scored_grid,
+                 scale=max(1, 512 // (8 * fake.shape[-1])))
+    return evaluator.evaluate(fake), sample_s, rebuilt, scored_grid
 
 
 def table(rows: dict[str, dict]) -> str:
@@ -236,6 +271,20 @@ def ablation_table(rows: dict[str, dict]) -> str:
         ("batch", lambda r: str(r.get("batch", "-"))),
         ("sampling ms/img", lambda r: _f(r.get("sample_ms_per_image"), 2)),
         ("weights", _weights)])
+
+
+def curve_table(rows: dict[str, dict]) -> str:
+    """FID and diversity by training step, for the rows a --curve run scored along the way
+    (empty when none did): does an option keep diversity up over a longer run?"""
+    curves = {name: {p["step"]: p for p in r["curve"]} for name, r in rows.items()
+              if "curve" in r}
+    if not curves:
+        return ""
+    steps = sorted({s for c in curves.values() for s in c})
+    cell = lambda p: "-" if p is None else f"{p['fid']:.1f} / {p['diversity']:.2f}"  # noqa: E731
+    columns = [(f"step {s}", lambda c, s=s: cell(c.get(s))) for s in steps]
+    return ("FID / diversity (mean pairwise Inception distance of the samples over the real "
+            "data's) by training step:\n\n" + _markdown(curves, "variant", columns))
 
 
 def _weights(r: dict) -> str:
@@ -291,13 +340,15 @@ def run_ablation(args, data: ImageData, evaluator: Evaluator,
             max((costs[v]["wall_s"] for v in ddpm), default=1),
             args.train_minutes * (1 - share), max(1, len(ddpm))),
     }
+    points = getattr(args, "curve", 1)
+    steps = {k: max(points, n // points * points) for k, n in steps.items()}  # K equal parts
     how = ("as given" if args.gan_steps and args.ddpm_steps
            else f"for ~{args.train_minutes:g} min of training in all")
     print(f"[sizing] {steps['dcgan']} steps per GAN run, {steps['ddpm']} per DDPM run, {how}",
           flush=True)
 
     for v in variants:
-        cfg = ablation_config(v, args, steps[kinds[v]])
+        cfg = ablation_config(v, args, steps[kinds[v]], points)
         print(f"[{v}] training {cfg.total_steps} steps, batch {cfg.trainer.batch_size} ...",
               flush=True)
         run_dir, run_cpu = train_for_steps(cfg, args.out)
@@ -307,6 +358,9 @@ def run_ablation(args, data: ImageData, evaluator: Evaluator,
         name = row_name(v, args)
         rows[name] = {**score(run_dir, evaluator, args.n, args.seed + 2, scored), **extra}
         print(f"[{name}] FID {rows[name]['fid']:.1f}, {run_cpu:.2f} CPU s/step", flush=True)
+        if points > 1:
+            rows[name]["curve"] = score_curve(run_dir, evaluator, args.n, args.seed + 2, scored,
+                                              rows[name])
         save_partial(args, rows)
         if v == SAMPLER_MODEL:
             for label, sampler in SAMPLERS.items():
@@ -338,8 +392,10 @@ def merge(folders: list[Path]) -> str:
                                               if r == o or r.startswith(o + ",")), len(order)))
     protocol = protocol_summary(rows[ranked[0]]["protocol"])
     missing = [v for v in order if v not in rows]
+    curves = curve_table({r: rows[r] for r in ranked})
     return (f"{ablation_table({r: rows[r] for r in ranked})}\n\nFID protocol: {protocol}"
-            + (f"; not measured: {', '.join(missing)}" if missing else "") + "\n")
+            + (f"; not measured: {', '.join(missing)}" if missing else "") + "\n"
+            + (f"\n{curves}\n" if curves else ""))
 
 
 def rescore(folders: list[Path], evaluator: Evaluator, n: int, seed: int) -> None:
@@ -396,6 +452,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ddpm-steps", type=int, default=0, help="ablation: steps per DDPM run")
     p.add_argument("--batch-size", type=int, default=0,
                    help="ablation: every run's batch (default: the presets', 128 GAN, 64 DDPM)")
+    p.add_argument("--curve", type=int, default=1, metavar="K",
+                   help="ablation: score K evenly spaced checkpoints of every run, not only the "
+                        "last (FID and diversity by step: which options keep diversity up)")
     p.add_argument("--variant", dest="variants", action="append", default=[],
                    help=f"ablation: only this variant (repeatable); of {list(ABLATION)}")
     p.add_argument("--skip-real-vs-real", action="store_true",
@@ -415,6 +474,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--data is required (the cat faces folder)")
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.curve < 1 or any(n % args.curve for n in (args.gan_steps, args.ddpm_steps)):
+        p.error(f"--curve {args.curve}: must be >= 1 and divide --gan-steps and --ddpm-steps")
     unknown = sorted(set(args.variants) - set(ABLATION))
     if unknown:
         p.error(f"unknown variant(s) {unknown}; choose from {list(ABLATION)}")
@@ -460,12 +521,14 @@ def main(argv: list[str] | None = None) -> int:
                   "CPU s/step (step alone) is one step timed after a warm-up, (whole run) "
                   "the training call's process time over its steps, snapshots, grid and "
                   "checkpoints included")
+    curves = curve_table(rows)
     text = (f"{ablation_table(rows) if args.ablation else table(rows)}\n\n"
             f"FID protocol: {protocol}; data: {counts['files']} files, "
             f"{counts['distinct']} distinct ({counts['duplicates']} exact duplicates); "
             f"{args.image_size} px; {budget}; device {args.device}, "
             f"{torch.get_num_threads()} threads; "
-            f"total {(time.perf_counter() - t0) / 60:.1f} min\n")
+            f"total {(time.perf_counter() - t0) / 60:.1f} min\n"
+            + (f"\n{curves}\n" if curves else ""))
     print("\n" + text)
     (args.out / "quality.md").write_text(text)
     (args.out / "quality.json").write_text(json.dumps(

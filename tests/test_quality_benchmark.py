@@ -31,10 +31,10 @@ def args(tmp_path, batch_size=0):
 
 def test_every_variant_builds_a_valid_config_with_its_option(quality, tmp_path):
     configs = {v: quality.ablation_config(v, args(tmp_path), 300) for v in quality.ABLATION}
-    assert len(configs) == 11  # 8 GAN (reference, 5 options, all, preset) + 3 DDPM
+    assert len(configs) == 12  # 9 GAN (reference, 5 options, all, preset, +DiffAug) + 3 DDPM
     gan = {v: c for v, c in configs.items() if c.family == "dcgan"}
     ddpm = {v: c for v, c in configs.items() if c.family == "ddpm"}
-    assert len(gan) == 8 and len(ddpm) == 3
+    assert len(gan) == 9 and len(ddpm) == 3
     # equal compute: the same steps and batch within a family, one snapshot at the end
     assert {(c.total_steps, c.trainer.batch_size, c.trainer.log_every_step)
             for c in gan.values()} == {(300, 128, 300)}
@@ -59,6 +59,10 @@ def test_every_variant_builds_a_valid_config_with_its_option(quality, tmp_path):
     combined = by_option["all of the above"]
     assert (combined.gan.loss, combined.gan.augment) == ("hinge", "color,translation,cutout")
     assert combined.discriminator.args["spectral_norm"] and combined.trainer.ema_decay > 0
+    preset = gan["dcgan + the strong preset's options"]
+    augmented = gan["dcgan + the strong preset's options + DiffAugment"]
+    assert augmented.gan.augment == "color,translation,cutout" and not preset.gan.augment
+    assert augmented.gan.loss == preset.gan.loss and augmented.trainer == preset.trainer
 
     objectives = {(c.model.args.get("prediction", "eps"),
                    c.model.args.get("loss_weighting", "none")) for c in ddpm.values()}
@@ -73,6 +77,44 @@ def test_batch_size_override_and_step_sizing(quality, tmp_path):
     # 7 runs of 0.6 s a step in 25 minutes: 357 steps each, rounded down to tens
     assert quality.pick_steps(0.6, 25, 7) == 350
     assert quality.pick_steps(100.0, 1, 7) == 20  # never fewer than the floor
+
+
+def test_a_curve_run_saves_and_scores_evenly_spaced_checkpoints(quality, tmp_path,
+                                                                 tiny_overrides):
+    """--curve K: the same training, cut into K parts that each end with a history line and a
+    checkpoint; every checkpoint but the last is scored again, the last point is the row's."""
+    from lib.config import load_config
+    from lib.training.loop import train
+
+    one = quality.ablation_config("dcgan reference", args(tmp_path), 1200)
+    four = quality.ablation_config("dcgan reference", args(tmp_path), 1200, points=4)
+    assert one.total_steps == four.total_steps == 1200
+    assert (four.trainer.epochs, four.trainer.iterations_per_epoch,
+            four.trainer.log_every_step, four.trainer.save_period) == (4, 300, 300, 1)
+    assert (one.trainer.epochs, one.trainer.log_every_step) == (1, 1200)
+
+    run = train(load_config(ROOT / "configs" / "dcgan_demo.json",
+                            [*tiny_overrides, "trainer.epochs=3", "trainer.iterations_per_epoch=2",
+                             "trainer.save_period=1"]),
+                out_root=tmp_path, progress=False)
+    scored = []
+
+    class Evaluator:  # the score of an image batch: its mean, recorded
+        def evaluate(self, fake):
+            scored.append(float(fake.float().mean()))
+            return {"fid": scored[-1], "diversity": 1.0 / len(scored)}
+
+    last = {"steps": 6, "fid": -1.0, "diversity": 0.25, "kid": 0.5, "cpu_s_per_step": 2.0}
+    curve = quality.score_curve(run, Evaluator(), 6, 0, None, last)
+    assert [p["step"] for p in curve] == [2, 4, 6]
+    assert len(scored) == 2 and scored[0] != scored[1]  # two checkpoints, two sets of weights
+    assert curve[-1] == {"step": 6, "fid": -1.0, "diversity": 0.25, "kid": 0.5}
+    assert (run / "scored_step_0000002.png").is_file() and (run / "scored_step_0000004.png")
+    table = quality.curve_table({"dcgan reference": {"curve": curve}, "other": {"fid": 1.0}})
+    assert "| variant | step 2 | step 4 | step 6 |" in table
+    assert f"| dcgan reference | {scored[0]:.1f} / 1.00 | {scored[1]:.1f} / 0.50 | -1.0 / 0.25 |" \
+        in table and "other" not in table
+    assert quality.curve_table({"other": {"fid": 1.0}}) == ""
 
 
 def test_merge_orders_split_runs_and_names_what_is_missing(quality, tmp_path):
