@@ -13,15 +13,16 @@ A GPU user runs the same script at `--image-size 64` with the presets' own lengt
 (`--minutes 0 --full`).
 
 Ablation (`--ablation`, docs/quality.md): the reference DCGAN and each GAN option alone
-(DiffAugment, hinge loss, spectral norm in D with hinge as in SN-GAN, TTUR, EMA of G), then
-all of them together, the strong preset's options, and those with DiffAugment; DDPM with eps- vs v-prediction vs min-SNR weighting; and, for the
-eps DDPM, DDIM-50 vs DPM-Solver++ at 10 and 20 steps. Equal compute, not equal wall
-clock (the machine is shared): every GAN variant trains the same number of steps at the
-same batch size, every DDPM variant likewise, and each row records the process CPU seconds
-per step it cost. Step counts are picked from one measured step of each kind so that the
-training fits `--train-minutes`, unless given (`--gan-steps`, `--ddpm-steps`). With
-`--curve K` each run also keeps K evenly spaced checkpoints, and each is scored: FID and
-diversity by step, to see which options keep diversity up as a run goes on.
+(DiffAugment, hinge loss, spectral norm in D with hinge as in SN-GAN, TTUR, EMA of G),
+then all of them together, the strong preset's options, and those with DiffAugment; DDPM
+with eps- vs v-prediction vs min-SNR weighting; and, for the eps DDPM, DDIM-50 vs
+DPM-Solver++ at 10 and 20 steps. Equal compute, not equal wall clock (the machine is
+shared): every GAN variant trains the same number of steps at the same batch size, every
+DDPM variant likewise, and each row records the process CPU seconds per step it cost. Step
+counts are picked from one measured step of each kind so that the training fits
+`--train-minutes`, unless given (`--gan-steps`, `--ddpm-steps`). With `--curve K` each run
+also keeps K evenly spaced checkpoints, and each is scored: FID and diversity by step, to
+see which options keep diversity up as a run goes on.
 
     python benchmarks/quality.py --data /path/to/cats --ablation --image-size 32 --n 500
 """
@@ -157,6 +158,7 @@ def ablation_config(variant: str, args, steps: int, points: int = 1) -> Config:
     overrides = [*base_overrides(slug(variant), args), *sizing, *snapshots, *options,
                  f"trainer.epochs={points}",
                  f"trainer.iterations_per_epoch={every}", "trainer.save_period=1",
+                 f"trainer.keep_checkpoints={points}",
                  f"trainer.log_every_step={every}", "trainer.max_minutes=0",
                  f"trainer.seed={train_seed(args)}"]
     if args.batch_size:

@@ -90,7 +90,8 @@ def test_a_curve_run_saves_and_scores_evenly_spaced_checkpoints(quality, tmp_pat
     four = quality.ablation_config("dcgan reference", args(tmp_path), 1200, points=4)
     assert one.total_steps == four.total_steps == 1200
     assert (four.trainer.epochs, four.trainer.iterations_per_epoch,
-            four.trainer.log_every_step, four.trainer.save_period) == (4, 300, 300, 1)
+            four.trainer.log_every_step, four.trainer.save_period,
+            four.trainer.keep_checkpoints) == (4, 300, 300, 1, 4)  # none pruned
     assert (one.trainer.epochs, one.trainer.log_every_step) == (1, 1200)
 
     run = train(load_config(ROOT / "configs" / "dcgan_demo.json",
