@@ -220,3 +220,21 @@ def test_ema_schedules_keeps_each_average_beside_one_training_run(tmp_path, tiny
         assert same == (name == "none"), name  # decay 0 is the trained G, the others lag it
     # power 1: 1 - 1/(1+step), the plain mean of every step's G; constant 0.9 weighs late ones
     assert averages["warm"].decay_at(4) == pytest.approx(0.8)
+
+
+def test_a_generator_collapsed_to_k_modes_scores_about_one_minus_one_over_k():
+    """benchmarks/diversity_modes.py, on features whose pairwise distances concentrate
+    (independent Gaussians in 256 dimensions): pairs within a mode are at distance 0."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("diversity_modes",
+                                                  ROOT / "benchmarks" / "diversity_modes.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    features = torch.randn(300, 256, generator=torch.Generator().manual_seed(0),
+                           dtype=torch.float64)
+    assert module.collapsed_diversity(features, 1, 200, 3) == (0.0, 0.0, 0.0)
+    for k in (2, 4, 20):
+        mean, low, high = module.collapsed_diversity(features, k, 200, 5)
+        assert low <= mean <= high
+        assert mean == pytest.approx(1 - 1 / k, abs=0.06), k
