@@ -344,7 +344,7 @@ def run_ablation(args, data: ImageData, evaluator: Evaluator,
             max((costs[v]["wall_s"] for v in ddpm), default=1),
             args.train_minutes * (1 - share), max(1, len(ddpm))),
     }
-    points = getattr(args, "curve", 1)
+    points = args.curve
     steps = {k: max(points, n // points * points) for k, n in steps.items()}  # K equal parts
     how = ("as given" if args.gan_steps and args.ddpm_steps
            else f"for ~{args.train_minutes:g} min of training in all")
