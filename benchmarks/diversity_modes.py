@@ -56,13 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
 
-    data = quality.load_dataset("cats", args.image_size, root=args.data_root,
-                                path=str(args.data))
-    half_a, _, _ = quality.halves(data, args.n, args.seed)
-    evaluator = quality.Evaluator(half_a, features="inception", num_samples=args.n,
-                                  cache_dir=args.data_root / "cache",
-                                  weights_path=args.inception_weights,
-                                  reference="half A of the data", seed=args.seed)
+    *_, evaluator = quality.reference(args.data, args.image_size, args.n, args.seed,
+                                      args.data_root, args.inception_weights)
     features = evaluator.real_features.double()
     print(f"| modes k | diversity (mean, min-max over {args.repeats} sets) | 1 - 1/k |")
     print("|---|---|---|")

@@ -91,12 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         "trainer.epochs=1", f"trainer.iterations_per_epoch={args.steps}",
         f"trainer.seed={args.train_seed}"])
 
-    data = quality.load_dataset("cats", args.image_size, root=args.data_root,
-                                path=str(args.data))
-    half_a, _, counts = quality.halves(data, args.n, args.seed)
-    evaluator = quality.Evaluator(half_a, features="inception", num_samples=args.n,
-                                  cache_dir=args.data_root / "cache",
-                                  reference="half A of the data", seed=args.seed)
+    data, _, _, counts, evaluator = quality.reference(args.data, args.image_size, args.n,
+                                                     args.seed, args.data_root)
     family, parts, averages = train_with_averages(cfg, data, schedules)
 
     args.out.mkdir(parents=True, exist_ok=True)

@@ -123,6 +123,20 @@ def halves(data: ImageData, n: int, seed: int) -> tuple[ImageData, ImageData, di
     return a, b, counts
 
 
+def reference(data_path: Path, image_size: int, n: int, seed: int, data_root: Path,
+              weights_path: str | None = None) -> tuple[ImageData, ImageData, ImageData, dict,
+                                                        Evaluator]:
+    """The protocol's FID reference: the cat faces, their two halves (`halves`) and an
+    Inception evaluator on `n` images of half A (features cached under data_root/cache).
+    Returns (data, half A, half B, counts, evaluator)."""
+    data = load_dataset("cats", image_size, root=data_root, path=str(data_path))
+    half_a, half_b, counts = halves(data, n, seed)
+    evaluator = Evaluator(half_a, features="inception", num_samples=n,
+                          cache_dir=data_root / "cache", weights_path=weights_path,
+                          reference="half A of the data", seed=seed)
+    return data, half_a, half_b, counts, evaluator
+
+
 def base_overrides(name: str, args) -> list[str]:
     return [f"name=quality_{name}_{args.image_size}px", "data.dataset=cats",
             f"data.image_size={args.image_size}", f"data.path={json.dumps(str(args.data))}",
@@ -490,12 +504,9 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
 
     t0 = time.perf_counter()
-    data = load_dataset("cats", args.image_size, root=args.data_root, path=str(args.data))
-    half_a, half_b, counts = halves(data, args.n, args.seed)
-    evaluator = Evaluator(half_a, features="inception", num_samples=args.n,
-                          cache_dir=args.data_root / "cache",
-                          weights_path=args.inception_weights, reference="half A of the data",
-                          seed=args.seed)
+    data, _, half_b, counts, evaluator = reference(args.data, args.image_size, args.n,
+                                                   args.seed, args.data_root,
+                                                   args.inception_weights)
     if args.rescore:
         rescore(args.rescore, evaluator, args.n, args.seed)
         return 0
