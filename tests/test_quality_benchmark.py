@@ -15,13 +15,19 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="module")
-def quality():
-    spec = importlib.util.spec_from_file_location("quality", ROOT / "benchmarks" / "quality.py")
+def benchmark(name: str):
+    """benchmarks/<name>.py as a module (registered, so that a script importing it, as
+    ema_schedules imports quality, gets the same one)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("quality", module)
+    sys.modules.setdefault(name, module)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="module")
+def quality():
+    return benchmark("quality")
 
 
 def args(tmp_path, batch_size=0):
@@ -110,7 +116,7 @@ def test_a_curve_run_saves_and_scores_evenly_spaced_checkpoints(quality, tmp_pat
     assert [p["step"] for p in curve] == [2, 4, 6]
     assert len(scored) == 2 and scored[0] != scored[1]  # two checkpoints, two sets of weights
     assert curve[-1] == {"step": 6, "fid": -1.0, "diversity": 0.25, "kid": 0.5}
-    assert (run / "scored_step_0000002.png").is_file() and (run / "scored_step_0000004.png")
+    assert all((run / f"scored_step_{step:07d}.png").is_file() for step in (2, 4))
     table = quality.curve_table({"dcgan reference": {"curve": curve}, "other": {"fid": 1.0}})
     assert "| variant | step 2 | step 4 | step 6 |" in table
     assert f"| dcgan reference | {scored[0]:.1f} / 1.00 | {scored[1]:.1f} / 0.50 | -1.0 / 0.25 |" \
@@ -197,12 +203,7 @@ def test_rescore_scores_the_gan_rows_again_and_keeps_the_rest(quality, tmp_path,
 
 
 def test_ema_schedules_keeps_each_average_beside_one_training_run(tmp_path, tiny_overrides):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("ema_schedules",
-                                                  ROOT / "benchmarks" / "ema_schedules.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = benchmark("ema_schedules")
     from lib.config import load_config
     from lib.data import load_dataset
 
@@ -225,12 +226,7 @@ def test_ema_schedules_keeps_each_average_beside_one_training_run(tmp_path, tiny
 def test_a_generator_collapsed_to_k_modes_scores_about_one_minus_one_over_k():
     """benchmarks/diversity_modes.py, on features whose pairwise distances concentrate
     (independent Gaussians in 256 dimensions): pairs within a mode are at distance 0."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("diversity_modes",
-                                                  ROOT / "benchmarks" / "diversity_modes.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = benchmark("diversity_modes")
     features = torch.randn(300, 256, generator=torch.Generator().manual_seed(0),
                            dtype=torch.float64)
     assert module.collapsed_diversity(features, 1, 200, 3) == (0.0, 0.0, 0.0)
