@@ -34,8 +34,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from lib import viz  # noqa: E402
 from lib.config import Config, load_config  # noqa: E402
+from lib.core import viz  # noqa: E402
 from lib.data import ImageData, load_dataset, to_uint8  # noqa: E402
 from lib.families.base import fixed_generator, unwrap  # noqa: E402
 from lib.metrics import Evaluator, protocol_summary  # noqa: E402

@@ -29,9 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import quality  # noqa: E402  (benchmarks/quality.py: its protocol, sizing and helpers)
 
-from lib import viz  # noqa: E402
+from lib.core import viz  # noqa: E402
 from lib.families.base import EMA, Parts, fixed_generator, local  # noqa: E402
-from lib.training.state import BatchSampler  # noqa: E402
+from lib.training.batches import BatchSampler  # noqa: E402
 
 SCHEDULES = ["0.999:0.5", "0.999:0.6", "0.999:0.75", "0.999:0.85"]  # decay:warm-up power
 

@@ -98,7 +98,7 @@ environment() {
     "$PY" - "$OUT/env.json" <<'EOF'
 import json, sys
 import torch
-from lib.device import pick_amp_dtype, pick_device
+from lib.core.device import pick_amp_dtype, pick_device
 device = pick_device("auto")
 env = {"torch": torch.__version__, "cuda": torch.version.cuda if device.type == "cuda" else None,
        "device": str(device), "cpu_threads": torch.get_num_threads(),

@@ -41,19 +41,19 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from lib import viz  # noqa: E402
 from lib.config import Config, load_config  # noqa: E402
+from lib.core import viz  # noqa: E402
+from lib.core.device import setup_engine  # noqa: E402
+from lib.core.rundir import RunDir  # noqa: E402
 from lib.data import (  # noqa: E402
     ImageData,
     distinct_indices,  # noqa: E402
     load_dataset,
     to_uint8,
 )
-from lib.device import setup_engine  # noqa: E402
 from lib.families import FAMILIES  # noqa: E402
 from lib.families.base import fixed_generator, unwrap  # noqa: E402
 from lib.metrics import Evaluator, protocol_summary  # noqa: E402
-from lib.rundir import RunDir  # noqa: E402
 from lib.training.evaluation import batchnorm_stats, rebuild  # noqa: E402
 from lib.training.loop import train  # noqa: E402
 

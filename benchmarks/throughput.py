@@ -44,16 +44,16 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lib.config import Config, DataConfig, ModelSpec, TrainerConfig, load_config  # noqa: E402
-from lib.data import ImageData, make_shapes  # noqa: E402
-from lib.device import (  # noqa: E402
+from lib.core.device import (  # noqa: E402
     Engine,
     configure_backends,
     make_optimizer,
     pick_amp_dtype,
     pick_device,
 )
+from lib.data import ImageData, make_shapes  # noqa: E402
 from lib.families import FAMILIES  # noqa: E402
-from lib.training.state import BatchSampler  # noqa: E402
+from lib.training.batches import BatchSampler  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 NZ = 100  # the reference's latent size, ngf = ndf = 64

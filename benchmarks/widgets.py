@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lib.models.cvae import CVAE  # noqa: E402
 from lib.models.dcgan import Generator  # noqa: E402
 from lib.models.ddpm import DDPM  # noqa: E402
-from lib.widgets import class_explorer, ddpm_explorer, latent_explorer, to_png  # noqa: E402
+from lib.notebook.widgets import class_explorer, ddpm_explorer, latent_explorer, to_png  # noqa: E402
 
 
 def time_updates(explorer, moves: list[tuple[str, object]]) -> dict[str, float]:

@@ -183,11 +183,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def errors() -> tuple[tuple[type[Exception], ...], tuple[type[Exception], ...]]:
     """(mistakes the user can fix: exit 2, failures of a run: exit 1); imports torch."""
-    from lib.checkpoint import CheckpointError
+    from lib.core.checkpoint import CheckpointError
+    from lib.core.device import DeviceError
+    from lib.core.rundir import RunFolderError
     from lib.data import DatasetError
-    from lib.device import DeviceError
     from lib.metrics import MetricsError
-    from lib.rundir import RunFolderError
     from lib.runner import NotebookFailed, RunnerError
     from lib.training.guard import DivergenceError
 

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lib.config import parse_value
-from lib.notebook import project_root
-from lib.progress import HEADLESS_ENV
+from lib.core.progress import HEADLESS_ENV
+from lib.notebook.paths import project_root
 
 NOTEBOOKS = ("01_data_exploration", "02_dcgan", "03_cvae", "04_ddpm", "05_report")
 PRESETS = {"demo": "configs/notebooks_demo.json", "gpu": "configs/notebooks_gpu.json"}

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from lib.config import TrainerConfig
-from lib.device import Engine, setup_engine
+from lib.core.device import Engine, setup_engine
 from lib.models.dcgan import Discriminator
 
 BATCH = 8

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from lib.__main__ import main
-from lib.checkpoint import REQUIRED, CheckpointError, atomic_save, load_checkpoint
+from lib.core.checkpoint import REQUIRED, CheckpointError, atomic_save, load_checkpoint
 from lib.training.evaluation import rebuild
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -20,8 +20,8 @@ import torch
 from tqdm import tqdm
 
 from lib.config import Config, ConfigError, load_config
+from lib.core.device import DeviceError, setup_engine
 from lib.data import ImageData
-from lib.device import DeviceError, setup_engine
 from lib.families import FAMILIES, MODEL_TYPES
 
 pytestmark = pytest.mark.usefixtures("one_thread")

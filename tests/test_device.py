@@ -1,4 +1,4 @@
-"""lib.device on a CPU: the precision picked for each GPU generation (faked), the fused
+"""lib.core.device on a CPU: the precision picked for each GPU generation (faked), the fused
 optimizer, compile settings and the one-process torchrun group."""
 
 import copy
@@ -12,9 +12,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lib.checkpoint import load_checkpoint
 from lib.config import ConfigError, load_config
-from lib.device import Engine, launched_distributed, make_optimizer, pick_amp_dtype
+from lib.core.checkpoint import load_checkpoint
+from lib.core.device import Engine, launched_distributed, make_optimizer, pick_amp_dtype
 from lib.models.dcgan import Discriminator
 
 REPO = Path(__file__).resolve().parent.parent

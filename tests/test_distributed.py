@@ -11,8 +11,8 @@ import torch
 from ddp_step import one_step  # tests/ is on sys.path under pytest
 from torch import nn
 
-from lib.checkpoint import load_checkpoint
-from lib.device import DeviceError, Engine
+from lib.core.checkpoint import load_checkpoint
+from lib.core.device import DeviceError, Engine
 from lib.training.distributed import launch
 
 REPO = Path(__file__).resolve().parent.parent

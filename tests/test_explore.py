@@ -5,7 +5,9 @@ import math
 import pytest
 import torch
 
-from lib.explore import (
+from lib.core.viz import make_grid
+from lib.models.dcgan import Generator
+from lib.notebook.explore import (
     Directions,
     early_activations,
     ganspace_directions,
@@ -17,8 +19,6 @@ from lib.explore import (
     seed_latent,
     slerp,
 )
-from lib.models.dcgan import Generator
-from lib.viz import make_grid
 
 
 @pytest.fixture(scope="module")

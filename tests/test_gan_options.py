@@ -264,8 +264,8 @@ def test_batch_norm_free_d_has_biases_from_zero_and_round_trips_its_state():
 
 # imported here so the maths tests above stay independent of the config and the family
 from lib.config import ConfigError, load_config  # noqa: E402
+from lib.core.device import Engine  # noqa: E402
 from lib.data import ImageData  # noqa: E402
-from lib.device import Engine  # noqa: E402
 from lib.families import FAMILIES  # noqa: E402
 
 TINY_GAN = ["data.image_size=16", "generator.args.hidden_dim=8",

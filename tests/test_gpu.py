@@ -17,8 +17,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lib.checkpoint import load_checkpoint
 from lib.config import load_config
+from lib.core.checkpoint import load_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent
 PRESETS = {"dcgan": "configs/dcgan_demo.json", "cvae": "configs/cvae_demo.json",
@@ -98,7 +98,7 @@ def test_fused_adam_matches_the_foreach_update_on_cuda():
     """The same gradients through fused and foreach Adam give the same weights: both compute
     the fp32 update of the same formula, differing only in the order of a few float
     operations (tolerance: rtol 1e-6, atol 1e-7 after 10 steps; weights are ~0.02)."""
-    from lib.device import make_optimizer
+    from lib.core.device import make_optimizer
     from lib.models.dcgan import Discriminator
 
     cuda = torch.device("cuda")

@@ -14,11 +14,11 @@ from inception_standin import save_torchscript
 from scipy import linalg
 
 import lib
-from lib import report
-from lib.checkpoint import load_checkpoint
 from lib.config import load_config
+from lib.core.checkpoint import load_checkpoint
+from lib.core.device import Engine
+from lib.core.viz import plot_metrics
 from lib.data import ImageData, load_dataset
-from lib.device import Engine
 from lib.families import FAMILIES, Parts
 from lib.metrics import (
     Evaluator,
@@ -28,10 +28,10 @@ from lib.metrics import (
     scores,
     ssim_pairs,
 )
+from lib.notebook import report
 from lib.training.evaluation import evaluate_checkpoint, evaluate_parts
 from lib.training.loop import train
 from lib.training.tracking import read_history
-from lib.viz import plot_metrics
 
 
 @pytest.fixture(scope="module")

@@ -14,10 +14,10 @@ import nbformat
 import pytest
 import torch
 
-from lib import datastats, report
 from lib import notebook as nb
 from lib.config import ConfigError, load_config
 from lib.data import ImageData, duplicate_groups
+from lib.notebook import datastats, report
 from lib.runner import (
     NOTEBOOKS,
     RunnerError,

@@ -7,7 +7,7 @@ import types
 import pytest
 from tqdm.std import tqdm as text_tqdm
 
-from lib import progress
+from lib.core import progress
 
 
 class FakeShell:

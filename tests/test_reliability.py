@@ -17,10 +17,10 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lib import checkpoint, device
-from lib.checkpoint import CheckpointError, atomic_save, load_checkpoint
 from lib.config import Config, ConfigError, apply_override, load_config
-from lib.device import DeviceError, check_cuda_arch
+from lib.core import checkpoint, device
+from lib.core.checkpoint import CheckpointError, atomic_save, load_checkpoint
+from lib.core.device import DeviceError, check_cuda_arch
 from lib.families import FAMILIES
 from lib.training.distributed import launch
 from lib.training.evaluation import rebuild

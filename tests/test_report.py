@@ -13,8 +13,9 @@ from nbconvert import HTMLExporter
 from PIL import Image
 
 from lib import notebook as nb
-from lib import report, viz
 from lib.config import load_config
+from lib.core import viz
+from lib.notebook import report
 
 
 def titles(fig) -> list[str]:
@@ -213,6 +214,6 @@ def test_report_of_a_read_only_root_goes_somewhere_writable(tmp_path, monkeypatc
 
 
 def test_every_media_file_of_a_run_has_a_caption():
-    from lib.rundir import MEDIA
+    from lib.core.rundir import MEDIA
 
     assert set(report.MEDIA_CAPTIONS) == set(MEDIA)

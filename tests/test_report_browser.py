@@ -18,7 +18,7 @@ import nbformat
 import pytest
 from browser import chromium_page, require_browser
 
-from lib import report
+from lib.notebook import report
 from lib.runner import NOTEBOOKS, run_notebooks
 
 WIDTH = 1280

@@ -12,11 +12,11 @@ import threading
 import pytest
 
 import lib.training.evaluation as evaluation
-import lib.training.state as state
+import lib.training.resume as state
 from lib.__main__ import main
-from lib.checkpoint import CheckpointError, load_checkpoint
 from lib.config import ConfigError, load_config
-from lib.rundir import RunDir, RunFolderError, check_name, claim_new, lock, unlock
+from lib.core.checkpoint import CheckpointError, load_checkpoint
+from lib.core.rundir import RunDir, RunFolderError, check_name, claim_new, lock, unlock
 from lib.training.loop import resume, train
 from lib.training.tracking import read_history
 

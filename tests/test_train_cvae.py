@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from PIL import Image
 from sklearn.linear_model import LogisticRegression
 
-from lib.checkpoint import load_checkpoint
 from lib.config import load_config
+from lib.core.checkpoint import load_checkpoint
 from lib.data import load_dataset, to_float
 from lib.training.evaluation import rebuild
 from lib.training.loop import train

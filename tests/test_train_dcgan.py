@@ -6,10 +6,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from lib.checkpoint import load_checkpoint
 from lib.config import load_config
+from lib.core.checkpoint import load_checkpoint
+from lib.core.device import Engine, seed_everything
 from lib.data import ImageData, load_dataset, to_float
-from lib.device import Engine, seed_everything
 from lib.families import FAMILIES
 from lib.training.evaluation import rebuild
 from lib.training.loop import train

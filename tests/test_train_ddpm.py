@@ -10,10 +10,10 @@ import torch
 from PIL import Image
 from sklearn.linear_model import LogisticRegression
 
-from lib.checkpoint import load_checkpoint
 from lib.config import Config, load_config
+from lib.core.checkpoint import load_checkpoint
+from lib.core.device import Engine
 from lib.data import load_dataset, to_float, to_uint8
-from lib.device import Engine
 from lib.families import FAMILIES
 from lib.families.base import build_model, fixed_generator
 from lib.metrics import Evaluator

@@ -8,8 +8,12 @@ import torch
 from PIL import Image
 from sklearn.linear_model import LogisticRegression
 
+from lib.core.viz import make_grid
 from lib.data import load_dataset, to_float
-from lib.explore import (
+from lib.models.cvae import CVAE
+from lib.models.dcgan import Generator
+from lib.models.ddpm import DDPM
+from lib.notebook.explore import (
     ALL_CLASSES,
     class_grid,
     ganspace_directions,
@@ -17,11 +21,7 @@ from lib.explore import (
     latent_points,
     posterior_directions,
 )
-from lib.models.cvae import CVAE
-from lib.models.dcgan import Generator
-from lib.models.ddpm import DDPM
-from lib.viz import make_grid
-from lib.widgets import BUSY, class_explorer, ddpm_explorer, latent_explorer
+from lib.notebook.widgets import BUSY, class_explorer, ddpm_explorer, latent_explorer
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -27,7 +27,7 @@ import sys
 sys.path.insert(0, {str(REPO)!r})
 import torch
 from lib.models.dcgan import Generator
-from lib.widgets import latent_explorer
+from lib.notebook.widgets import latent_explorer
 torch.set_num_threads(1)
 torch.manual_seed(0)
 generator = Generator(latent_dim=16, hidden_dim=8, n_channels=3, image_size=16)

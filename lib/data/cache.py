@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from lib.checkpoint import atomic_save
+from lib.core.checkpoint import atomic_save
 from lib.data.images import ImageData
 
 CACHE_VERSION = 2  # 2: keyed on the files read, not only on the dataset's path

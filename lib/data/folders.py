@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from lib.core.progress import progress_bar
 from lib.data import find
 from lib.data.cache import _cached
 from lib.data.find import (
@@ -22,7 +23,6 @@ from lib.data.find import (
     _subdirs,
 )
 from lib.data.images import DatasetError, ImageData
-from lib.progress import progress_bar
 
 # ---------------------------------------------------------------------------
 # The image-folder reader shared by cats, artbench and folder

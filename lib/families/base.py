@@ -29,9 +29,9 @@ from lib.config import (
     SchedulerConfig,
     TrainerConfig,
 )
+from lib.core.device import Engine, make_optimizer
+from lib.core.rundir import RunDir
 from lib.data import ImageData
-from lib.device import Engine, make_optimizer
-from lib.rundir import RunDir
 
 CHUNK = 256  # images per forward when many are drawn or scored: memory stays bounded
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from lib import viz
 from lib.config import Config, ConfigError
+from lib.core import viz
+from lib.core.device import Engine
+from lib.core.rundir import RunDir
 from lib.data import ImageData, to_float
-from lib.device import Engine
 from lib.families.base import (
     Family,
     Parts,
@@ -19,7 +20,6 @@ from lib.families.base import (
     unwrap,
 )
 from lib.models.cvae import CVAE
-from lib.rundir import RunDir
 
 NOISE_PER_CLASS = 8  # columns of the generation grid: one fixed z each, for every class
 RECON_IMAGES = 16  # fixed real images whose reconstructions are snapshotted

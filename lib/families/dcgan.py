@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import torch
 
-from lib import viz
 from lib.config import Config, GanConfig
+from lib.core import viz
+from lib.core.device import Engine
+from lib.core.rundir import RunDir
 from lib.data import ImageData
-from lib.device import Engine
 from lib.families.base import (
     CHUNK,
     Family,
@@ -30,7 +31,6 @@ from lib.families.base import (
 from lib.models.augment import diff_augment
 from lib.models.dcgan import Discriminator, Generator
 from lib.models.losses import d_loss, g_loss
-from lib.rundir import RunDir
 
 
 def build(cfg: Config, data: ImageData, engine: Engine) -> Parts:

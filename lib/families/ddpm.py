@@ -7,10 +7,11 @@ from pathlib import Path
 
 import torch
 
-from lib import viz
 from lib.config import Config
+from lib.core import viz
+from lib.core.device import Engine
+from lib.core.rundir import RunDir
 from lib.data import ImageData
-from lib.device import Engine
 from lib.families.base import (
     Family,
     Parts,
@@ -23,7 +24,6 @@ from lib.families.base import (
     unwrap,
 )
 from lib.models.ddpm import DDPM
-from lib.rundir import RunDir
 
 SNAPSHOT_SEED = 2  # the noise a stochastic sampler adds during snapshots, the same every time
 

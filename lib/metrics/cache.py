@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from lib.checkpoint import atomic_save
+from lib.core.checkpoint import atomic_save
 from lib.data import ImageData
 
 CACHE_VERSION = 2  # 2: real statistics of distinct images, fixed-size feature batches

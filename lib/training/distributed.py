@@ -19,10 +19,10 @@ from pathlib import Path
 
 import torch
 
-from lib.checkpoint import load_checkpoint
 from lib.config import Config, load_config
-from lib.rundir import RunDir
-from lib.training.state import default_run_name, resumable, resume_config
+from lib.core.checkpoint import load_checkpoint
+from lib.core.rundir import RunDir
+from lib.training.resume import default_run_name, resumable, resume_config
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -66,7 +66,7 @@ def launch(config_path_or_cfg: str | Path | Config, nproc: int,
     where there is no GPU. `trainer.batch_size` is per process: each step sees
     nproc x batch_size images. `overrides` are `section.field=value` strings, as `--set`.
     `resume`: continue that run folder in place instead, by the one resume rule (the
-    checkpoint's config with this config's trainer fields; lib.training.state.resume_config).
+    checkpoint's config with this config's trainer fields; lib.training.resume.resume_config).
     The processes get the config once, as a JSON file.
     """
     if nproc < 1:

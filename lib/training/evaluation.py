@@ -20,15 +20,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lib.checkpoint import load_checkpoint
 from lib.config import Config
+from lib.core.checkpoint import load_checkpoint
+from lib.core.device import Engine, setup_engine
+from lib.core.rundir import RunDir
 from lib.data import ImageData, load_dataset, to_float, to_uint8
-from lib.device import Engine, setup_engine
 from lib.families import FAMILIES, Family, Parts
 from lib.families.base import fixed_generator, make_net, unwrap
 from lib.metrics import Evaluator, MetricsError
-from lib.rundir import RunDir
-from lib.training.state import load_weights
+from lib.training.checkpoints import load_weights
 from lib.training.tracking import read_history
 
 # ---------------------------------------------------------------------------

@@ -6,7 +6,7 @@ the time budget, evaluation, rollback, log, checkpoint - and at the end the
 media and summary. What its stanzas share (folder, guard, tracker, counters,
 clock) is one small `Session` (lib/training/session.py), whose methods are the
 longer stanzas. What a family does lives in lib/families; what is saved, in
-lib/training/state.py.
+lib/training/checkpoints.py.
 """
 
 from __future__ import annotations
@@ -15,26 +15,26 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from lib.checkpoint import load_checkpoint
 from lib.config import Config, apply_override, load_config
+from lib.core.checkpoint import load_checkpoint
+from lib.core.device import Engine, seed_everything, setup_engine
+from lib.core.rundir import RunDir, check_name, claim_exact, claim_new, lock
 from lib.data import load_dataset
-from lib.device import Engine, seed_everything, setup_engine
 from lib.families import FAMILIES
-from lib.rundir import RunDir, check_name, claim_exact, claim_new, lock
+from lib.training.batches import BatchSampler
+from lib.training.checkpoints import restore_checkpoint
 from lib.training.evaluation import make_evaluator
 from lib.training.guard import Guard
-from lib.training.session import Session
-from lib.training.state import (
-    BatchSampler,
+from lib.training.resume import (
     check_folder,
     default_run_name,
     forget_after,
     prepare_resume,
-    restore_checkpoint,
     restore_periodic,
     resumable,
     resume_config,
 )
+from lib.training.session import Session
 from lib.training.tracking import Tracker
 
 
@@ -44,7 +44,7 @@ def train(cfg: Config, out_root: str | Path = "outputs", run_dir: str | Path | N
 
     `resume` continues that run folder from its last.pt - in place, or in `run_dir`
     when given (a copy: the source may be read-only) - with the checkpoint's config
-    and the trainer fields `cfg` changes (lib.training.state.resume_config).
+    and the trainer fields `cfg` changes (lib.training.resume.resume_config).
     """
     entered = time.monotonic()  # the time budget counts start-up too
     if cfg.name:

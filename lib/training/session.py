@@ -15,22 +15,18 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from lib import viz
-from lib.checkpoint import atomic_save, load_checkpoint
 from lib.config import Config
-from lib.device import Engine
+from lib.core import viz
+from lib.core.checkpoint import atomic_save, load_checkpoint
+from lib.core.device import Engine
+from lib.core.rundir import RunDir, unlock
 from lib.families import Family, Parts
 from lib.metrics import Evaluator
-from lib.rundir import RunDir, unlock
+from lib.training.batches import BatchSampler
+from lib.training.checkpoints import make_checkpoint, prune_checkpoints, restore_checkpoint
 from lib.training.evaluation import best_fid, evaluate_parts, sampling_cost
 from lib.training.guard import DivergenceError, Guard
-from lib.training.state import (
-    BatchSampler,
-    forget_after,
-    make_checkpoint,
-    prune_checkpoints,
-    restore_checkpoint,
-)
+from lib.training.resume import forget_after
 from lib.training.tracking import Tracker, read_history
 
 # ---------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from lib.config import WandbConfig
-from lib.rundir import RunDir
+from lib.core.rundir import RunDir
 
 
 def kaggle_secret(name: str) -> str | None:

@@ -18,19 +18,21 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from lib import viz
 from lib.config import Config
+from lib.core import viz
+from lib.core.rundir import RunDir
+from lib.core.viz import fmt
 from lib.families import FAMILIES, FAMILY_COLORS
 from lib.metrics import protocol_summary
-from lib.notebook import KAGGLE_WORKING, image_bytes, img_tag, on_kaggle, read_json
-from lib.rundir import RunDir
+from lib.notebook.display import image_bytes, img_tag
+from lib.notebook.paths import KAGGLE_WORKING, on_kaggle
+from lib.notebook.runs import read_json
 from lib.training.evaluation import rebuild, sampling_cost
 from lib.training.tracking import read_history
-from lib.viz import fmt
 
 METRIC_KEYS = ("fid", "kid", "ssim_recon", "ssim_nearest", "ssim", "diversity")
 UNCERTAINTY_KEYS = ("fid_low", "fid_high", "kid_std")  # shown beside their metric
-# what each picture of a run folder (lib.rundir.MEDIA) shows, in the order the report shows
+# what each picture of a run folder (lib.core.rundir.MEDIA) shows, in the order the report shows
 # them; of two identical files the first is the one shown
 MEDIA_CAPTIONS = {
     "reconstruction.gif": "reconstructions over training: rows 1 and 3 rebuilt by the model, "

@@ -15,7 +15,7 @@ import torch
 from matplotlib.figure import Figure
 from PIL import Image
 
-from lib import viz
+from lib.core import viz
 from lib.data import ImageData, duplicate_groups, to_float
 
 

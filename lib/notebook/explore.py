@@ -1,7 +1,7 @@
 """The maths behind latent exploration, and the static grids drawn with it.
 
 Everything here is plain PyTorch and returns uint8 (3, H, W) grids, so the
-same functions drive the sliders of `lib.widgets` and the static figures of
+same functions drive the sliders of `lib.notebook.widgets` and the static figures of
 a headless notebook run.
 
 - `slerp`: spherical interpolation. Gaussian latents live near a sphere of
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from lib import viz
+from lib.core import viz
 from lib.data import to_float
 from lib.families.base import chunked, device_of, eval_mode
 

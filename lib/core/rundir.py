@@ -22,7 +22,8 @@ import socket
 import sys
 from pathlib import Path
 
-from lib.viz import snapshot_frames, step_of
+from lib.config import ConfigError
+from lib.core.viz import snapshot_frames, step_of
 
 MEDIA = ("evolution.gif", "reconstruction.gif", "generation.gif", "denoising.gif",
          "final_grid.png")
@@ -135,8 +136,6 @@ class RunFolderError(RuntimeError):
 
 def check_name(name: str) -> str:
     """`name` as one folder name inside the output root, or a ConfigError naming `name`."""
-    from lib.config import ConfigError
-
     seps = {"/", "\\", os.sep} | ({os.altsep} if os.altsep else set())
     if (not isinstance(name, str) or not name or name in (".", "..") or "\0" in name
             or any(s in name for s in seps) or Path(name).is_absolute()):

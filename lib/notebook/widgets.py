@@ -1,7 +1,7 @@
 """Sliders for playing with trained models: the only module that imports ipywidgets.
 
 Each explorer is a handful of controls whose observers re-render one uint8 grid
-(the maths lives in `lib.explore`) straight into an `ipywidgets.Image` as PNG
+(the maths lives in `lib.notebook.explore`) straight into an `ipywidgets.Image` as PNG
 bytes - no matplotlib and no `Output` capture, so updates are cheap and work
 without a kernel too (setting a control's value in a test fires the same
 observers a browser would). While a grid renders, the image dims and the status
@@ -24,8 +24,8 @@ import ipywidgets as widgets
 import torch
 from torch import nn
 
-from lib import viz
-from lib.explore import (
+from lib.core import viz
+from lib.notebook.explore import (
     ALL_CLASSES,
     FAST_SAMPLER,
     FAST_STEPS,
@@ -45,7 +45,7 @@ from lib.explore import (
     seed_latent,
 )
 
-# the static fallbacks, importable from here as well as from lib.explore
+# the static fallbacks, importable from here as well as from lib.notebook.explore
 __all__ = ["Explorer", "latent_explorer", "class_explorer", "ddpm_explorer",
            "latent_traversal_grid", "interpolation_grid", "class_grid", "class_traversal_grid",
            "ddpm_grid", "guidance_grid"]
