@@ -4,10 +4,13 @@ inside the output root; read-only inputs and damaged folders reported, not trace
 import json
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import sys
+import textwrap
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -23,6 +26,7 @@ from lib.training.tracking import read_history
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 DCGAN, CVAE = "configs/dcgan_demo.json", "configs/cvae_demo.json"
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def tiny(tiny_overrides, *more):
@@ -140,6 +144,92 @@ def test_checkpoint_of_another_family_in_a_run_folder_is_refused(tmp_path, tiny_
         train(tiny(tiny_overrides), resume=dcgan, progress=False)
     assert (dcgan / "config.json").read_bytes() == config
     assert (dcgan / "history.jsonl").read_bytes() == history
+
+
+def test_history_line_that_is_not_an_object_is_dropped_and_resume_continues(
+        tmp_path, tiny_overrides, capsys):
+    run = train(tiny(tiny_overrides), out_root=tmp_path, progress=False)
+    with (run / "history.jsonl").open("a") as f:
+        f.write('[1, 2]\n{"loss_d": 1.0}\n')  # valid JSON, not a record
+    assert [r["step"] for r in read_history(run)] == [2, 4]
+    err = capsys.readouterr().err
+    assert ":3: dropped a torn or damaged line ('[1, 2]')" in err and ":4: dropped" in err
+    assert resume(run, overrides=["trainer.epochs=2"], progress=False) == run
+    assert [r["step"] for r in read_history(run)] == [2, 4, 6, 8]
+
+
+# ---------------------------------------------------------------------------
+# Kills at a chosen moment (a subprocess that SIGKILLs itself there: no sleep race)
+
+
+def killed_cli(tmp_path: Path, prelude: str, *args: str) -> subprocess.CompletedProcess:
+    """`python -m lib ARGS` in a fresh process that `prelude` arranged to kill."""
+    script = tmp_path / "killed.py"
+    script.write_text("import os, signal, sys\n" + textwrap.dedent(prelude)
+                      + "\nfrom lib.__main__ import main\nsys.exit(main(sys.argv[1:]))\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "disabled",
+           "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, str(script), *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+# The kill lands just after a file named *history.jsonl* is opened for writing: what that
+# open truncates is gone, nothing new is written yet (audit hooks run before the open).
+KILL_AT_HISTORY_WRITE = """
+    def hook(event, args):
+        if event != "open" or "history.jsonl" not in os.path.basename(str(args[0])):
+            return
+        mode, flags = args[1] or "", args[2]
+        if "w" in mode or flags & os.O_TRUNC:
+            os.truncate(args[0], 0)
+        if "w" in mode or "+" in mode or flags & (os.O_WRONLY | os.O_RDWR):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    sys.addaudithook(hook)
+"""
+
+
+def test_kill_while_a_resume_rewrites_the_history_keeps_it_whole(tmp_path, tiny_overrides):
+    run = train(tiny(tiny_overrides), out_root=tmp_path, progress=False)
+    with (run / "history.jsonl").open("a") as f:
+        f.write('{"step": 6, "loss_d": 0.5}\n')  # logged after last.pt: the resume drops it
+    before = (run / "history.jsonl").read_bytes()
+    out = killed_cli(tmp_path, KILL_AT_HISTORY_WRITE, "train", "--resume", str(run),
+                     "--set", "trainer.epochs=2")
+    assert out.returncode == -signal.SIGKILL, out.stderr
+    assert (run / "history.jsonl").read_bytes() == before
+    assert resume(run, overrides=["trainer.epochs=2"], progress=False) == run
+    assert [r["step"] for r in read_history(run)] == [2, 4, 6, 8]
+    assert not list(run.glob(".*.tmp"))
+
+
+KILL_AT_THIRD_COPIED_FILE = """
+    import shutil
+
+    real, calls = shutil.copyfile, []
+
+    def copyfile(a, b):
+        calls.append(a)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(a, b)
+
+    shutil.copyfile = copyfile
+"""
+
+
+def test_kill_during_a_resume_copy_leaves_nothing_and_the_retry_takes_the_name(
+        tmp_path, tiny_overrides, capsys):
+    source = train(tiny(tiny_overrides), out_root=tmp_path / "input", progress=False)
+    out = tmp_path / "working"
+    killed = killed_cli(tmp_path, KILL_AT_THIRD_COPIED_FILE, "train", "--resume", str(source),
+                        "--out", str(out), "--set", "trainer.epochs=2")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert not RunDir(out / "run").has_checkpoint()
+    copy = resume(source, out_root=out, overrides=["trainer.epochs=2"], progress=False)
+    assert copy == out / "run" and sorted(out.iterdir()) == [copy]  # no run-2, no .copy-*
+    assert "already exists" not in capsys.readouterr().err
+    assert [r["step"] for r in read_history(copy)] == [2, 4, 6, 8]
 
 
 # ---------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from lib.config import Config
-from lib.core.checkpoint import FORMAT_VERSION, CheckpointError
+from lib.core.checkpoint import FORMAT_VERSION, CheckpointError, as_tuple
 from lib.core.device import Engine
 from lib.core.rundir import RunDir
 from lib.families import Parts
@@ -38,16 +38,12 @@ def rng_state(sampler: BatchSampler) -> dict:
 
 def set_rng_state(state: dict, sampler: BatchSampler) -> None:
     torch.set_rng_state(state["torch"])
-    random.setstate(_as_tuple(state["python"]))
+    random.setstate(as_tuple(state["python"]))
     np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32),
                          state["numpy_pos"], 0, 0.0))
     sampler.load_state_dict(state["sampler"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _as_tuple(x):
-    return tuple(_as_tuple(v) for v in x) if isinstance(x, list | tuple) else x
 
 
 # ---------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from lib.config import Config, ConfigError
 from lib.core.checkpoint import CheckpointError
-from lib.core.rundir import RunDir, claim_new
+from lib.core.rundir import RunDir, _pid_alive, claim_new
 from lib.core.viz import step_of
 from lib.training.tracking import truncate_history
 
@@ -74,9 +74,8 @@ def prepare_resume(source: str | Path, run_dir: str | Path | None = None) -> Run
 
     A read-only source (a Kaggle input) needs `run_dir`: its config, history,
     wandb id, samples and last.pt are copied there and the source is never written.
-    The copy is made in a temporary folder beside `run_dir` and renamed into place
-    (a failure leaves no half-made run), its files writable whatever the source's
-    modes; `run_dir` taken already gives a fresh name (rundir.claim_new).
+    The copy appears whole or not at all (see _copy_run); `run_dir` taken already gives a
+    fresh name (rundir.claim_new), its files writable whatever the source's modes.
     """
     src = resumable(source)
     if run_dir is None or Path(run_dir).resolve() == src.root.resolve():
@@ -89,17 +88,31 @@ def prepare_resume(source: str | Path, run_dir: str | Path | None = None) -> Run
         if RunDir(target).has_checkpoint():
             raise CheckpointError(f"{run_dir} already holds a run; resume that one "
                                   f"(--resume {run_dir}) or choose another --out")
-        run = claim_new(target.parent, target.name)
-        _copy_run(src, run)
-    for tmp in run.checkpoints.glob(".*.tmp"):  # left by a write that was killed
-        tmp.unlink()
+        run = _copy_run(src, target)
+    for tmp in [*run.root.glob(".*.tmp"), *run.checkpoints.glob(".*.tmp")]:
+        tmp.unlink()  # left by a write that was killed (history, checkpoints)
     return run
 
 
-def _copy_run(src: RunDir, run: RunDir) -> None:
-    """src's resume files and samples into the (empty, claimed) folder `run`, all at once."""
-    tmp = RunDir(tempfile.mkdtemp(prefix=f".{run.name}.copy-", dir=run.root.parent))
+def _copy_run(src: RunDir, target: Path) -> RunDir:
+    """src's resume files and samples in a new run folder claimed at `target`, all at once.
+
+    The copy is made in `.<name>.copy-<pid>-*` beside it, then renamed onto the (empty)
+    claimed folder. A kill midway leaves that copy and the empty claim: the next try
+    (its pid dead) removes both and takes the same name again.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for stale in target.parent.glob(f".{target.name}.copy-*"):
+        pid = stale.name.rpartition(".copy-")[2].partition("-")[0]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+            if target.is_dir() and not any(target.iterdir()):
+                target.rmdir()  # the claim that copy was to fill
+    tmp = RunDir(tempfile.mkdtemp(prefix=f".{target.name}.copy-{os.getpid()}-",
+                                  dir=target.parent))
+    run = None
     try:
+        run = claim_new(target.parent, target.name)
         files = [(a, b) for a, b in zip(src.resume_files(), tmp.resume_files(), strict=True)
                  if a.is_file()]
         if src.samples.is_dir():
@@ -112,8 +125,10 @@ def _copy_run(src: RunDir, run: RunDir) -> None:
         os.replace(tmp.root, run.root)  # onto the empty claimed folder: atomic
     except BaseException:
         shutil.rmtree(tmp.root, ignore_errors=True)
-        run.root.rmdir()
+        if run is not None:
+            run.root.rmdir()
         raise
+    return run
 
 
 def restore_periodic(run: RunDir, step: int, save_every: int) -> None:

@@ -23,6 +23,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from lib.config import WandbConfig
+from lib.core.checkpoint import atomic_write_text
 from lib.core.rundir import RunDir
 
 
@@ -171,7 +172,8 @@ def _wandb_id(run_dir: Path) -> str:
 
 def read_history(run_dir: str | Path) -> list[dict]:
     """All records of a run's history.jsonl (empty if there is none yet); a line that is
-    not JSON (torn by a kill mid-append) is dropped and reported on stderr."""
+    not a JSON object with a step (torn by a kill mid-append, or edited) is dropped and
+    reported on stderr."""
     path = RunDir(run_dir).history
     if not path.exists():
         return []
@@ -180,8 +182,12 @@ def read_history(run_dir: str | Path) -> list[dict]:
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:  # a kill mid-append tears the last line
+            record = json.loads(line)
+        except ValueError:  # a kill mid-append tears the last line
+            record = None
+        if isinstance(record, dict) and type(record.get("step")) is int:
+            records.append(record)
+        else:
             print(f"warning: {path}:{number}: dropped a torn or damaged line "
                   f"({line[:60]!r}); a resume rewrites the history without it",
                   file=sys.stderr)
@@ -189,8 +195,10 @@ def read_history(run_dir: str | Path) -> list[dict]:
 
 
 def truncate_history(run_dir: str | Path, last_step: int) -> None:
-    """Drop records logged after `last_step` (they belong to work a resume will redo)."""
+    """Drop records logged after `last_step` (they belong to work a resume will redo).
+
+    Rewritten whole or not at all: the history cannot be regenerated."""
     path = RunDir(run_dir).history
     if path.exists():
-        kept = [r for r in read_history(run_dir) if r.get("step", 0) <= last_step]
-        path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        kept = [r for r in read_history(run_dir) if r["step"] <= last_step]
+        atomic_write_text("".join(json.dumps(r) + "\n" for r in kept), path)
