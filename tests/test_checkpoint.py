@@ -1,12 +1,16 @@
 """Checkpoints that load but lack what their readers need: one clear line, at load."""
 
+import errno
+import io
 import json
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
 from lib.__main__ import main
+from lib.core import checkpoint
 from lib.core.checkpoint import REQUIRED, CheckpointError, atomic_save, load_checkpoint
 from lib.training.evaluation import rebuild
 
@@ -79,3 +83,62 @@ def test_an_intact_checkpoint_still_loads_and_rebuilds(run):
     nets = rebuild(run, device="cpu").parts.nets
     z = torch.randn(3, 4)
     assert nets["generator"](z).shape == (3, 1, 8, 8)
+
+
+# ---------------------------------------------------------------------------
+# Hand-edited or foreign training state: named at load, not a raw error mid-resume
+
+
+@pytest.mark.parametrize("edit, words", [
+    (lambda c: c["rng"].update(torch=torch.tensor([1, 2, 3], dtype=torch.uint8)),
+     "its rng['torch'] is not a random-generator state"),
+    (lambda c: c.update(rng={}), "its rng['torch'] is not a random-generator state (KeyError"),
+    (lambda c: c["rng"].update(python=[3, [1, 2], None]), "its rng['python'] is not a"),
+    (lambda c: c["rng"].update(numpy=torch.zeros(3, dtype=torch.int64)), "its rng['numpy']"),
+    (lambda c: c["rng"]["sampler"].update(pos=10**6), "its rng['sampler'] is not a"),
+    (lambda c: c.update(rank_rng=[{}]), "its rank_rng[0]['torch'] is not a"),
+    (lambda c: c.update(counters={}), "its counters['images_seen'] is None, expected a number"),
+    (lambda c: c["counters"].update(train_seconds="1"), "its counters['train_seconds'] is '1'"),
+    (lambda c: c.update(step=-5), "its 'step' is -5, expected a step >= 0"),
+])
+def test_a_damaged_training_state_is_named_at_load(run, tmp_path, edit, words):
+    copy = doctored(run, tmp_path, edit)
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(copy / "checkpoints" / "last.pt")
+    assert str(err.value).startswith(f"{copy / 'checkpoints' / 'last.pt'}: damaged checkpoint")
+    assert words in str(err.value)
+
+
+def test_cli_resume_of_a_damaged_rng_is_one_line(run, tmp_path, capsys):
+    copy = doctored(run, tmp_path, lambda c: c.update(rng={}))
+    assert main(["train", "--resume", str(copy)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {copy / 'checkpoints' / 'last.pt'}: damaged checkpoint, "
+                          "its rng['torch']") and len(err.splitlines()) == 1
+
+
+# ---------------------------------------------------------------------------
+# A full disk: torch wraps ENOSPC in "unexpected pos"; the CLI names the folder
+
+
+class FullDisk(io.FileIO):
+    def write(self, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_full_disk_during_a_save_names_the_folder(run, tmp_path, monkeypatch, capsys):
+    before = (run / "checkpoints" / "last.pt").read_bytes()
+    real = os.fdopen  # the run's .lock is written through it too, as text
+    monkeypatch.setattr(checkpoint.os, "fdopen",
+                        lambda fd, mode: FullDisk(fd, mode) if mode == "wb" else real(fd, mode))
+    with pytest.raises(OSError) as err:
+        atomic_save(load_checkpoint(run / "checkpoints" / "last.pt"),
+                    run / "checkpoints" / "last.pt")
+    assert (err.value.errno, err.value.filename) == (errno.ENOSPC, str(run / "checkpoints"))
+    assert (run / "checkpoints" / "last.pt").read_bytes() == before
+    assert not list((run / "checkpoints").glob(".*.tmp"))
+
+    assert main(["train", str(run.parent / "tiny.json"), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.rpartition("error: ")[2]  # after the progress bar
+    assert err == (f"{tmp_path / 'run' / 'checkpoints'}: No space left on device (the disk "
+                   "is full: free space or give another --out)\n")

@@ -11,6 +11,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -22,6 +23,7 @@ from lib.core import checkpoint, device
 from lib.core.checkpoint import CheckpointError, atomic_save, load_checkpoint
 from lib.core.device import DeviceError, check_cuda_arch
 from lib.families import FAMILIES
+from lib.training.checkpoints import rng_state
 from lib.training.distributed import launch
 from lib.training.evaluation import rebuild
 from lib.training.guard import DivergenceError, Guard
@@ -329,6 +331,9 @@ def test_ctrl_c_saves_the_step_prints_the_resume_command_and_resumes_bitwise(tmp
 def test_failure_between_write_and_rename_keeps_the_previous_one(tmp_path, monkeypatch):
     path = tmp_path / "last.pt"
     entries = {k: {} for k in checkpoint.REQUIRED if k != "step"}  # the keys load_checkpoint needs
+    entries["counters"] = {"images_seen": 0, "train_seconds": 0.0}
+    sampler = {"perm": torch.arange(4), "pos": 0, "gen": torch.Generator().get_state()}
+    entries["rng"] = rng_state(SimpleNamespace(state_dict=lambda: sampler))
     atomic_save({"format_version": 1, "step": 1, "w": torch.ones(3), **entries}, path)
 
     def broken_replace(src, dst):

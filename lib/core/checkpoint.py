@@ -45,7 +45,7 @@ def atomic_write(path: str | Path, write) -> Path:
     except (OSError, RuntimeError) as e:
         Path(tmp).unlink(missing_ok=True)
         cause = e if isinstance(e, OSError) else e.__context__
-        if isinstance(cause, OSError) and cause.filename is None:  # say which folder is full
+        if isinstance(cause, OSError) and cause.errno and cause.filename is None:  # which folder
             raise OSError(cause.errno, cause.strerror, str(path.parent)) from e
         raise
     except BaseException:
@@ -163,7 +163,7 @@ def _check_state(ckpt: dict, path: Path) -> None:
         for key, check in RNG_CHECKS.items():
             try:
                 check(rng)
-            except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
+            except (LookupError, TypeError, ValueError, RuntimeError, AttributeError) as e:
                 raise damaged(f"{where}[{key!r}]", "is not a random-generator state "
                               f"({type(e).__name__}: {str(e)[:120]})") from None
 
