@@ -6,6 +6,7 @@ import hashlib
 import os
 import pickle
 import struct
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -197,3 +198,156 @@ def test_a_class_of_only_unreadable_files_is_dropped_with_a_message(tmp_path, ca
         out = capsys.readouterr().out
         assert f"dropped class 'b_junk': none of the 2 image file(s) in {pics / 'b_junk'}" in out
         assert "skipped 2 unreadable" in out
+
+
+# ---------------------------------------------------------------------------
+# MNIST files refused from their header: other shapes, sizes beyond the official files
+
+
+def test_mnist_of_other_shapes_is_refused_even_unverified(tmp_path):
+    raw = tmp_path / "MNIST" / "raw"
+    write_mnist(raw)
+    images = raw / MNIST_FILES[0]
+    images.write_bytes(idx_bytes(np.zeros((6, 10, 40), dtype=np.uint8)))
+    with pytest.raises(DatasetError) as e:
+        load_dataset("mnist", 28, root=tmp_path, cache=False, verify=False)
+    assert str(e.value).startswith(f"mnist: {images} declares shape (6, 10, 40); MNIST's is "
+                                   "(N, 28, 28) with N <= 60,000")
+
+
+@pytest.mark.parametrize("verify", [False, True])
+def test_mnist_gzip_bomb_is_refused_from_its_header(tmp_path, verify):
+    raw = tmp_path / "MNIST" / "raw"
+    _, labels = write_mnist(raw, gz=True)
+    bomb = raw / (MNIST_FILES[0] + ".gz")
+    header = b"\0\0\x08\x03" + struct.pack(">3I", 2_000_000_000, 28, 28)  # 1.5 TB declared
+    bomb.write_bytes(gzip.compress(header + bytes(1000)))
+    with pytest.raises(DatasetError, match=r"declares shape \(2000000000, 28, 28\)"):
+        load_dataset("mnist", 28, root=tmp_path, cache=False, verify=verify)
+
+
+def test_mnist_data_beyond_its_header_is_not_decompressed(tmp_path):
+    raw = tmp_path / "MNIST" / "raw"
+    write_mnist(raw, gz=True)
+    images = raw / (MNIST_FILES[0] + ".gz")
+    padded = gzip.decompress(images.read_bytes()) + bytes(64 * 2**20)  # 64 MiB of zeros
+    images.write_bytes(gzip.compress(padded, compresslevel=1))
+    tracemalloc.start()
+    try:
+        with pytest.raises(DatasetError, match="do not match the IDX header"):
+            load_dataset("mnist", 28, root=tmp_path, cache=False, verify=False)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * 2**20  # read as far as the header declares (and one byte), not 64 MiB
+
+
+# ---------------------------------------------------------------------------
+# Image folders: every mode Pillow opens, entries that cannot be read, huge images
+
+
+def gray_file(folder: Path, mode: str, value, suffix: str) -> Path:
+    """A 12x12 image of one `value` in `mode`, in a format that keeps that mode."""
+    folder.mkdir(parents=True, exist_ok=True)
+    img = Image.new("L", (12, 12), 128).convert(mode) if value is None else Image.new(
+        mode, (12, 12), value)
+    file = folder / f"{mode.replace(';', '_')}{suffix}"
+    img.save(file)
+    with Image.open(file) as saved:
+        assert saved.mode == mode  # the test reads what it says it reads
+    return file
+
+
+@pytest.mark.parametrize("mode, value, suffix, expected", [
+    ("1", 1, ".png", 255),
+    ("L", 128, ".png", 128),
+    ("LA", (128, 255), ".png", 128),
+    ("P", None, ".png", 128),
+    ("RGB", (128, 128, 128), ".png", 128),
+    ("RGBA", (128, 128, 128, 255), ".png", 128),
+    ("CMYK", (0, 0, 0, 127), ".tif", 128),
+    ("YCbCr", (128, 128, 128), ".tif", 128),
+    ("LAB", (128, 128, 128), ".tif", 119),  # L* 50: sRGB 119
+    ("I;16", 128 * 257, ".png", 128),  # 16-bit: /257, not clipped at 255 (white)
+    ("I;16B", 128 * 257, ".tif", 128),
+    ("I", 128 * 257, ".tif", 128),
+    ("F", 0.5, ".tif", 128),  # floats in [0, 1]: x255, not cast (black)
+])
+def test_every_image_mode_loads_its_gray_level(tmp_path, mode, value, suffix, expected):
+    gray_file(tmp_path / "pics", mode, value, suffix)
+    data = load_dataset("folder", 8, path=str(tmp_path / "pics"), cache=False)
+    assert data.skipped == 0
+    assert abs(data.images.float().mean().item() - expected) <= 1
+
+
+def test_float_and_wide_integer_images_outside_a_known_range_use_their_own(tmp_path):
+    pics = tmp_path / "pics"
+    pics.mkdir()
+    ramp = np.tile(np.linspace(-3, 5, 16, dtype=np.float32), (16, 1))  # (16, 16)
+    Image.fromarray(ramp).save(pics / "f.tif")
+    Image.fromarray((ramp * 1e6).astype(np.int32)).save(pics / "i.tif")
+    data = load_dataset("folder", 16, path=str(pics), cache=False)
+    for image in data.images:
+        assert image.min() == 0 and image.max() == 255  # the ramp spans the whole range
+
+
+def test_images_holding_nan_are_skipped_and_counted(tmp_path, capsys):
+    pics = tmp_path / "pics"
+    write_images(pics, 2)
+    Image.fromarray(np.full((12, 12), np.nan, dtype=np.float32)).save(pics / "nan.tif")
+    assert len(load_dataset("folder", 8, path=str(pics), cache=False)) == 2
+    assert "skipped 1 unreadable" in capsys.readouterr().out
+
+
+def test_dangling_links_and_link_loops_are_skipped_and_counted(tmp_path, capsys):
+    pics = tmp_path / "pics"
+    write_images(pics, 2)
+    (pics / "gone.png").symlink_to(pics / "missing.png")
+    (pics / "loop.png").symlink_to(pics / "loop.png")
+    for _ in range(2):  # decoded, then from the cache
+        data = load_dataset("folder", 8, path=str(pics), root=tmp_path / "data")
+        assert (len(data), data.skipped) == (2, 2)
+        assert "skipped 2 unreadable image file(s)" in capsys.readouterr().out
+
+
+def test_images_over_the_pixel_limit_are_skipped_and_counted(tmp_path, monkeypatch, capsys):
+    pics = tmp_path / "pics"
+    write_images(pics, 2)  # 12x12: 144 pixels
+    Image.new("RGB", (8, 8)).save(pics / "small.png")
+    monkeypatch.setattr(folders, "MAX_PIXELS", 100)
+    data = load_dataset("folder", 8, path=str(pics), cache=False)
+    assert (len(data), data.skipped) == (1, 2)
+    assert "skipped 2 unreadable image file(s)" in capsys.readouterr().out
+
+
+def test_an_unreadable_folder_names_the_first_failure(tmp_path):
+    (tmp_path / "pics").mkdir()
+    (tmp_path / "pics" / "a.png").write_bytes(b"not a png")
+    with pytest.raises(DatasetError, match=r"could be read \(the first: a\.png: "):
+        load_dataset("folder", 8, path=str(tmp_path / "pics"), cache=False)
+
+
+# ---------------------------------------------------------------------------
+# A file changed in place with its size and mtime kept (cp -p, rsync -t)
+
+
+def test_verify_cache_sees_a_change_that_keeps_size_and_mtime(tmp_path):
+    pics, root = tmp_path / "pics", tmp_path / "data"
+    pics.mkdir()
+    file = pics / "a.ppm"  # uncompressed: another image of the same size is the same length
+    Image.new("RGB", (12, 12), (0, 0, 0)).save(file)
+    stamp = file.stat().st_mtime_ns
+    assert load_dataset("folder", 8, path=str(pics), root=root).images.float().mean() == 0
+    Image.new("RGB", (12, 12), (255, 255, 255)).save(file)
+    os.utime(file, ns=(stamp, stamp))  # what cp -p and rsync -t do
+    stale = load_dataset("folder", 8, path=str(pics), root=root)
+    assert stale.images.float().mean() == 0  # the default key: names, sizes, mtimes (README)
+    fresh = load_dataset("folder", 8, path=str(pics), root=root, verify_cache=True)
+    assert fresh.images.float().mean() == 255
+
+
+def test_verify_cache_is_a_config_field_that_a_resume_may_change(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text('{"model": {"type": "CVAE"}, "data": {"dataset": "folder", "path": "x"}}')
+    assert load_config(path).data.verify_cache is False
+    assert load_config(path, ["data.verify_cache=true"]).data.verify_cache is True

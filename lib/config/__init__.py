@@ -90,6 +90,7 @@ class DataConfig:
     seed: int = 0
     verify: bool = True  # MNIST's files must match the official MD5s
     dedupe: bool = False  # drop exact duplicate images (identical decoded pixels) at load
+    verify_cache: bool = False  # key the decoded cache on file contents too (cp -p, rsync -t)
 
 
 @dataclass

@@ -10,7 +10,8 @@ images through one reader; "artbench32" reads CIFAR-style pickled batches.
 Labelled datasets on disk use their training split only (MNIST's 60,000
 images, ArtBench-10's 50,000); the test split stays untouched for evaluation.
 Decoded tensors are cached under `root/cache/`, keyed on the files read (names,
-sizes, modification times): adding, removing or editing one rebuilds the cache.
+sizes, modification times): adding, removing or editing one rebuilds the cache;
+`verify_cache` adds a hash of their contents (for copies that keep size and mtime).
 
 Modules: `images` (`ImageData`, the pixel contract, resizing, duplicates),
 `embedded` (digits, shapes), `find` (where data is looked for, `KAGGLE_INPUT`),
@@ -102,12 +103,14 @@ def load_dataset(
     verify: bool = True,
     dedupe: bool = False,
     cache: bool = True,
+    verify_cache: bool = False,
 ) -> ImageData:
     """Load `dataset` as uint8 (N, C, H, W) at `image_size`, cached under `root/cache/`.
 
     The keyword names match the `data` section of a config, so
     `load_dataset(**asdict(cfg.data))` works. `dedupe` keeps the first of each set of
     identical images (see `duplicate_groups`), before `limit` takes the first N.
+    `verify_cache` keys the cache on the files' contents too (see lib.data.cache).
     """
     if dataset not in LOADERS:
         raise DatasetError(f"unknown dataset {dataset!r}; choose one of {sorted(LOADERS)}")
@@ -117,9 +120,11 @@ def load_dataset(
     # the loaders on disk cache what they decode, keyed on the files they read
     cache_dir = root / "cache" if cache and dataset not in EMBEDDED else None
     data = LOADERS[dataset](image_size=image_size, root=root, path=path, download=download,
-                            seed=seed, verify=verify, cache_dir=cache_dir)
+                            seed=seed, verify=verify, cache_dir=cache_dir,
+                            verify_cache=verify_cache)
     if data.skipped:
-        print(f"[{dataset}] skipped {data.skipped} unreadable image file(s)")
+        print(f"[{dataset}] skipped {data.skipped} unreadable image file(s) (broken, a "
+              "dangling link, or over the pixel limit)")
     images, labels = data.images, data.labels
     if dedupe:
         keep = distinct_indices(images)  # the first of each set, with its label

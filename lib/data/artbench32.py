@@ -30,7 +30,8 @@ def _unpickle(file: Path) -> dict:
 
 
 def load_artbench32(image_size: int, root: str | Path = "data", path: str | None = None,
-                    cache_dir: Path | None = None, **_) -> ImageData:
+                    cache_dir: Path | None = None, verify_cache: bool = False,
+                    **_) -> ImageData:
     """ArtBench-10 32x32 python batches (data_batch_1..5; test_batch is left out)."""
     if path is not None:
         candidates = [Path(path), Path(path) / ARTBENCH32_FOLDER]
@@ -51,7 +52,8 @@ def load_artbench32(image_size: int, root: str | Path = "data", path: str | None
     batches = sorted(folder.glob("data_batch_*"), key=lambda f: f.name.rsplit("_", 1)[-1].zfill(3))
     meta = [folder / "meta"] if (folder / "meta").is_file() else []
     return _cached(cache_dir, "artbench32", image_size, folder, batches + meta,
-                   lambda: _read_artbench32(folder, batches, image_size))
+                   lambda: _read_artbench32(folder, batches, image_size),
+                   verify_cache=verify_cache)
 
 
 def _read_artbench32(folder: Path, batches: list[Path], image_size: int) -> ImageData:

@@ -1,4 +1,8 @@
-"""Decoded datasets cached on disk, keyed on the files read (names, sizes, modification times)."""
+"""Decoded datasets cached on disk, keyed on the files read (names, sizes, modification times).
+
+That key misses a change that keeps a file's size and mtime (`cp -p`, `rsync -t`, an archive
+with fixed timestamps); `verify_cache` adds a hash of every file's contents (reads them all).
+"""
 
 from __future__ import annotations
 
@@ -15,20 +19,28 @@ from lib.data.images import ImageData
 CACHE_VERSION = 2  # 2: keyed on the files read, not only on the dataset's path
 
 
-def _fingerprint(where: Path, files: list[Path], **extra) -> str:
+def _fingerprint(where: Path, files: list[Path], verify_cache: bool = False, **extra) -> str:
     """What a cache entry is keyed on: every file read (its name under `where`, size and
-    modification time), and `extra`."""
+    modification time; with `verify_cache`, its contents' hash too), and `extra`. A file
+    that cannot be read (a dangling link, a loop) is keyed as such; decoding skips it."""
     digest = hashlib.sha256(json.dumps(extra, sort_keys=True).encode())
     for f in files:
-        st = f.stat()
         name = str(f.relative_to(where)).encode(errors="surrogateescape")
-        digest.update(name + f"\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        try:
+            st = f.stat()
+            seen = f"{st.st_size}\0{st.st_mtime_ns}"
+            if verify_cache:
+                with f.open("rb") as file:
+                    seen += "\0" + hashlib.file_digest(file, "blake2b").hexdigest()
+        except OSError:
+            seen = "unreadable"
+        digest.update(name + f"\0{seen}\n".encode())
     return digest.hexdigest()
 
 
 
 def _cached(cache_dir: Path | None, name: str, image_size: int, where: Path,
-            files: list[Path], make, **extra) -> ImageData:
+            files: list[Path], make, verify_cache: bool = False, **extra) -> ImageData:
     """`make()`, or its cached result while `files` (and `extra`) are what they were.
 
     One cache file per dataset, size and folder; a stale one is replaced in place
@@ -38,7 +50,7 @@ def _cached(cache_dir: Path | None, name: str, image_size: int, where: Path,
         return make()
     place = json.dumps([name, image_size, str(where.resolve())])
     path = cache_dir / f"{name}_{image_size}px_{hashlib.sha1(place.encode()).hexdigest()[:12]}.pt"
-    fingerprint = _fingerprint(where, files, **extra)
+    fingerprint = _fingerprint(where, files, verify_cache, **extra)
     data = _load_cache(path, name, fingerprint) if path.exists() else None
     if data is None:
         data = make()

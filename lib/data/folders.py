@@ -32,13 +32,36 @@ _UNREADABLE = (OSError, SyntaxError, ValueError, EOFError, struct.error,
                Image.DecompressionBombError)  # what Pillow raises on broken files
 
 
+MAX_PIXELS = 64_000_000  # per image as decoded (an 8000x8000 photo); larger is skipped
+
+
+def _eight_bit(img: Image.Image) -> Image.Image:
+    """16-bit, 32-bit integer and float images scaled from their own range to 8-bit gray.
+
+    convert("RGB") would clip them: a 16-bit PNG loads nearly white, a float TIFF black.
+    The range: 16-bit's 0-65535; integers', the first of 0-255 and 0-65535 that holds
+    them; floats', 0-1 when it holds them; otherwise the values' own min to max.
+    """
+    if img.mode not in ("I", "F") and not img.mode.startswith("I;16"):
+        return img
+    a = np.asarray(img, dtype=np.float64)
+    if not np.isfinite(a).all():
+        raise ValueError(f"a {img.mode} image holding NaN or infinite values")
+    lo, hi = float(a.min()), float(a.max())
+    ranges = {"F": [(0, 1)], "I": [(0, 255), (0, 65535)]}.get(img.mode, [(0, 65535)])
+    low, high = next(((x, y) for x, y in ranges if x <= lo and hi <= y), (lo, max(hi, lo + 1)))
+    return Image.fromarray(np.round((a - low) * (255 / (high - low))).astype(np.uint8))
+
+
 def _decode(file: Path, size: int) -> np.ndarray:
     """One image file -> (3, size, size) uint8: centre square crop, antialiased resize."""
     with Image.open(file) as img:
         # JPEG decodes at 1/2..1/8 scale, still >= 2x the target: 256px -> 64px is fast
         img.draft("RGB", (2 * size, 2 * size))
+        if img.width * img.height > MAX_PIXELS:  # a 121-megapixel PNG would take ~1.7 GB
+            raise ValueError(f"{img.width}x{img.height} pixels, over {MAX_PIXELS:,}")
         ImageOps.exif_transpose(img, in_place=True)
-        img = img.convert("RGB")  # grayscale, palette, RGBA, CMYK -> 3 channels
+        img = _eight_bit(img).convert("RGB")  # gray, palette, RGBA, CMYK -> 3 channels
     w, h = img.size
     s = min(w, h)
     left, top = (w - s) // 2, (h - s) // 2
@@ -56,7 +79,7 @@ def _interleave(groups: list[list[Path]]) -> tuple[list[Path], list[int]]:
 
 def read_images(files: list[Path], image_size: int, name: str, where: Path,
                 labels: list[int] | None = None, class_names: list[str] | None = None,
-                cache_dir: Path | None = None) -> ImageData:
+                cache_dir: Path | None = None, verify_cache: bool = False) -> ImageData:
     """Decode image files into uint8 (N, 3, image_size, image_size); unreadable ones are skipped.
 
     Each image is resized while decoding, so a folder of 256px images costs only
@@ -67,7 +90,7 @@ def read_images(files: list[Path], image_size: int, name: str, where: Path,
                            f"under {where}")
     return _cached(cache_dir, name, image_size, where, files,
                    lambda: _decode_all(files, image_size, name, where, labels, class_names),
-                   labels=labels, class_names=class_names)
+                   verify_cache=verify_cache, labels=labels, class_names=class_names)
 
 
 def _decode_all(files: list[Path], image_size: int, name: str, where: Path,
@@ -76,15 +99,18 @@ def _decode_all(files: list[Path], image_size: int, name: str, where: Path,
     kept: list[int] = []
     bar = progress_bar(len(files), desc=f"decoding {name}", unit="img", iterable=files,
                        disable=len(files) < PROGRESS_MIN_FILES)
+    first_error = ""
     for i, file in enumerate(bar):
         try:
             out[len(kept)] = _decode(file, image_size)
-        except _UNREADABLE:
+        except _UNREADABLE as e:
+            first_error = first_error or f"{file.name}: {e}"
             continue
         kept.append(i)
     if not kept:
         raise DatasetError(f"{name}: none of the {len(files)} image files under {where} "
-                           "could be read; check that they are valid images")
+                           f"could be read (the first: {first_error}); check that they are "
+                           "valid images")
     out.resize((len(kept), 3, image_size, image_size), refcheck=False)  # drop unused rows in place
     label_tensor = torch.tensor([labels[i] for i in kept]) if labels is not None else None
     return ImageData(torch.from_numpy(out), label_tensor, class_names, name,
@@ -92,7 +118,7 @@ def _decode_all(files: list[Path], image_size: int, name: str, where: Path,
 
 
 def read_image_folder(folder: Path, image_size: int, name: str,
-                      cache_dir: Path | None = None) -> ImageData:
+                      cache_dir: Path | None = None, verify_cache: bool = False) -> ImageData:
     """A folder of images: class subfolders give labels (sorted names), loose files do not.
 
     A class folder none of whose files can be read is dropped, with a message.
@@ -107,11 +133,11 @@ def read_image_folder(folder: Path, image_size: int, name: str,
             "folder for labelled data, or point path at a folder of one kind")
     if not classes:
         return read_images(list(_iter_images(folder)), image_size, name, folder,
-                           cache_dir=cache_dir)
+                           cache_dir=cache_dir, verify_cache=verify_cache)
     groups = [list(_iter_images(d)) for d in classes]
     files, labels = _interleave(groups)
     data = read_images(files, image_size, name, folder, labels, [d.name for d in classes],
-                       cache_dir)
+                       cache_dir, verify_cache)
     return _drop_empty_classes(data, [len(g) for g in groups], folder)
 
 
@@ -138,7 +164,7 @@ def _drop_empty_classes(data: ImageData, files_per_class: list[int], folder: Pat
 
 
 def load_folder(image_size: int, path: str | None = None, cache_dir: Path | None = None,
-                **_) -> ImageData:
+                verify_cache: bool = False, **_) -> ImageData:
     """Any folder of images given by `path`."""
     if path is None:
         raise DatasetError("folder: give the folder of images as path=... (data.path in a "
@@ -146,14 +172,14 @@ def load_folder(image_size: int, path: str | None = None, cache_dir: Path | None
     folder = Path(path)
     if not folder.is_dir():
         raise _missing("folder", [folder], "path must be an existing folder of images.")
-    return read_image_folder(folder, image_size, "folder", cache_dir)
+    return read_image_folder(folder, image_size, "folder", cache_dir, verify_cache)
 
 
 CATS_KAGGLE = "spandan2/cats-faces-64x64-for-generative-models"
 
 
 def load_cats(image_size: int, root: str | Path = "data", path: str | None = None,
-              cache_dir: Path | None = None, **_) -> ImageData:
+              cache_dir: Path | None = None, verify_cache: bool = False, **_) -> ImageData:
     """64x64 cat faces: every image under the folder (subfolders included), unlabelled.
 
     The folder is `path`, else `root/cats` (the tarball `cats/<n>.jpg` extracted into
@@ -176,7 +202,7 @@ def load_cats(image_size: int, root: str | Path = "data", path: str | None = Non
             f"`kaggle datasets download -d {CATS_KAGGLE}` and unzip) into "
             f"{Path(root) / 'cats'}, or pass its folder as path=..."))
     return read_images(list(_iter_images(folder)), image_size, "cats", folder,
-                       cache_dir=cache_dir)
+                       cache_dir=cache_dir, verify_cache=verify_cache)
 
 
 ARTBENCH_STYLES = ["art_nouveau", "baroque", "expressionism", "impressionism",
@@ -204,7 +230,8 @@ def _find_style_root(top: Path, max_depth: int = 3) -> Path | None:
 
 
 def load_artbench(image_size: int, root: str | Path = "data", path: str | None = None,
-                  cache_dir: Path | None = None, **_) -> ImageData:
+                  cache_dir: Path | None = None, verify_cache: bool = False,
+                  **_) -> ImageData:
     """ArtBench-10 256x256 ImageFolder layout (<style>/*.jpg), resized; the training split."""
     if path is not None:
         candidates = [Path(path)]
@@ -224,4 +251,4 @@ def load_artbench(image_size: int, root: str | Path = "data", path: str | None =
     groups = [list(_iter_images(dirs[s])) if s in dirs else [] for s in ARTBENCH_STYLES]
     files, labels = _interleave(groups)
     return read_images(files, image_size, "artbench", style_root, labels, list(ARTBENCH_STYLES),
-                       cache_dir)
+                       cache_dir, verify_cache)

@@ -6,6 +6,7 @@ import gzip
 import hashlib
 import math
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -25,15 +26,38 @@ MNIST_MD5 = {"train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
-def _idx_bytes(file: Path) -> bytes:
-    """The contents of an IDX file, decompressed when it is gzipped (whatever its name)."""
-    raw = file.read_bytes()
-    if raw[:2] == b"\x1f\x8b":  # gzip magic
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError) as e:
-            raise DatasetError(f"{file}: broken gzip data ({e}); download it again") from e
-    return raw
+# The official files' shapes: a header that declares more is refused before anything is
+# decompressed (a small .gz can expand to gigabytes)
+MNIST_SHAPES = {"train-images-idx3-ubyte": (60_000, 28, 28), "train-labels-idx1-ubyte": (60_000,)}
+
+
+def _idx_bytes(file: Path, stem: str | None = None) -> bytes:
+    """The contents of an IDX file, decompressed when it is gzipped (whatever its name), read
+    only as far as its header declares; with `stem`, a header beyond MNIST_SHAPES[stem]
+    (more images, or images not 28x28) is refused before the data is read."""
+    with file.open("rb") as f:
+        gzipped = f.read(2) == b"\x1f\x8b"  # gzip magic
+    try:
+        with (gzip.open if gzipped else open)(file, "rb") as f:
+            head = f.read(4)
+            if len(head) < 4 or head[:2] != b"\0\0" or head[2] not in _IDX_DTYPES:
+                raise DatasetError(f"{file} is not an IDX file (bad header {head!r})")
+            dims = f.read(4 * head[3])
+            shape = struct.unpack(f">{len(dims) // 4}I", dims[: len(dims) // 4 * 4])
+            if stem is not None:
+                _check_shape(file, shape, MNIST_SHAPES[stem])
+            size = math.prod(shape) * np.dtype(_IDX_DTYPES[head[2]]).itemsize
+            return head + dims + f.read(size + 1)  # one byte more: a longer file is refused
+    except (OSError, EOFError, zlib.error) as e:
+        raise DatasetError(f"{file}: broken gzip data ({e}); download it again") from e
+
+
+def _check_shape(file: Path, shape: tuple, official: tuple) -> None:
+    if len(shape) != len(official) or shape[0] > official[0] or shape[1:] != official[1:]:
+        expected = "(N, " + ", ".join(map(str, official[1:])) + ")" if len(official) > 1 else "(N,)"
+        raise DatasetError(f"mnist: {file} declares shape {shape}; MNIST's is {expected} with "
+                           f"N <= {official[0]:,}. The file holds other data or is damaged: "
+                           "download it again")
 
 
 def read_idx(file: Path) -> np.ndarray:
@@ -68,7 +92,7 @@ def _find_mnist(candidates: list[Path]) -> Path | None:
 
 def load_mnist(image_size: int, root: str | Path = "data", path: str | None = None,
                download: bool = False, verify: bool = True, cache_dir: Path | None = None,
-               **_) -> ImageData:
+               verify_cache: bool = False, **_) -> ImageData:
     """MNIST's 60,000 training digits (the 10,000 test digits are left out), resized.
 
     `verify`: the files must be the official ones (their MD5); False reads any IDX files
@@ -99,12 +123,13 @@ def load_mnist(image_size: int, root: str | Path = "data", path: str | None = No
             f"torchvision.datasets.MNIST), or copy the raw files into {base / 'MNIST' / 'raw'}."))
     files = [_idx_file(folder, stem) for stem in MNIST_FILES]
     return _cached(cache_dir, "mnist", image_size, folder, files,
-                   lambda: _read_mnist(folder, files, image_size, verify), verify=verify)
+                   lambda: _read_mnist(folder, files, image_size, verify),
+                   verify_cache=verify_cache, verify=verify)
 
 
 def _verified_idx(file: Path, stem: str, verify: bool) -> np.ndarray:
     """The IDX array of `file`; with `verify`, only if its contents are the official `stem`'s."""
-    raw = _idx_bytes(file)
+    raw = _idx_bytes(file, stem)
     digest = hashlib.md5(raw, usedforsecurity=False).hexdigest() if verify else None
     if verify and digest != MNIST_MD5[stem]:
         raise DatasetError(

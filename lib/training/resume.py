@@ -22,7 +22,7 @@ from lib.training.tracking import truncate_history
 
 # What a resume may change: how the run trains, logs and finds its data. The rest
 # (models, data, optimizers, schedulers) is what the checkpoint's states were made for.
-RESUMABLE = ("name", "trainer", "wandb", "data.root", "data.download")
+RESUMABLE = ("name", "trainer", "wandb", "data.root", "data.download", "data.verify_cache")
 
 
 def default_run_name(cfg: Config) -> str:
