@@ -69,7 +69,13 @@ def load_preset(preset: str | Path | None) -> dict[str, dict]:
     if not path.is_file():
         raise RunnerError(f"notebook preset {str(preset)!r} not found ({path}); use one of "
                           f"{', '.join(PRESETS)} or a JSON file mapping notebook -> parameters")
-    raw = json.loads(path.read_text())
+    try:
+        raw = json.loads(path.read_text())
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError
+        raise RunnerError(f"{path}: not a valid JSON preset ({e})") from None
+    if not isinstance(raw, dict):
+        raise RunnerError(f"{path}: expected a JSON object {{notebook: {{parameter: value}}}} "
+                          f"at the top, got a {type(raw).__name__}")
     for key, value in raw.items():
         if key != ALL and key not in NOTEBOOKS:
             raise RunnerError(f"{path}: {key!r} is not a notebook; valid: {ALL}, "

@@ -2,6 +2,9 @@
 
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 from lib.__main__ import build_parser, main
 
@@ -36,3 +39,49 @@ def test_missing_config_names_the_presets(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "config file not found" in err and "configs" in err and "dcgan_demo.json" in err
     assert len(err.splitlines()) == 1
+
+
+# ---------------------------------------------------------------------------
+# Values the command line takes that its config fields bound: the same bounds
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    """Two steps of a tiny DCGAN on the embedded digits."""
+    tmp = tmp_path_factory.mktemp("cli")
+    assert main(["train", "configs/dcgan_demo.json", "--out", str(tmp), "--set", "name=run",
+                 "--set", f"data.root={tmp / 'data'}", "--set", "data.image_size=8",
+                 "--set", "generator.args.hidden_dim=4", "--set",
+                 "discriminator.args.hidden_dim=4", "--set", "trainer.epochs=1", "--set",
+                 "trainer.iterations_per_epoch=2", "--set", "trainer.batch_size=4", "--set",
+                 "trainer.eval_samples=0", "--set", "wandb.mode=disabled"]) == 0
+    return tmp / "run"
+
+
+@pytest.mark.parametrize("samples", [None, "0", "-5", "1", "1000000000"])
+def test_evaluate_samples_out_of_bounds_is_one_line(run, capsys, samples):
+    capsys.readouterr()
+    flag = [] if samples is None else ["--samples", samples]  # None: the run's 0
+    assert main(["evaluate", str(run), *flag]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: evaluate: {samples or 0} samples; give --samples N with N "
+                          "in [2, 100,000]") and len(err.splitlines()) == 1
+    assert not (run / "metrics.json").exists()
+
+
+# ---------------------------------------------------------------------------
+# Notebook presets: the config loader's one-line errors
+
+
+@pytest.mark.parametrize("text, words", [
+    ('{"02_dcgan": {"epochs": 1},}', "not a valid JSON preset (Expecting property name"),
+    ('[{"02_dcgan": {"epochs": 1}}]', "expected a JSON object {notebook: {parameter: value}} "
+                                      "at the top, got a list"),
+    (b"\xff\xfe{}", "not a valid JSON preset ('utf-8' codec can't decode"),
+])
+def test_bad_notebook_preset_is_one_line(tmp_path, capsys, text, words):
+    bad = tmp_path / "bad.json"
+    bad.write_bytes(text if isinstance(text, bytes) else text.encode())
+    assert main(["notebooks", "--preset", str(bad), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {bad}: {words}") and len(err.splitlines()) == 1

@@ -123,6 +123,9 @@ def preset(name):
     ("dcgan_demo", "trainer.seed=-" + "9" * 30, "trainer.seed", "64-bit"),
     ("dcgan_demo", "trainer.eval_samples=1000000000", "trainer.eval_samples", "100000"),
     ("dcgan_demo", "data.image_size=65536", "data.image_size", "1024"),
+    ("dcgan_demo", "data.seed=-1", "data.seed", "must be >= 0, got -1"),  # numpy's raw error
+    ("dcgan_demo", "gan.standing_stats=1000000000", "gan.standing_stats",  # minutes of sampling
+     "must be in [0, 100000]"),
     ("dcgan_demo", "trainer.device=cuda:99999999999999999999", "trainer.device", "cuda:N"),
     ("ddpm_demo", "model.args.channel_mults=[]", "model.args.channel_mults", "non-empty"),
     ("ddpm_demo", "model.args.channel_mults=[1,0]", "model.args.channel_mults", ">= 1"),

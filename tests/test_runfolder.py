@@ -18,7 +18,7 @@ import lib.training.evaluation as evaluation
 import lib.training.resume as state
 from lib.__main__ import main
 from lib.config import ConfigError, load_config
-from lib.core.checkpoint import CheckpointError, load_checkpoint
+from lib.core.checkpoint import CheckpointError, atomic_save, load_checkpoint
 from lib.core.rundir import RunDir, RunFolderError, check_name, claim_new, lock, unlock
 from lib.training.loop import resume, train
 from lib.training.tracking import read_history
@@ -312,7 +312,7 @@ def test_evaluate_on_a_read_only_run_says_where_the_scores_went(tmp_path, tiny_o
         "fid": 12.5, "diversity": 0.5, "features": "stub", "n_fake": 8, "n_real": 8,
         "warnings": []})
     (run / "metrics.json").mkdir()  # unwritable as a file, even for root
-    assert main(["evaluate", str(run)]) == 0
+    assert main(["evaluate", str(run), "--samples", "8"]) == 0
     out = capsys.readouterr().out
     assert "step 4: FID 12.5" in out
     assert f"warning: {run / 'metrics.json'} not written" in out and "read-only" in out
@@ -336,3 +336,32 @@ def test_notebook_refuses_a_name_outside_out_root(tmp_path, tiny_overrides):
     with pytest.raises(ConfigError, match="^name: '..' is not a folder name"):
         train_or_resume(cfg, tmp_path / "out")
     assert not (tmp_path / "checkpoints").exists()
+
+
+# ---------------------------------------------------------------------------
+# evaluate: the scores written into a run folder are that run's
+
+
+def test_evaluate_refuses_a_checkpoint_of_another_family(tmp_path, tiny_overrides, capsys):
+    dcgan = train(tiny(tiny_overrides), out_root=tmp_path, progress=False)
+    cvae = train(load_config(CVAE, [*tiny_overrides, "wandb.mode=disabled", "name=cvae"]),
+                 out_root=tmp_path, progress=False)
+    shutil.copyfile(cvae / "checkpoints" / "last.pt", dcgan / "checkpoints" / "last.pt")
+    assert main(["evaluate", str(dcgan), "--samples", "8"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {dcgan / 'checkpoints' / 'last.pt'}: a cvae checkpoint in "
+                          "a dcgan run folder") and len(err.splitlines()) == 1
+    assert not (dcgan / "metrics.json").exists()
+
+
+def test_evaluate_refuses_weights_that_are_not_finite(tmp_path, tiny_overrides, capsys):
+    run = train(tiny(tiny_overrides), out_root=tmp_path, progress=False)
+    last = run / "checkpoints" / "last.pt"
+    ckpt = load_checkpoint(last)
+    key = next(k for k, t in ckpt["nets"]["generator"].items() if t.is_floating_point())
+    ckpt["nets"]["generator"][key].fill_(float("nan"))
+    atomic_save(ckpt, last)
+    assert main(["evaluate", str(run), "--samples", "8"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {last}: generator.{key} holds NaN or infinite values")
+    assert len(err.splitlines()) == 1 and not (run / "metrics.json").exists()

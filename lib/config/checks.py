@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
 MAX_IMAGE_SIZE = 1024  # pixels per side; the largest native size of a built-in dataset is 256
 MAX_EVAL_SAMPLES = 100_000  # twice the standard FID@50k
+MAX_STANDING_STATS = 100_000  # noise draws for BatchNorm statistics; the default is 1024
 MAX_MODEL_BYTES = 2**32  # 4 GiB of weights and buffers per network (Adam's moments triple it)
 
 
@@ -132,8 +133,9 @@ def _check_gan(gan: GanConfig, source: str) -> None:
     except ValueError:
         raise _err(source, "gan.augment", f"{_show(gan.augment)} is not a comma-separated "
                    f"subset of {list(AUGMENT_POLICIES)}, nor '' (none)") from None
-    _check(gan.standing_stats >= 0, source, "gan.standing_stats",  # an int: parse checks
-           f"must be >= 0 (0: training's running averages), got {gan.standing_stats}")
+    _check(0 <= gan.standing_stats <= MAX_STANDING_STATS, source, "gan.standing_stats",
+           f"must be in [0, {MAX_STANDING_STATS}] (0: training's running averages), got "
+           f"{gan.standing_stats}")
 
 
 COMPILE_MODES = {"default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"}
@@ -186,6 +188,7 @@ def validate(cfg: Config, source: str = "<config>") -> None:
            f"must be in [8, {MAX_IMAGE_SIZE}], got {d.image_size}")
     _check(d.channels in (None, 1, 3), source, "data.channels", "must be 1, 3 or null")
     _check(d.limit is None or d.limit >= 1, source, "data.limit", "must be >= 1 or null")
+    _check(d.seed >= 0, source, "data.seed", f"must be >= 0, got {d.seed}")
 
     if cfg.generator is not None or cfg.discriminator is not None:
         _check(cfg.generator is not None and cfg.discriminator is not None, source,

@@ -20,8 +20,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lib.config import Config
-from lib.core.checkpoint import load_checkpoint
+from lib.config import Config, ConfigError
+from lib.config.checks import MAX_EVAL_SAMPLES
+from lib.core.checkpoint import CheckpointError, load_checkpoint
 from lib.core.device import Engine, setup_engine
 from lib.core.rundir import RunDir
 from lib.data import ImageData, load_dataset, to_float, to_uint8
@@ -29,6 +30,7 @@ from lib.families import FAMILIES, Family, Parts
 from lib.families.base import fixed_generator, make_net, unwrap
 from lib.metrics import Evaluator, MetricsError
 from lib.training.checkpoints import load_weights
+from lib.training.resume import check_folder
 from lib.training.tracking import read_history
 
 # ---------------------------------------------------------------------------
@@ -172,15 +174,26 @@ def evaluate_checkpoint(run_dir: str | Path, samples: int | None = None,
     """Score a run's weights (last.pt, or e.g. best.pt); the result also goes to metrics.json.
 
     `inception_weights` / `download` stand in for the config's trainer fields of those names
-    (the machine that evaluates may not be the one that trained)."""
+    (the machine that evaluates may not be the one that trained).
+
+    Refused before any scoring: a checkpoint of another run (the checks of a resume), weights
+    that are not finite, and a number of samples outside trainer.eval_samples' bounds."""
     run = RunDir(run_dir)
     rebuilt = rebuild(run.root, checkpoint)
+    path = run.checkpoint(checkpoint)
+    check_folder(run, {"family": rebuilt.cfg.family, "config": rebuilt.cfg.to_dict()}, path)
+    check_finite(rebuilt.parts, path)
+    n = rebuilt.cfg.trainer.eval_samples if samples is None else samples
+    if not 2 <= n <= MAX_EVAL_SAMPLES:
+        raise ConfigError(f"evaluate: {n} samples; give --samples N with N in [2, "
+                          f"{MAX_EVAL_SAMPLES:,}] (the default is the run's "
+                          "trainer.eval_samples, 0 when it trained without evaluation)")
     engine = rebuilt.engine
     trainer = replace(rebuilt.cfg.trainer,
                       inception_weights=inception_weights or rebuilt.cfg.trainer.inception_weights,
                       inception_download=download or rebuilt.cfg.trainer.inception_download)
     cfg = replace(rebuilt.cfg, trainer=trainer)
-    evaluator = make_evaluator(cfg, load_dataset(**asdict(cfg.data)), engine, features, samples)
+    evaluator = make_evaluator(cfg, load_dataset(**asdict(cfg.data)), engine, features, n)
     if evaluator is None:
         raise MetricsError("no feature network is usable here; see the warning above")
     result = {"step": rebuilt.step, "checkpoint": checkpoint,
@@ -193,6 +206,20 @@ def evaluate_checkpoint(run_dir: str | Path, samples: int | None = None,
                               f"{run.metrics} not written ({e.strerror or e}): the run folder "
                               f"is read-only; the scores above are the result"]
     return result
+
+
+def check_finite(parts: Parts, path: Path) -> None:
+    """Every weight a network (or its EMA average) holds is finite: NaN weights sample noise,
+    which would be scored as a model ("FID 412.7, diversity 0")."""
+    averages = parts.ema.averages if parts.ema is not None else {}
+    nets = {**parts.nets, **{f"ema.{k}": v for k, v in averages.items()}}
+    for name, net in nets.items():
+        for key, tensor in unwrap(net).state_dict().items():
+            if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                raise CheckpointError(
+                    f"{path}: {name}.{key} holds NaN or infinite values: the run diverged "
+                    "before this checkpoint; score an earlier one (checkpoints/step_*.pt or "
+                    "best.pt, the checkpoint= argument of evaluate_checkpoint)")
 
 
 def writable_cache(cache_dir: Path) -> Path:

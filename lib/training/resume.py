@@ -141,9 +141,11 @@ def restore_periodic(run: RunDir, step: int, save_every: int) -> None:
         os.replace(tmp, path)
 
 
-def check_folder(run: RunDir, ckpt: dict) -> None:
-    """A checkpoint dropped into another run's folder (a CVAE last.pt among a DCGAN's files)
-    is refused: resuming it would rewrite the folder's config.json and history."""
+def check_folder(run: RunDir, ckpt: dict, path: Path | None = None) -> None:
+    """A checkpoint (`path`, last.pt by default) dropped into another run's folder (a CVAE
+    last.pt among a DCGAN's files) is refused: resuming it would rewrite the folder's
+    config.json and history, evaluating it put another model's scores in its metrics.json."""
+    path = path or run.last
     if not run.config.is_file():
         return
     try:
@@ -153,10 +155,10 @@ def check_folder(run: RunDir, ckpt: dict) -> None:
     family = ckpt.get("family") or Config.from_dict(ckpt["config"]).family
     if family != folder.family:
         raise CheckpointError(
-            f"{run.last}: a {family} checkpoint in a {folder.family} run folder "
+            f"{path}: a {family} checkpoint in a {folder.family} run folder "
             f"({run.config.name} says {folder.family}); it belongs to another run - put "
             f"it in its own folder, or restore this run's last.pt")
-    resume_config(ckpt["config"], folder, run.last)
+    resume_config(ckpt["config"], folder, path)
 
 
 def forget_after(run: RunDir, step: int) -> None:
