@@ -6,7 +6,8 @@ parameters, "*" -> parameters for every notebook that declares them) and from
 parameter, `02_dcgan.epochs=1` to that notebook alone. A name no notebook
 declares is an error, not a silently ignored typo. A failing cell stops the run
 with a `NotebookFailed` naming the notebook and the cell; the partly executed
-copy is kept for reading.
+copy is kept for reading as `<name>.failed.ipynb`, beside the last good
+`<name>.ipynb`, which a failure never overwrites.
 """
 
 from __future__ import annotations
@@ -37,10 +38,13 @@ class RunnerError(ValueError):
 class NotebookFailed(RuntimeError):
     """A notebook raised in one of its cells."""
 
-    def __init__(self, notebook: str, cell: str, error: str, output: Path):
+    def __init__(self, notebook: str, cell: str, error: str, output: Path,
+                 last_good: Path | None = None):
         self.notebook, self.cell, self.error, self.output = notebook, cell, error, output
+        kept = (f"\nlast good executed copy (an earlier run), kept: {last_good}"
+                if last_good else "")
         super().__init__(f"notebook {notebook} failed in {cell}: {error}\n"
-                         f"partly executed copy: {output}")
+                         f"partly executed copy: {output}{kept}")
 
 
 @dataclass
@@ -175,23 +179,30 @@ def headless():
 
 def execute(name: str, tag: str, folder: Path, executed: Path, params: dict,
             echo: Callable[[str], None]) -> Result:
-    """Run one notebook into executed/<name>.ipynb; NotebookFailed names the failing cell."""
+    """Run one notebook into executed/<name>.ipynb; NotebookFailed names the failing cell.
+
+    papermill writes its copy as the cells run, so it writes to <name>.failed.ipynb and
+    only a run that finished replaces <name>.ipynb: a failure keeps the last good copy.
+    """
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
-    output = executed / f"{name}.ipynb"
+    output, failed = executed / f"{name}.ipynb", executed / f"{name}.failed.ipynb"
+    last_good = output if output.is_file() else None
     echo(f"{tag} {name} ...")
     t0 = time.monotonic()
     try:
-        papermill.execute_notebook(str(folder / f"{name}.ipynb"), str(output), parameters=params,
+        papermill.execute_notebook(str(folder / f"{name}.ipynb"), str(failed), parameters=params,
                                    progress_bar=False, cwd=str(folder.parent),
                                    extra_arguments=QUIET_KERNEL)
     except PapermillExecutionError as e:
         first_line = next((s for s in e.source.splitlines() if s.strip()), "")
         cell = f"cell {e.exec_count} ({first_line.strip()[:60]!r})"
-        raise NotebookFailed(name, cell, f"{e.ename}: {e.evalue}", output) from None
+        raise NotebookFailed(name, cell, f"{e.ename}: {e.evalue}", failed, last_good) from None
     except Exception as e:  # the kernel died or would not start
-        raise NotebookFailed(name, "the kernel", f"{type(e).__name__}: {e}", output) from e
+        raise NotebookFailed(name, "the kernel", f"{type(e).__name__}: {e}", failed,
+                             last_good) from e
+    failed.replace(output)
     seconds = time.monotonic() - t0
     echo(f"{tag} {name} ok in {seconds:.1f} s -> {output}")
     return Result(name, output, seconds)

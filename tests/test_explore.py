@@ -111,3 +111,21 @@ def test_a_ganspace_slider_unit_is_one_std_of_its_component(generator):
     for k in range(3):
         moved = early_activations(generator, z + dirs.scales[k] * dirs.vectors[k]) - y0
         assert float((moved @ comps[k]).mean()) == pytest.approx(float(std[k]), rel=0.15)
+
+
+def test_trained_model_picks_the_sessions_gpu_unless_told(monkeypatch):
+    import lib.notebook.runs as runs
+
+    asked = []
+
+    class Rebuilt:
+        sampler, parts = "net", type("Parts", (), {"class_names": ["a"]})
+
+    monkeypatch.setattr(runs, "rebuild", lambda run_dir, device: asked.append(device) or Rebuilt)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert runs.trained_model("run") == ("net", ["a"])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    runs.trained_model("run")
+    runs.trained_model("run", device="cpu")
+    assert asked == ["cpu", "cuda:0", "cpu"]

@@ -97,6 +97,16 @@ def test_state_dict_gives_torchmetrics_legacy_features(tmp_path):
     assert relative_error(other, want) > 1e-2
 
 
+def test_a_torchscript_file_loads_without_a_deprecation_warning(tmp_path):
+    import warnings
+
+    weights = find_inception_weights(save_torchscript(tmp_path / "a.pt"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        InceptionFeatures(weights)
+    assert [str(w.message) for w in caught] == []  # a notebook's page shows none of them
+
+
 def test_torchscript_contracts(tmp_path):
     """fid-helper's file takes (x - 128) / 128; NVIDIA's takes pixels and return_features."""
     scaled = InceptionFeatures(find_inception_weights(save_torchscript(tmp_path / "a.pt")))

@@ -354,6 +354,9 @@ def test_every_notebook_runs_through_the_runner(tmp_path):
 
 def test_a_failing_notebook_stops_the_run_naming_notebook_and_cell(tmp_path):
     out = tmp_path / "outputs"
+    good = out / "notebooks" / "01_data_exploration.ipynb"  # an earlier run's good copy
+    good.parent.mkdir(parents=True)
+    good.write_text("the last good copy")
     proc = subprocess.run(
         [sys.executable, "-m", "lib", "notebooks", "--only", "01_data_exploration", "05_report",
          "--out", str(out), "-p", f"data_root={tmp_path / 'data'}",
@@ -364,5 +367,8 @@ def test_a_failing_notebook_stops_the_run_naming_notebook_and_cell(tmp_path):
     assert "no_such_dataset" in proc.stderr
     assert "[1/2] 01_data_exploration ..." in proc.stdout
     assert "05_report" not in proc.stdout  # the run stopped at the failure
-    kept = out / "notebooks" / "01_data_exploration.ipynb"
-    assert any("no_such_dataset" in e for e in error_outputs(kept))
+    failed = out / "notebooks" / "01_data_exploration.failed.ipynb"
+    assert any("no_such_dataset" in e for e in error_outputs(failed))
+    assert good.read_text() == "the last good copy"  # not overwritten by the failed run
+    assert f"partly executed copy: {failed}" in proc.stderr
+    assert f"last good executed copy (an earlier run), kept: {good}" in proc.stderr

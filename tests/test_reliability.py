@@ -422,7 +422,7 @@ def test_collapse_event_below_the_fraction():
     assert guard.collapse(10, 0.9) is None and guard.collapse(10, float("nan")) is None
     event = guard.collapse(20, 0.1)
     assert event["event"] == "collapse" and event["threshold"] == 0.4
-    assert "diversity 0.1 at step 20" in event["message"]
+    assert "diversity 0.1 is below" in event["message"]
 
 
 def stub_evaluation(monkeypatch, scores: dict[int, float], key: str = "diversity"):
@@ -461,7 +461,7 @@ def test_collapse_rolls_back_when_configured(tmp_path, monkeypatch):
     events = [r for r in read_history(run) if "event" in r]
     # the collapse record went with the steps the rollback undid; its reason remains
     assert [e["event"] for e in events] == ["rollback"] and events[0]["to_step"] == 4
-    assert events[0]["reason"].startswith("diversity 0.05 at step 8 is below 0.3")
+    assert events[0]["reason"].startswith("diversity 0.05 is below 0.3")
     assert len(calls) == 4  # steps 4, 8 (collapsed), 8 again, 12
     assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 12
 
@@ -473,7 +473,7 @@ def test_label_collapse_event_below_the_minimum():
     assert guard.label_collapse(10, 0.9) is None and guard.label_collapse(10, float("nan")) is None
     event = guard.label_collapse(20, 0.02)
     assert event["event"] == "label_collapse" and event["threshold"] == 0.2
-    assert "label sensitivity 0.02 at step 20 is below 0.2" in event["message"]
+    assert "label sensitivity 0.02 is below 0.2" in event["message"]
     assert guard.collapses(20, {"diversity": 0.9, "label_sensitivity": 0.02}) == [event]
     assert guard.collapses(20, {"fid": 3.0}) == []  # an unconditional model: nothing to judge
     off = Guard(dataclasses.replace(cfg, label_sensitivity_min=0.0))

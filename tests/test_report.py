@@ -4,6 +4,7 @@
 import base64
 import io
 import json
+import re
 from pathlib import Path
 
 import nbformat
@@ -217,3 +218,43 @@ def test_every_media_file_of_a_run_has_a_caption():
     from lib.core.rundir import MEDIA
 
     assert set(report.MEDIA_CAPTIONS) == set(MEDIA)
+
+
+# ---------------------------------------------------------------------------
+# A page that reads clean
+
+
+def test_titles_fit_inside_the_figure():
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    once = dcgan_history(evals=(25,))[:1]  # a run scored once: a one-panel figure
+    for history in (once, dcgan_history()):
+        fig = viz.metrics_figure(history, title="dcgan_cats_course_preset_session_two")
+        FigureCanvasAgg(fig).draw()
+        renderer = fig.canvas.get_renderer()
+        for text in [fig._suptitle, *(ax.title for ax in fig.axes if ax.get_visible())]:
+            box = text.get_window_extent(renderer)
+            assert 0 <= box.x0 and box.x1 <= fig.bbox.width, text.get_text()
+
+
+def test_grids_and_gifs_show_at_one_width_strips_and_figures_at_their_own(tmp_path):
+    def width(obj):
+        found = re.search(r'<img [^>]*width="(\d+)"', nb.media_bundle(obj)["text/html"])
+        return int(found[1]) if found else None
+
+    big_grid = torch.zeros(3, 1060, 1060, dtype=torch.uint8)  # a final grid saved at 2x
+    assert width(gif(tmp_path / "a.gif")) == width(big_grid) == nb.DISPLAY_WIDTH
+    assert width(torch.zeros(3, 36, 274, dtype=torch.uint8)) is None  # a strip
+    assert width(viz.metrics_figure(dcgan_history())) is None
+    run = fake_run(tmp_path, "r", "dcgan", dcgan_history())
+    gif(run / "evolution.gif")
+    page = report.export_html(report.load_runs(tmp_path), tmp_path / "report.html").read_text()
+    assert f'width="{nb.DISPLAY_WIDTH}"' in page
+
+
+def test_numbers_in_tables_never_wrap():
+    page = nb.html_table([{"run": "a long run name", "FID": "400 [390, 410]", "lr": 8.97e-5,
+                           "SSIM": "0.451 (recon)"}])
+    nowrap = re.findall(r'<td style="white-space:nowrap">([^<]*)</td>', page)
+    assert nowrap == ["400 [390, 410]", "8.97e-5", "0.451 (recon)"]
+    assert "<td>a long run name</td>" in page

@@ -254,3 +254,37 @@ def test_an_explorer_displays_as_its_widgets(generator):
         display(explorer)
     view = captured.outputs[0].data["application/vnd.jupyter.widget-view+json"]
     assert view["model_id"] == explorer.ui.model_id
+
+
+# ---------------------------------------------------------------------------
+# Interactive use on a CPU
+
+
+def test_explorers_render_on_one_cpu_thread_and_give_the_threads_back(generator, ddpm):
+    seen = []
+    hook = generator.register_forward_hook(lambda *_: seen.append(torch.get_num_threads()))
+    torch.set_num_threads(2)  # the session's setting (the module's fixture restores its own)
+    try:
+        explorer = latent_explorer(generator, n_components=2, n_samples=1)
+        explorer.controls["seed"].value = 3
+        assert torch.get_num_threads() == 2  # given back after the build and each update
+        ddpm_explorer(ddpm, steps=2)
+        assert torch.get_num_threads() == 2
+    finally:
+        hook.remove()
+        torch.set_num_threads(1)
+    assert seen and set(seen) == {1}  # GANSpace, the first image and the update: one thread
+
+
+def test_seed_sliders_step_through_seeds_a_drag_can_land_on(generator, ddpm):
+    for explorer in (latent_explorer(generator, n_components=1, n_samples=1),
+                     ddpm_explorer(ddpm, steps=2)):
+        seeds = [c for name, c in explorer.controls.items() if name.startswith("seed")]
+        for slider in seeds:
+            track_px = int(slider.layout.width.removesuffix("px")) - 150  # label and readout
+            assert (slider.max - slider.min) / slider.step <= track_px / 2, slider.description
+
+
+def test_ddpm_explorer_on_the_cpu_draws_one_image_per_update(ddpm):
+    explorer = ddpm_explorer(ddpm, steps=2)
+    assert shown(explorer).shape == (8, 8, 3)  # one 8 px image, no grid padding around it

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import re
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -366,7 +367,10 @@ def metrics_figure(history: list[dict], title: str = ""):
     evals = [r for r in records if is_number(r.get("fid"))]
     caption = " · ".join(t for t in (title, _eval_caption(evals) if evals else "") if t)
     if caption:
-        fig.suptitle(caption, fontsize=10)
+        # wrapped to the figure's width (~6.5 pt a character at 10 pt): a run scored once
+        # gets a one-panel figure, 3.9 inches wide, narrower than a one-line caption
+        chars = int(fig.get_figwidth() * 72 / 6.5)
+        fig.suptitle("\n".join(textwrap.wrap(caption, chars)), fontsize=10)
     return fig
 
 

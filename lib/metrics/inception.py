@@ -9,6 +9,7 @@ import io
 import os
 import tempfile
 import urllib.request
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -273,7 +274,12 @@ def _load_trunk(weights: InceptionWeights) -> nn.Module:
     path = weights.path
     if _is_torchscript(path):  # TorchScript runs no pickled Python code
         try:
-            net = torch.jit.load(str(path), map_location="cpu").eval()
+            # the FID Inception (pytorch-fid's pt_inception) ships only as TorchScript, which
+            # torch.export cannot read: its deprecation notice is no news to the user
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", r"`torch\.jit\.load` is deprecated",
+                                        FutureWarning)
+                net = torch.jit.load(str(path), map_location="cpu").eval()
         except RuntimeError as e:
             raise MetricsError(f"{path}: not a readable TorchScript file ({e})") from e
         arguments = {a.name for a in net.forward.schema.arguments}

@@ -10,7 +10,9 @@ The report, the explorers and their sliders are modules of this package too.
 """
 
 from lib.notebook.display import (
+    DISPLAY_WIDTH,
     config_fields,
+    html_table,
     image_bytes,
     markdown_table,
     media_bundle,
@@ -37,8 +39,8 @@ from lib.notebook.runs import (
     trained_model,
 )
 
-__all__ = ["KAGGLE_WORKING", "PARAMETER_FIELDS", "Paths", "config_fields",
-           "config_from_parameters", "find_preset", "find_run", "history_figure", "image_bytes",
-           "interactive", "markdown_table", "media_bundle", "on_kaggle", "project_root",
-           "read_json", "resolve_paths", "run_summary", "show", "snapshot_strip", "table",
-           "train_or_resume", "trained_model"]
+__all__ = ["DISPLAY_WIDTH", "KAGGLE_WORKING", "PARAMETER_FIELDS", "Paths", "config_fields",
+           "config_from_parameters", "find_preset", "find_run", "history_figure", "html_table",
+           "image_bytes", "interactive", "markdown_table", "media_bundle", "on_kaggle",
+           "project_root", "read_json", "resolve_paths", "run_summary", "show", "snapshot_strip",
+           "table", "train_or_resume", "trained_model"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import re
 from pathlib import Path
 
 import torch
@@ -19,6 +20,12 @@ from PIL import Image
 from lib.config import Config
 from lib.core import viz
 from lib.core.viz import fmt
+
+# Grids and GIFs show at one width whatever their pixels (a 256 px GIF, a 1,060 px final
+# grid), so that pictures side by side compare; wide strips keep theirs, up to the page.
+DISPLAY_WIDTH = 512
+STRIP_ASPECT = 2.0  # wider than tall by more than this: a strip
+NUMBER = re.compile(r"[-+]?\d")  # a cell that starts as a number: never wrapped inside
 
 # model arguments a config summary shows, where the model has them
 STUDENT_MODEL_ARGS = ("latent_dim", "kl_weight", "kl_warmup_steps", "timesteps", "schedule",
@@ -64,6 +71,15 @@ def gif_still(data: bytes) -> bytes:
     return buf.getvalue()
 
 
+def display_width(obj, data: bytes) -> int | None:
+    """DISPLAY_WIDTH for a grid or GIF; None (its own width) for a strip or a figure, whose
+    text would shrink."""
+    if hasattr(obj, "savefig"):
+        return None
+    with Image.open(io.BytesIO(data)) as img:
+        return None if img.width > STRIP_ASPECT * img.height else DISPLAY_WIDTH
+
+
 def img_tag(data: bytes, fmt_: str, alt: str, width: int | None = None) -> str:
     """An inline <img>: never wider than the page, pixels kept sharp when scaled up."""
     size = f' width="{width}"' if width else ""
@@ -73,8 +89,11 @@ def img_tag(data: bytes, fmt_: str, alt: str, width: int | None = None) -> str:
 
 
 def media_bundle(obj, caption: str | None = None, width: int | None = None) -> dict:
-    """The display bundle `show` sends: text/html (caption + <img>), image/png, text/plain."""
+    """The display bundle `show` sends: text/html (caption + <img>), image/png, text/plain.
+
+    width: pixels on the page; None: `display_width`'s choice."""
     data, fmt_ = image_bytes(obj)
+    width = width or display_width(obj, data)
     name = caption or (Path(obj).name if isinstance(obj, str | Path) else "image")
     head = f"<p><strong>{html.escape(caption)}</strong></p>" if caption else ""
     png = gif_still(data) if fmt_ == "gif" else data if fmt_ == "png" else None
@@ -101,11 +120,33 @@ def markdown_table(rows: list[dict] | dict) -> str:
     return "\n".join(lines)
 
 
-def table(rows: list[dict] | dict) -> None:
-    """Display rows as a Markdown table (renders in Jupyter, Kaggle and exported HTML)."""
-    from IPython.display import Markdown, display
+def html_table(rows: list[dict] | dict) -> str:
+    """Rows as an HTML table, numbers by `fmt`; a cell that starts as a number never wraps
+    ("400 [390, 410]", "8.97e-5" broke at the space or the hyphen in narrow columns)."""
+    if isinstance(rows, dict):
+        rows = [{"": k, "value": fmt(v, k)} for k, v in rows.items()]
+    if not rows:
+        return "<p><em>nothing to show</em></p>"
 
-    display(Markdown(markdown_table(rows)))
+    def cell(value, key: str) -> str:
+        text = fmt(value, key)
+        nowrap = ' style="white-space:nowrap"' if NUMBER.match(text) else ""
+        return f"<td{nowrap}>{html.escape(text)}</td>"
+
+    head = "".join(f"<th>{html.escape(str(k))}</th>" for k in rows[0])
+    body = "".join("<tr>" + "".join(cell(r.get(k), k) for k in rows[0]) + "</tr>"
+                   for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def table(rows: list[dict] | dict) -> None:
+    """Display rows as a table: HTML where it renders (Jupyter, Kaggle, exported HTML), the
+    Markdown table for viewers without HTML."""
+    from IPython.display import display
+
+    markdown = markdown_table(rows)
+    display({"text/html": html_table(rows), "text/markdown": markdown, "text/plain": markdown},
+            raw=True)
 
 
 def config_fields(cfg: Config) -> dict:

@@ -24,7 +24,7 @@ from lib.core.rundir import RunDir
 from lib.core.viz import fmt
 from lib.families import FAMILIES, FAMILY_COLORS
 from lib.metrics import protocol_summary
-from lib.notebook.display import image_bytes, img_tag
+from lib.notebook.display import display_width, html_table, image_bytes, img_tag
 from lib.notebook.paths import KAGGLE_WORKING, on_kaggle
 from lib.notebook.runs import read_json
 from lib.training.evaluation import rebuild, sampling_cost
@@ -204,15 +204,6 @@ def table_rows(runs: list[RunInfo], sampling: dict[str, float | None] | None = N
     return rows
 
 
-def html_table(rows: list[dict]) -> str:
-    if not rows:
-        return "<p><em>no runs found</em></p>"
-    head = "".join(f"<th>{html.escape(k)}</th>" for k in rows[0])
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in r.values())
-                   + "</tr>" for r in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
 # ---------------------------------------------------------------------------
 # Figures
 
@@ -313,7 +304,7 @@ def report_dir(out_root: str | Path) -> Path:
 
 def _img_tag(obj, alt: str) -> str:
     data, fmt_ = image_bytes(obj)
-    return img_tag(data, fmt_, alt)
+    return img_tag(data, fmt_, alt, display_width(obj, data))
 
 
 CSS = """body{font-family:system-ui,sans-serif;margin:2em auto;padding:0 1em;max-width:1200px;
@@ -338,7 +329,7 @@ def export_html(runs: list[RunInfo], path: str | Path,
              f"networks, image sizes or sample counts are not comparable. FID is shown with "
              f"its 95% bootstrap interval, KID with its std over subsets. Sampling time is "
              f"the run's own record where it kept one, else measured on the machine that made "
-             f"this report.</p>", html_table(rows),
+             f"this report.</p>", html_table(rows) if rows else "<p><em>no runs found</em></p>",
              f'<p class="note">{html.escape(KID_NOTE)}</p>']
     quality = quality_compute_figure(runs)
     quality.savefig(path.parent / "quality_vs_compute.png", dpi=100)

@@ -11,6 +11,7 @@ from PIL import Image
 
 from lib.config import Config, ConfigError
 from lib.core import viz
+from lib.core.device import pick_device
 from lib.core.rundir import RunDir, check_name
 from lib.notebook.paths import on_kaggle
 from lib.training.distributed import launch
@@ -129,9 +130,11 @@ def history_figure(run_dir: str | Path):
     return viz.metrics_figure(read_history(run_dir), title=Path(run_dir).name)
 
 
-def trained_model(run_dir: str | Path) -> tuple[torch.nn.Module, list[str] | None]:
-    """The network a run samples with (EMA weights when kept), on the CPU in eval mode, and
-    the class names."""
+def trained_model(run_dir: str | Path,
+                  device: str = "auto") -> tuple[torch.nn.Module, list[str] | None]:
+    """The network a run samples with (EMA weights when kept), in eval mode, and the class
+    names. device "auto": this session's GPU when there is one (the explorers' sliders then
+    render there), else the CPU; plain fp32 modules either way."""
 
-    rebuilt = rebuild(run_dir, device="cpu")
+    rebuilt = rebuild(run_dir, device=str(pick_device(device)))
     return rebuilt.sampler, rebuilt.parts.class_names

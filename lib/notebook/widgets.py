@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from lib.core import viz
+from lib.families.base import device_of
 from lib.notebook.explore import (
     ALL_CLASSES,
     FAST_SAMPLER,
@@ -38,6 +39,7 @@ from lib.notebook.explore import (
     ganspace_directions,
     generate,
     guidance_grid,
+    interactive_threads,
     interpolation_grid,
     latent_points,
     latent_traversal_grid,
@@ -50,7 +52,10 @@ __all__ = ["Explorer", "latent_explorer", "class_explorer", "ddpm_explorer",
            "latent_traversal_grid", "interpolation_grid", "class_grid", "class_traversal_grid",
            "ddpm_grid", "guidance_grid"]
 
-MAX_SEED = 9999
+# 100 seeds on a 400 px slider: about 3 px a seed, so a drag lands where it aims (10,000 on
+# the default ~100 px track jumped thousands at a time); the arrow keys step one by one
+MAX_SEED = 99
+SEED_LAYOUT = {"width": "400px"}  # a dict: each slider gets a Layout of its own
 PIXELATED = "genlab-pixelated"
 BUSY = "genlab-busy"
 # Nearest-neighbour upscaling in the browser (an 8 px digit stays crisp at 128 px); a dimmed
@@ -155,10 +160,13 @@ def latent_explorer(generator: nn.Module, n_components: int = 5,
     standard deviations of each component's activations (`ganspace_directions`).
     display_size: pixels per image on screen.
     """
-    directions = directions or ganspace_directions(generator, n_components)
+    with interactive_threads(generator):
+        directions = directions or ganspace_directions(generator, n_components)
     controls = {
-        "seed": widgets.IntSlider(value=0, min=0, max=MAX_SEED, description="seed"),
-        "seed_b": widgets.IntSlider(value=1, min=0, max=MAX_SEED, description="seed B"),
+        "seed": widgets.IntSlider(value=0, min=0, max=MAX_SEED, description="seed",
+                                  layout=SEED_LAYOUT),
+        "seed_b": widgets.IntSlider(value=1, min=0, max=MAX_SEED, description="seed B",
+                                    layout=SEED_LAYOUT),
         "t": widgets.FloatSlider(value=0.0, min=0.0, max=1.0, step=0.05,
                                  description="to seed B"),
         **_sigma_sliders(directions, n_components, max_sigma, continuous=True),
@@ -169,9 +177,12 @@ def latent_explorer(generator: nn.Module, n_components: int = 5,
         z = latent_points(generator.latent_dim, controls["seed"].value,
                           controls["seed_b"].value, controls["t"].value, n_samples,
                           directions, _amounts(controls))
-        return viz.make_grid(generate(generator, z), nrow=nrow, padding=2 if n_samples > 1 else 0)
+        with interactive_threads(generator):
+            images = generate(generator, z)
+        return viz.make_grid(images, nrow=nrow, padding=2 if n_samples > 1 else 0)
 
-    image_size = generate(generator, seed_latent(0, generator.latent_dim, 1)).shape[-1]
+    with interactive_threads(generator):
+        image_size = generate(generator, seed_latent(0, generator.latent_dim, 1)).shape[-1]
     return _assemble(controls, render, image_size, display_size)
 
 
@@ -185,7 +196,8 @@ def class_explorer(cvae: nn.Module, images: torch.Tensor, labels: torch.Tensor,
     n_samples prior draws of the chosen class; "resample" moves to the next seed.
     controls: "label", "seed", "pc0".."pc{k-1}" (in data sigmas) and the "resample" button.
     """
-    directions = directions or posterior_directions(cvae, images, labels, n_components)
+    with interactive_threads(cvae):
+        directions = directions or posterior_directions(cvae, images, labels, n_components)
     names = class_names or [str(k) for k in range(cvae.num_classes)]
     controls = {
         "label": widgets.Dropdown(options=[(n, k) for k, n in enumerate(names)], value=0,
@@ -202,14 +214,15 @@ def class_explorer(cvae: nn.Module, images: torch.Tensor, labels: torch.Tensor,
 
     def render() -> torch.Tensor:
         z = seed_latent(controls["seed"].value, cvae.latent_dim, n_samples)
-        out = cvae_images(cvae, controls["label"].value, z, directions, _amounts(controls))
+        with interactive_threads(cvae):
+            out = cvae_images(cvae, controls["label"].value, z, directions, _amounts(controls))
         return viz.make_grid(out, nrow=min(4, n_samples))
 
     return _assemble(controls, render, images.shape[-1], display_size,
                      buttons={"resample": resample})
 
 
-def ddpm_explorer(model: nn.Module, n_samples: int = 4, steps: int = FAST_STEPS,
+def ddpm_explorer(model: nn.Module, n_samples: int | None = None, steps: int = FAST_STEPS,
                   max_steps: int = 100, sampler: str = FAST_SAMPLER, eta: float | None = None,
                   class_names: list[str] | None = None, display_size: int = 128,
                   cache_size: int = 64) -> Explorer:
@@ -223,13 +236,17 @@ def ddpm_explorer(model: nn.Module, n_samples: int = 4, steps: int = FAST_STEPS,
     the model's; "dpm++2m" has none).
     controls: "seed", "steps", "guidance_scale", and "label" for a conditional model
     (ALL_CLASSES = cycle over the classes).
+    n_samples: None draws 4 on a GPU and 1 on the CPU, where each image costs a whole
+    sampler run (benchmarks/widgets.py measures both).
     """
+    if n_samples is None:
+        n_samples = 4 if device_of(model).type == "cuda" else 1
     every_step = sampler == "ddpm"
     max_steps = model.timesteps if every_step else min(max_steps, model.timesteps)
     guided = model.num_classes > 0 and getattr(model, "cond_drop_prob", 0) > 0
     controls = {
         "seed": widgets.IntSlider(value=0, min=0, max=MAX_SEED, description="seed",
-                                  continuous_update=False),
+                                  continuous_update=False, layout=SEED_LAYOUT),
         "steps": widgets.IntSlider(value=max_steps if every_step else min(steps, max_steps),
                                    min=1, max=max_steps, description=f"{sampler} steps",
                                    continuous_update=False, disabled=every_step),
@@ -248,9 +265,10 @@ def ddpm_explorer(model: nn.Module, n_samples: int = 4, steps: int = FAST_STEPS,
 
     @functools.lru_cache(maxsize=cache_size)
     def draw(seed: int, n_steps: int, guidance_scale: float, label: int) -> torch.Tensor:
-        out = ddpm_images(model, seed, n_samples, None if every_step else n_steps,
-                          guidance_scale, label, sampler=sampler, eta=eta)
-        return viz.make_grid(out, nrow=min(4, n_samples))
+        with interactive_threads(model):
+            out = ddpm_images(model, seed, n_samples, None if every_step else n_steps,
+                              guidance_scale, label, sampler=sampler, eta=eta)
+        return viz.make_grid(out, nrow=min(4, n_samples), padding=2 if n_samples > 1 else 0)
 
     def render() -> torch.Tensor:
         label = controls["label"].value if "label" in controls else ALL_CLASSES

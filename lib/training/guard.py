@@ -87,13 +87,13 @@ class Guard:
 
     def collapse(self, step: int, diversity: float) -> dict | None:
         """A `collapse` event record when diversity fell below the configured fraction."""
-        return _below("collapse", "diversity", diversity, self.cfg.collapse_fraction, step,
+        return _below("collapse", "diversity", diversity, self.cfg.collapse_fraction,
                       "of the real data's (mode collapse?)")
 
     def label_collapse(self, step: int, sensitivity: float) -> dict | None:
         """A `label_collapse` event record when label sensitivity fell below the minimum."""
         return _below("label_collapse", "label_sensitivity", sensitivity,
-                      self.cfg.label_sensitivity_min, step,
+                      self.cfg.label_sensitivity_min,
                       "(the generator ignores its class label?)")
 
     def collapses(self, step: int, metrics: dict) -> list[dict]:
@@ -146,12 +146,11 @@ class Guard:
         self.pending = []
 
 
-def _below(event: str, score: str, value: float, threshold: float, step: int,
+def _below(event: str, score: str, value: float, threshold: float,
            why: str) -> dict | None:
     """An `event` record when `score` fell below `threshold` (0: the watch is off; NaN never
-    fires)."""
+    fires). The message leaves the step out: the record and the printed line carry it."""
     if threshold <= 0 or not value < threshold:
         return None
     return {"event": event, score: value, "threshold": threshold,
-            "message": f"{score.replace('_', ' ')} {value:.3g} at step {step} is below "
-                       f"{threshold:g} {why}"}
+            "message": f"{score.replace('_', ' ')} {value:.3g} is below {threshold:g} {why}"}

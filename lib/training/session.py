@@ -13,12 +13,12 @@ from dataclasses import dataclass, field
 
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
 
 from lib.config import Config
 from lib.core import viz
 from lib.core.checkpoint import atomic_save, load_checkpoint
 from lib.core.device import Engine
+from lib.core.progress import progress_bar
 from lib.core.rundir import RunDir, unlock
 from lib.families import Family, Parts
 from lib.metrics import Evaluator
@@ -112,10 +112,10 @@ class Session:
     def __post_init__(self):
         self.best_fid = (best_fid(self.run, self.evaluator.features, self.start)
                          if self.evaluator else math.inf)
-        self.bar = tqdm(total=self.cfg.total_steps, initial=self.start,
-                        disable=not (self.progress and self.engine.is_main),
-                        desc=f"{self.cfg.family} {self.run.name}", mininterval=10,
-                        dynamic_ncols=True)
+        # plain text in an executed notebook, the widget only where a person watches
+        self.bar = progress_bar(total=self.cfg.total_steps, initial=self.start,
+                                desc=f"{self.cfg.family} {self.run.name}", unit="step",
+                                disable=not (self.progress and self.engine.is_main))
 
     def count(self, images: int) -> None:
         """One step done on `images` images (all ranks together)."""
