@@ -67,14 +67,14 @@ def _evaluation_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from lib.training.loop import resume, train
-
     args.set = _evaluation_overrides(args)
     if args.resume:
         if args.config:
             raise ConfigError(f"give a CONFIG or --resume RUN_DIR, not both (got {args.config} "
                               f"and --resume {args.resume}); change a resumed run with --set "
                               f"or --resume-with")
+        from lib.training.loop import resume
+
         out = resume(args.resume, out_root=args.out, overrides=args.set,
                      config=args.resume_with)
     else:
@@ -85,7 +85,9 @@ def cmd_train(args: argparse.Namespace) -> None:
                               f"{presets_hint()}")
         if not Path(args.config).is_file():
             raise ConfigError(f"{args.config}: config file not found; {presets_hint()}")
-        cfg = load_config(args.config, args.set)
+        cfg = load_config(args.config, args.set)  # a mistake answers here, before torch loads
+        from lib.training.loop import train
+
         out = train(cfg, out_root=args.out or "outputs")
     if int(os.environ.get("RANK", 0)) == 0:  # under torchrun: one line, from rank 0
         print(out)
@@ -191,29 +193,40 @@ def errors() -> tuple[tuple[type[Exception], ...], tuple[type[Exception], ...]]:
     from lib.runner import NotebookFailed, RunnerError
     from lib.training.guard import DivergenceError
 
-    return ((ConfigError, DatasetError, CheckpointError, DeviceError, MetricsError,
-             RunnerError, RunFolderError, FileNotFoundError), (DivergenceError, NotebookFailed))
+    return ((DatasetError, CheckpointError, DeviceError, MetricsError, RunnerError,
+             RunFolderError, FileNotFoundError), (DivergenceError, NotebookFailed))
+
+
+def run(argv: list[str] | None) -> int:
+    args = build_parser().parse_args(argv)  # --help and usage errors end here, before torch
+    try:
+        args.func(args)
+    except ConfigError as e:  # raised before torch loads: the classes below would import it
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:
+        user_errors, run_errors = errors()  # already imported by the command that raised
+        if isinstance(e, user_errors):
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        if isinstance(e, run_errors):
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        if isinstance(e, OSError):  # a read-only or missing folder: the path, not a traceback
+            print(f"error: {describe_os_error(e)}", file=sys.stderr)
+            return 2
+        raise
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)  # --help and usage errors end here, before torch
-    user_errors, run_errors = errors()
+    # Ctrl-C at any moment, the seconds of imports included: one line and the shell's code
     try:
-        args.func(args)
-    except user_errors as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except run_errors as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except OSError as e:  # a read-only or missing folder: the path, not a traceback
-        print(f"error: {describe_os_error(e)}", file=sys.stderr)
-        return 2
+        return run(argv)
     except KeyboardInterrupt as e:  # training already said what it saved (Interrupted)
         if not str(e):
             print("interrupted", file=sys.stderr)
         return INTERRUPTED
-    return 0
 
 
 if __name__ == "__main__":

@@ -7,8 +7,10 @@ import torch
 os.environ["WANDB_MODE"] = "disabled"
 
 # `make test` runs two pytest-xdist workers on a 2-core machine: one intra-op thread each,
-# or four threads fight over two cores (small convolutions then spend their time waiting)
+# or four threads fight over two cores (small convolutions then spend their time waiting).
+# In the environment too: training keeps it (lib.core.device) and subprocesses inherit it.
 if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
     torch.set_num_threads(1)
 
 
@@ -26,5 +28,7 @@ def one_thread():
     costs up to 30x in synchronisation. Modules opt in with `pytestmark`."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OMP_NUM_THREADS", "1")  # so that training keeps it (lib.core.device)
+        yield
     torch.set_num_threads(threads)

@@ -1,5 +1,6 @@
 """The command line answers --help at once, keeps its usage layout, and says where presets are."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -7,6 +8,8 @@ from pathlib import Path
 import pytest
 
 from lib.__main__ import build_parser, main
+
+ROOT = Path(__file__).resolve().parent.parent
 
 HELP_IMPORTS = """
 import runpy, sys
@@ -85,3 +88,32 @@ def test_bad_notebook_preset_is_one_line(tmp_path, capsys, text, words):
     assert main(["notebooks", "--preset", str(bad), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: {bad}: {words}") and len(err.splitlines()) == 1
+
+
+CONFIG_ERROR_PROBE = """
+import sys
+from lib.__main__ import main
+code = main(["train", sys.argv[1]])
+print("exit", code, "torch loaded:", "torch" in sys.modules)
+"""
+
+
+def test_config_error_answers_before_torch_loads(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"model": {"type": "UNet"}, "trainer": {"epochs": "x"}}')
+    out = subprocess.run([sys.executable, "-c", CONFIG_ERROR_PROBE, str(bad)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.stdout.split() == ["exit", "2", "torch", "loaded:", "False"], out.stderr
+    assert out.stderr.splitlines() == [f"error: {bad}: trainer.epochs: expected an integer, "
+                                       "got 'x'"]
+
+
+def test_ctrl_c_while_torch_imports_is_one_line_and_exit_130(tmp_path):
+    # a stand-in torch whose import is interrupted, as a Ctrl-C in the first seconds would
+    (tmp_path / "torch").mkdir()
+    (tmp_path / "torch" / "__init__.py").write_text("raise KeyboardInterrupt\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])}
+    for argv in (["train", "configs/dcgan_demo.json"], ["evaluate", str(tmp_path)]):
+        out = subprocess.run([sys.executable, "-m", "lib", *argv], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 130 and out.stderr == "interrupted\n", (argv, out.stderr)
