@@ -181,28 +181,34 @@ def execute(name: str, tag: str, folder: Path, executed: Path, params: dict,
             echo: Callable[[str], None]) -> Result:
     """Run one notebook into executed/<name>.ipynb; NotebookFailed names the failing cell.
 
-    papermill writes its copy as the cells run, so it writes to <name>.failed.ipynb and
-    only a run that finished replaces <name>.ipynb: a failure keeps the last good copy.
+    papermill writes its copy as the cells run, so it writes to <name>.running.ipynb: a
+    run that finished replaces <name>.ipynb, a failed one becomes <name>.failed.ipynb and
+    the last good copy stays.
     """
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
     output, failed = executed / f"{name}.ipynb", executed / f"{name}.failed.ipynb"
+    running = executed / f"{name}.running.ipynb"
     last_good = output if output.is_file() else None
     echo(f"{tag} {name} ...")
     t0 = time.monotonic()
     try:
-        papermill.execute_notebook(str(folder / f"{name}.ipynb"), str(failed), parameters=params,
-                                   progress_bar=False, cwd=str(folder.parent),
-                                   extra_arguments=QUIET_KERNEL)
+        papermill.execute_notebook(str(folder / f"{name}.ipynb"), str(running),
+                                   parameters=params, progress_bar=False,
+                                   cwd=str(folder.parent), extra_arguments=QUIET_KERNEL)
     except PapermillExecutionError as e:
+        running.replace(failed)
         first_line = next((s for s in e.source.splitlines() if s.strip()), "")
         cell = f"cell {e.exec_count} ({first_line.strip()[:60]!r})"
         raise NotebookFailed(name, cell, f"{e.ename}: {e.evalue}", failed, last_good) from None
     except Exception as e:  # the kernel died or would not start
+        if running.is_file():
+            running.replace(failed)
         raise NotebookFailed(name, "the kernel", f"{type(e).__name__}: {e}", failed,
                              last_good) from e
-    failed.replace(output)
+    running.replace(output)
+    failed.unlink(missing_ok=True)  # an earlier failure's copy: no longer the news
     seconds = time.monotonic() - t0
     echo(f"{tag} {name} ok in {seconds:.1f} s -> {output}")
     return Result(name, output, seconds)

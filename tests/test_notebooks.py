@@ -330,11 +330,20 @@ def runnable_notebooks() -> list[str]:
             if n not in presets or Path(f"configs/{presets[n]}_demo.json").is_file()]
 
 
-def test_every_notebook_runs_through_the_runner(tmp_path):
+@pytest.fixture(scope="module")
+def executed_suite(tmp_path_factory):
+    """The suite run once through the runner with smoke parameters: (names, out, results,
+    echoed lines), shared by the tests that read the executed copies."""
+    tmp_path = tmp_path_factory.mktemp("suite")
     names = runnable_notebooks()
     out = tmp_path / "outputs"
     lines = []
     results = run_notebooks(names, "demo", smoke_params(tmp_path), out, echo=lines.append)
+    return names, out, results, lines
+
+
+def test_every_notebook_runs_through_the_runner(executed_suite):
+    names, out, results, lines = executed_suite
     assert [r.notebook for r in results] == names
     assert sum(" ok in " in line for line in lines) == len(names)
     for name in names:
@@ -370,5 +379,29 @@ def test_a_failing_notebook_stops_the_run_naming_notebook_and_cell(tmp_path):
     failed = out / "notebooks" / "01_data_exploration.failed.ipynb"
     assert any("no_such_dataset" in e for e in error_outputs(failed))
     assert good.read_text() == "the last good copy"  # not overwritten by the failed run
+    assert not (out / "notebooks" / "01_data_exploration.running.ipynb").exists()
     assert f"partly executed copy: {failed}" in proc.stderr
     assert f"last good executed copy (an earlier run), kept: {good}" in proc.stderr
+
+
+def test_every_executed_notebook_exports_to_a_clean_page(executed_suite):
+    from nbconvert import HTMLExporter
+
+    names, out, _, _ = executed_suite
+    for name in names:
+        book = nbformat.read(out / "notebooks" / f"{name}.ipynb", as_version=4)
+        page, _ = HTMLExporter().from_notebook_node(book)
+        (out / "notebooks" / f"{name}.html").write_text(page)  # to look at after a failure
+        outputs = [o for c in book.cells if c.cell_type == "code" for o in c.outputs]
+        assert not re.findall(r"\w*Warning\b", page), name  # FutureWarning, UserWarning...
+        widgets = [o for o in outputs
+                   if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+        assert widgets == [], name  # a saved widget shows as nothing in the page
+        sources = "".join(c.source for c in book.cells if c.cell_type == "code")
+        gifs = page.count("data:image/gif;base64,")
+        if name == "05_report":
+            assert gifs >= len(names) - 2, name  # one run per training notebook, at least
+        else:
+            assert gifs == sources.count('.gif"'), name  # every GIF shown, none missing
+        if name in ("02_dcgan", "03_cvae", "04_ddpm"):
+            assert gifs > 0 and re.search(r"4/4 \[", page), name  # the bar as plain text

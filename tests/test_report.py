@@ -258,3 +258,18 @@ def test_numbers_in_tables_never_wrap():
     nowrap = re.findall(r'<td style="white-space:nowrap">([^<]*)</td>', page)
     assert nowrap == ["400 [390, 410]", "8.97e-5", "0.451 (recon)"]
     assert "<td>a long run name</td>" in page
+
+
+def test_without_a_gpu_the_notebook_names_the_settings_that_fit_a_cpu(monkeypatch, capsys):
+    gpu_preset = load_config(nb.find_preset("dcgan_train"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    nb.device_note(gpu_preset)
+    note = capsys.readouterr().out
+    assert note.count("\n") == 1 and note.startswith("no GPU")
+    assert "cats at 64 px, 100,000 steps" in note and 'preset="dcgan_demo"' in note
+    nb.device_note(load_config(nb.find_preset("ddpm_demo")))
+    assert "digits at 16 px, 600 steps fit it" in capsys.readouterr().out
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    nb.device_note(gpu_preset)
+    assert capsys.readouterr().out == ""  # a GPU session hears nothing

@@ -12,6 +12,7 @@ The report, the explorers and their sliders are modules of this package too.
 from lib.notebook.display import (
     DISPLAY_WIDTH,
     config_fields,
+    device_note,
     html_table,
     image_bytes,
     markdown_table,
@@ -40,7 +41,7 @@ from lib.notebook.runs import (
 )
 
 __all__ = ["DISPLAY_WIDTH", "KAGGLE_WORKING", "PARAMETER_FIELDS", "Paths", "config_fields",
-           "config_from_parameters", "find_preset", "find_run", "history_figure", "html_table",
-           "image_bytes", "interactive", "markdown_table", "media_bundle", "on_kaggle",
-           "project_root", "read_json", "resolve_paths", "run_summary", "show", "snapshot_strip",
-           "table", "train_or_resume", "trained_model"]
+           "config_from_parameters", "device_note", "find_preset", "find_run", "history_figure",
+           "html_table", "image_bytes", "interactive", "markdown_table", "media_bundle",
+           "on_kaggle", "project_root", "read_json", "resolve_paths", "run_summary", "show",
+           "snapshot_strip", "table", "train_or_resume", "trained_model"]

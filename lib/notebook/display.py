@@ -17,9 +17,11 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from lib.config import Config
+from lib.config import Config, load_config
 from lib.core import viz
+from lib.core.device import pick_device
 from lib.core.viz import fmt
+from lib.notebook.paths import find_preset
 
 # Grids and GIFs show at one width whatever their pixels (a 256 px GIF, a 1,060 px final
 # grid), so that pictures side by side compare; wide strips keep theirs, up to the page.
@@ -193,3 +195,27 @@ def show(obj, caption: str | None = None, width: int | None = None) -> None:
         display(Markdown(f"*{caption or Path(obj).name}: not produced by this run*"))
         return
     display(media_bundle(obj, caption, width), raw=True)
+
+
+def _settings(cfg: Config) -> str:
+    return f"{cfg.data.dataset} at {cfg.data.image_size} px, {cfg.total_steps:,} steps"
+
+
+def device_note(cfg: Config) -> None:
+    """Say in one line when this session has no GPU, and which settings draw something
+    recognisable on a CPU in minutes: the family's demo preset (configs/<family>_demo.json).
+
+    Asks the device decision training will take (`pick_device`); silent on a GPU.
+    """
+    if pick_device(cfg.trainer.device).type != "cpu":
+        return
+    demo = f"{cfg.family}_demo"
+    cpu = load_config(find_preset(demo))
+    if (cfg.data.dataset == cpu.data.dataset and cfg.data.image_size <= cpu.data.image_size
+            and cfg.total_steps <= cpu.total_steps):
+        print(f"no GPU: training on the CPU; {_settings(cfg)} fit it (the CPU preset "
+              f"{demo}: {_settings(cpu)})")
+    else:
+        print(f"no GPU: training on the CPU. {_settings(cfg)} needs a GPU or many sessions; "
+              f'on a CPU, preset="{demo}" ({_settings(cpu)}) draws something recognisable '
+              "in minutes")
