@@ -5,23 +5,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from diversity import spread
 
 from lib.config import load_config
 from lib.core.checkpoint import load_checkpoint
 from lib.core.device import Engine, seed_everything
 from lib.data import ImageData, load_dataset, to_float
 from lib.families import FAMILIES
-from lib.metrics.scores import mean_pairwise_distance
 from lib.training.evaluation import rebuild
 from lib.training.loop import train
 
 GAN_FILES = ["config.json", "history.jsonl", "checkpoints/last.pt", "evolution.gif",
              "final_grid.png", "samples/step_0000000.png"]
-
-
-def pixel_spread(images: torch.Tensor) -> float:
-    """Mean distance between two images of a batch: 0 for a generator that collapsed."""
-    return mean_pairwise_distance(images.flatten(1))
 
 
 def test_dcgan_learns_digits(tmp_path):
@@ -47,8 +42,8 @@ def test_dcgan_learns_digits(tmp_path):
     d0, d1 = ((x.mean(0) - real.mean(0)).norm() for x in (before, after))
     assert d1 < 0.5 * d0, (d0, d1)
     # ...and not by one image for every z: samples differ as much as a third of the digits do
-    spread = pixel_spread(after) / pixel_spread(real[:256])
-    assert spread > 0.33, spread
+    ratio = spread(after) / spread(real[:256])
+    assert ratio > 0.33, ratio
     for name in GAN_FILES:
         assert (run / name).exists(), name
     history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
