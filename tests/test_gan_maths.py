@@ -1,4 +1,5 @@
-"""GAN options of issue 19, their maths on tiny shapes: losses, DiffAugment, spectral norm."""
+"""The GAN's options and their maths on tiny shapes: losses, DiffAugment, the
+discriminator's normalisations, the gan config section, standing statistics."""
 
 import copy
 import math
