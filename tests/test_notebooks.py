@@ -18,6 +18,7 @@ from lib import notebook as nb
 from lib.config import ConfigError, load_config
 from lib.data import ImageData, duplicate_groups
 from lib.notebook import datastats, report
+from lib.notebook.params import field_of, preset_fields
 from lib.runner import (
     NOTEBOOKS,
     RunnerError,
@@ -98,13 +99,41 @@ def test_presets_name_only_declared_parameters(preset):
     plan(list(NOTEBOOKS), [load_preset(preset)], NOTEBOOK_DIR)
 
 
-def test_parameters_map_onto_config_fields():
+def test_parameters_map_onto_config_fields_by_their_names():
     cfg = nb.config_from_parameters("configs/dcgan_demo.json", dataset="shapes",
-                                    image_size=16, epochs=3, wandb_mode="disabled", limit=None)
+                                    image_size=16, epochs=3, wandb_mode="disabled",
+                                    data_root=Path("/d"), generator_optimizer_lr=1e-3)
     assert (cfg.data.dataset, cfg.data.image_size, cfg.trainer.epochs) == ("shapes", 16, 3)
-    assert cfg.wandb.mode == "disabled" and cfg.data.limit is None
-    with pytest.raises(ValueError, match="unknown notebook parameter 'epoch'"):
+    assert (cfg.wandb.mode, cfg.data.root) == ("disabled", "/d")
+    assert (cfg.generator_optimizer.lr, cfg.discriminator_optimizer.lr) == (1e-3, 2e-4)
+    cvae = nb.config_from_parameters("cvae_demo", kl_weight=0.5, lr=1e-3, trainer_seed=3)
+    assert (cvae.model.args["kl_weight"], cvae.optimizer.lr, cvae.trainer.seed) == (0.5, 1e-3, 3)
+    with pytest.raises(ConfigError, match="unknown notebook parameter 'epoch'.* epochs,"):
         nb.config_from_parameters("configs/dcgan_demo.json", epoch=3)
+    with pytest.raises(ConfigError, match="'seed' is ambiguous.*data_seed or trainer_seed"):
+        nb.config_from_parameters("configs/dcgan_demo.json", seed=3)
+    with pytest.raises(ConfigError, match="generator_optimizer_lr or discriminator_optimizer_lr"):
+        nb.config_from_parameters("configs/dcgan_demo.json", lr=1e-3)
+    # typed values go in as they are and are validated once, naming the field
+    with pytest.raises(ConfigError, match="dcgan_demo.json with the notebook's parameters: "
+                                          "trainer.batch_size: expected an integer"):
+        nb.config_from_parameters("configs/dcgan_demo.json", batch_size="64")
+
+
+def test_the_parameters_set_are_the_annotated_names_not_none():
+    scope: dict = {}
+    exec("preset: str = 'dcgan_demo'\nepochs: int = None\nlimit: int = None\n"
+         "resume: bool = True\nhelper = 5\n", scope)
+    scope["epochs"] = 3  # as papermill injects it, after the parameters cell
+    assert nb.set_parameters(scope, notebook=("preset", "resume")) == {"epochs": 3}
+
+
+def test_preset_changes_lists_only_what_differs():
+    assert nb.preset_changes("dcgan_demo") == []
+    assert nb.preset_changes("dcgan_demo", epochs=4, dataset="digits", max_minutes=0) == []
+    assert nb.preset_changes("dcgan_demo", epochs=2, data_path=Path("/x")) == [
+        {"field": "trainer.epochs", "preset": 4, "this run": 2},
+        {"field": "data.path", "preset": None, "this run": "/x"}]
 
 
 def test_a_preset_is_found_by_path_or_by_name():
@@ -175,14 +204,19 @@ SET_VALUES = {"name": "x1", "dataset": "shapes", "data_path": "/somewhere", "ima
 @pytest.mark.parametrize("name", TRAINING)
 def test_every_parameter_set_reaches_its_config_field(tmp_path, name):
     declared = set(declared_parameters(NOTEBOOK_DIR / f"{name}.ipynb"))
-    assert declared - CONTROLS <= set(nb.PARAMETER_FIELDS), "a parameter the config ignores"
-    given = {k: SET_VALUES[k] for k in declared - CONTROLS - {"data_root"}}
-    cfg = notebook_config(name, tmp_path, **given).to_dict()
+    given = {k: SET_VALUES[k] for k in declared - CONTROLS}
+    cfg = notebook_config(name, tmp_path, **given)
+    fields = preset_fields(cfg.to_dict())
     for key, value in given.items():
-        node = cfg
-        for part in nb.PARAMETER_FIELDS[key].split("."):
-            node = node[part]
-        assert node == value, key
+        assert fields[field_of(key, fields, name)] == value, key
+
+
+@pytest.mark.parametrize("name", TRAINING)
+def test_the_config_cell_shows_only_what_the_parameters_change(tmp_path, name, capsys):
+    notebook_config(name, tmp_path)  # the preset as it is: nothing shown
+    assert capsys.readouterr().out == ""
+    notebook_config(name, tmp_path, epochs=7)
+    assert "Markdown" in capsys.readouterr().out  # nb.table, outside a kernel
 
 
 def test_the_parameters_the_docs_name_exist_in_the_notebooks():

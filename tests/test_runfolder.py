@@ -13,7 +13,9 @@ import threading
 from pathlib import Path
 
 import pytest
+import torch
 
+import lib.config
 import lib.training.evaluation as evaluation
 import lib.training.resume as state
 from lib.__main__ import main
@@ -230,6 +232,32 @@ def test_kill_during_a_resume_copy_leaves_nothing_and_the_retry_takes_the_name(
     assert copy == out / "run" and sorted(out.iterdir()) == [copy]  # no run-2, no .copy-*
     assert "already exists" not in capsys.readouterr().err
     assert [r["step"] for r in read_history(copy)] == [2, 4, 6, 8]
+
+
+def test_a_resume_reads_last_pt_once_and_validates_one_config(tmp_path, tiny_overrides,
+                                                               monkeypatch):
+    run = train(tiny(tiny_overrides), out_root=tmp_path, progress=False)
+    last = run / "checkpoints" / "last.pt"
+    loads, checks = [], []
+    real_load, real_validate = torch.load, lib.config.validate
+
+    def counted_load(f, *args, **kwargs):
+        loads.append(f)
+        return real_load(f, *args, **kwargs)
+
+    def counted_validate(*args):
+        checks.append(args)
+        real_validate(*args)
+
+    monkeypatch.setattr(torch, "load", counted_load)
+    monkeypatch.setattr(lib.config, "validate", counted_validate)
+    resume(run, overrides=["trainer.epochs=2"], progress=False)  # the CLI's --resume
+    assert (loads.count(last), len(checks)) == (1, 1)  # the checkpoint's config + the override
+    cfg = tiny(tiny_overrides, "trainer.epochs=3")  # a notebook's: validated where it is made
+    loads.clear(), checks.clear()
+    train(cfg, resume=run, progress=False)
+    assert (loads.count(last), len(checks)) == (1, 0)
+    assert load_checkpoint(last)["step"] == 12
 
 
 # ---------------------------------------------------------------------------

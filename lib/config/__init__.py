@@ -24,12 +24,12 @@ from lib.config.parse import (
     MAX_DEPTH,
     ConfigError,
     _build,
-    _parse_json,
-    _show,
     _too_deep,
     apply_override,
     check_sections,
     parse_value,
+    read_config,
+    set_field,
 )
 
 __all__ = [
@@ -45,6 +45,8 @@ __all__ = [
     "apply_override",
     "load_config",
     "parse_value",
+    "read_config",
+    "set_field",
     "validate",
 ]
 
@@ -194,21 +196,7 @@ class Config:
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     """Read a JSON config, apply `section.field=value` overrides, validate."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
-    data = path.read_bytes()
-    try:
-        text = data.decode("utf-8-sig")  # a BOM (Windows editors) is harmless
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"{path}: not UTF-8 text (byte {data[e.start]:#04x} at offset "
-                          f"{e.start}); save the file as UTF-8") from None
-    try:
-        raw = _parse_json(text)
-    except ConfigError as e:
-        raise ConfigError(f"{path}: {e}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a JSON object {{...}} at the top, got {_show(raw)}")
+    raw = read_config(path)
     for item in overrides or []:
         apply_override(raw, item, str(path))
     return Config.from_dict(raw, str(path))

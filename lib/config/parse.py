@@ -9,6 +9,7 @@ import math
 import reprlib
 import types
 import typing
+from pathlib import Path
 from typing import Any
 
 
@@ -76,6 +77,26 @@ def _parse_json(text: str):
         raise ConfigError("not a config: it holds a number of thousands of digits") from None
 
 
+def read_config(path) -> dict:
+    """A JSON config file as its plain dict (not yet validated): what overrides change."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")  # a BOM (Windows editors) is harmless
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {data[e.start]:#04x} at offset "
+                          f"{e.start}); save the file as UTF-8") from None
+    try:
+        raw = _parse_json(text)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a JSON object {{...}} at the top, got {_show(raw)}")
+    return raw
+
+
 def parse_value(text: str):
     """A command-line value: JSON when it parses (numbers, true, null, lists), else the string."""
     try:
@@ -95,7 +116,12 @@ def apply_override(raw: dict, item: str, source: str = "<config>") -> None:
         value = parse_value(text)
     except ConfigError as e:
         raise ConfigError(f"{source}: override {key.strip():.60}: {e}") from None
-    *parents, last = key.strip().split(".")
+    set_field(raw, key.strip(), value, source)
+
+
+def set_field(raw: dict, key: str, value, source: str = "<config>") -> None:
+    """Set the dotted field `key` (`trainer.epochs`) of a plain config dict to `value`, as is."""
+    *parents, last = key.split(".")
     node = raw
     for i, part in enumerate(parents):
         node = node.setdefault(part, {})

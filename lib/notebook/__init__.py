@@ -20,7 +20,7 @@ from lib.notebook.display import (
     show,
     table,
 )
-from lib.notebook.params import PARAMETER_FIELDS, config_from_parameters
+from lib.notebook.params import config_from_parameters, preset_changes, set_parameters
 from lib.notebook.paths import (
     KAGGLE_WORKING,
     Paths,
@@ -40,8 +40,9 @@ from lib.notebook.runs import (
     trained_model,
 )
 
-__all__ = ["DISPLAY_WIDTH", "KAGGLE_WORKING", "PARAMETER_FIELDS", "Paths", "config_fields",
-           "config_from_parameters", "device_note", "find_preset", "find_run", "history_figure",
-           "html_table", "image_bytes", "interactive", "markdown_table", "media_bundle",
-           "on_kaggle", "project_root", "read_json", "resolve_paths", "run_summary", "show",
-           "snapshot_strip", "table", "train_or_resume", "trained_model"]
+__all__ = ["DISPLAY_WIDTH", "KAGGLE_WORKING", "Paths", "config_fields", "config_from_parameters",
+           "device_note", "find_preset", "find_run", "history_figure", "html_table",
+           "image_bytes", "interactive", "markdown_table", "media_bundle", "on_kaggle",
+           "preset_changes", "project_root", "read_json", "resolve_paths", "run_summary",
+           "set_parameters", "show", "snapshot_strip", "table", "train_or_resume",
+           "trained_model"]

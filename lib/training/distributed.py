@@ -20,9 +20,7 @@ from pathlib import Path
 import torch
 
 from lib.config import Config, load_config
-from lib.core.checkpoint import load_checkpoint
-from lib.core.rundir import RunDir
-from lib.training.resume import default_run_name, resumable, resume_config
+from lib.training.resume import check_resume, default_run_name, resumable
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -57,7 +55,7 @@ def _stream(cmd: list[str], env: dict, tail_chars: int = 20000) -> tuple[int, st
         raise
 
 
-def launch(config_path_or_cfg: str | Path | Config, nproc: int,
+def launch(config: str | Path | Config, nproc: int,
            overrides: list[str] | None = None, out_root: str | Path = "outputs",
            resume: str | Path | None = None) -> Path:
     """Train with DistributedDataParallel on `nproc` processes; return the run folder.
@@ -67,7 +65,7 @@ def launch(config_path_or_cfg: str | Path | Config, nproc: int,
     nproc x batch_size images. `overrides` are `section.field=value` strings, as `--set`.
     `resume`: continue that run folder in place instead, by the one resume rule (the
     checkpoint's config with this config's trainer fields; lib.training.resume.resume_config).
-    The processes get the config once, as a JSON file.
+    The processes get the config once, as a JSON file (each loads last.pt once).
     """
     if nproc < 1:
         raise ValueError(f"nproc={nproc}: need at least one process")
@@ -75,22 +73,21 @@ def launch(config_path_or_cfg: str | Path | Config, nproc: int,
     if gpus and nproc > gpus:
         raise ValueError(f"nproc={nproc} but only {gpus} GPU(s) are visible; use nproc<={gpus} "
                          "(on Kaggle choose the 'GPU T4 x2' accelerator for two)")
+    if isinstance(config, Config) and overrides:
+        raise ValueError("overrides go with a config file; change the Config itself")
+    cfg = config if isinstance(config, Config) else load_config(config, overrides)
     out_root = Path(out_root).resolve()
+    if resume is not None:  # a changed model or data field fails here, before any process
+        run_dir = resumable(Path(resume).resolve()).root
+        check_resume(run_dir, cfg)
+    else:  # the run's name is decided here: the run folder is known without reading output
+        cfg = replace(cfg, name=cfg.name or default_run_name(cfg))
+        run_dir = out_root / cfg.name
     with tempfile.TemporaryDirectory(prefix="launch_") as tmp:
         config_path = Path(tmp) / "config.json"
-        if isinstance(config_path_or_cfg, Config):
-            config_path_or_cfg.save(config_path)
-            config_path_or_cfg = config_path
-        cfg = load_config(config_path_or_cfg, overrides)  # a bad override fails here, once
-        if resume is not None:  # so does a changed model or data field
-            run_dir = resumable(Path(resume).resolve()).root
-            cfg = resume_config(load_checkpoint(RunDir(run_dir).last)["config"], cfg, run_dir)
-            train_args = ["--resume", str(run_dir), "--resume-with", str(config_path)]
-        else:  # the run's name is decided here: the run folder is known without reading output
-            cfg = replace(cfg, name=cfg.name or default_run_name(cfg))
-            run_dir = out_root / cfg.name
-            train_args = [str(config_path), "--out", str(out_root)]
         cfg.save(config_path)  # the one copy of the config the processes read
+        train_args = (["--resume", str(run_dir), "--resume-with", str(config_path)]
+                      if resume is not None else [str(config_path), "--out", str(out_root)])
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT),
                                                           env.get("PYTHONPATH")]))

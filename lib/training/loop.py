@@ -1,22 +1,22 @@
 """The training loop: one skeleton for every model family.
 
 `train()` reads top to bottom in the order the work happens - set up, resume,
-then each step: the family's update, schedulers and EMA, the divergence check,
-the time budget, evaluation, rollback, log, checkpoint - and at the end the
-media and summary. What its stanzas share (folder, guard, tracker, counters,
-clock) is one small `Session` (lib/training/session.py), whose methods are the
-longer stanzas. What a family does lives in lib/families; what is saved, in
-lib/training/checkpoints.py.
+then each step: the family's update, schedulers and EMA; the time budget and
+Ctrl-C; the divergence check, evaluation; rollback, log, checkpoint - and at the
+end the media and summary. What to do after a step is one pure function,
+`decide()`, of the cadences and those verdicts. What the stanzas share (folder,
+guard, tracker, counters, clock) is one small `Session` (lib/training/session.py),
+whose methods are the longer stanzas. What a family does lives in lib/families;
+what is saved, in lib/training/checkpoints.py.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from lib.config import Config, apply_override, load_config
-from lib.core.checkpoint import load_checkpoint
+from lib.config import Config, load_config
 from lib.core.device import Engine, seed_everything, setup_engine
 from lib.core.rundir import RunDir, check_name, claim_exact, claim_new, lock
 from lib.data import load_dataset
@@ -26,37 +26,88 @@ from lib.training.checkpoints import restore_checkpoint
 from lib.training.evaluation import make_evaluator
 from lib.training.guard import Guard
 from lib.training.resume import (
-    check_folder,
+    Resumed,
     default_run_name,
     forget_after,
+    open_resume,
     prepare_resume,
     restore_periodic,
-    resumable,
-    resume_config,
 )
 from lib.training.session import Session
 from lib.training.tracking import Tracker
 
+# ---------------------------------------------------------------------------
+# What the loop does after a step
+
+
+@dataclass(frozen=True)
+class Cadence:
+    """Every how many steps the loop logs, saves and scores, and where it ends."""
+
+    total: int
+    log_every: int
+    save_every: int
+    eval_every: int = 0  # 0: scores at the end only
+    scores: bool = True  # trainer.eval_samples > 0
+
+    @classmethod
+    def of(cls, cfg: Config) -> Cadence:
+        t = cfg.trainer
+        return cls(cfg.total_steps, t.log_every_step, t.save_period * t.iterations_per_epoch,
+                   t.eval_every, t.eval_samples > 0)
+
+
+@dataclass(frozen=True)
+class Decision:
+    log: bool = False  # history line, progress bar, snapshot
+    save: bool = False  # last.pt
+    periodic: bool = False  # ... and step_<N>.pt
+    evaluate: bool = False  # scores, the collapse watch, best.pt
+    stop: bool = False  # the run stops after this step (time budget or Ctrl-C)
+    roll_back: str | None = None  # why the run goes back to last.pt instead
+
+
+def decide(step: int, c: Cadence, out_of_time: bool = False, interrupted: bool = False,
+           diverged: str | None = None, collapsed: str | None = None) -> Decision:
+    """What the loop does after `step`: a pure function of the cadences and the verdicts.
+
+    The last step logs, saves and scores. The time budget or Ctrl-C stops the run after
+    this step, saved; the budget also scores (a session ends scored), Ctrl-C does not (the
+    user wants out). A divergence or a collapse rolls back instead of anything else.
+    """
+    if diverged or collapsed:
+        return Decision(roll_back=diverged or collapsed)
+    last = step == c.total
+    stop = not last and (out_of_time or interrupted)
+    periodic = step % c.save_every == 0
+    scheduled_eval = bool(c.eval_every) and step % c.eval_every == 0
+    return Decision(log=step % c.log_every == 0 or last, save=periodic or last or stop,
+                    periodic=periodic, stop=stop,
+                    evaluate=c.scores and (scheduled_eval or last or (stop and out_of_time)))
+
+
+# ---------------------------------------------------------------------------
+# The loop
+
 
 def train(cfg: Config, out_root: str | Path = "outputs", run_dir: str | Path | None = None,
-          resume: str | Path | None = None, progress: bool = True) -> Path:
+          resume: str | Path | Resumed | None = None, progress: bool = True) -> Path:
     """Train `cfg`'s model; return its run folder.
 
     `resume` continues that run folder from its last.pt - in place, or in `run_dir`
     when given (a copy: the source may be read-only) - with the checkpoint's config
-    and the trainer fields `cfg` changes (lib.training.resume.resume_config).
+    and the trainer fields `cfg` changes (lib.training.resume.resume_config); or a
+    `Resumed`, its last.pt already loaded (`resume()` below).
     """
     entered = time.monotonic()  # the time budget counts start-up too
     if cfg.name:
         check_name(cfg.name)  # before any start-up work: it names the run folder
-    engine = setup_engine(cfg.trainer)
-    # resume: the checkpoint's config, with the trainer fields asked for now
-    ckpt = None
+    # resume: last.pt loaded once; the checkpoint's config, with the trainer fields asked now
+    if resume is not None and not isinstance(resume, Resumed):
+        resume = open_resume(resume, cfg)
     if resume is not None:
-        source = resumable(resume)
-        ckpt = load_checkpoint(source.last, map_location=engine.device)
-        check_folder(source, ckpt)
-        cfg = resume_config(ckpt["config"], cfg, source.root)
+        cfg = resume.cfg
+    engine = setup_engine(cfg.trainer)
     family, t = FAMILIES[cfg.family], cfg.trainer
 
     # the data, resident on the device; the nets, their optimizers and EMA
@@ -75,13 +126,14 @@ def train(cfg: Config, out_root: str | Path = "outputs", run_dir: str | Path | N
     run = claim_run(cfg, engine, out_root, run_dir, resume)
 
     # every state of the checkpoint; the history and snapshots after it are redone
+    cadence = Cadence.of(cfg)
     guard, start, counters = Guard(t), 0, {"images_seen": 0, "train_seconds": 0.0}
-    if ckpt is not None:
-        restore_checkpoint(ckpt, parts, sampler, engine, guard, source.last)
-        start, counters = ckpt["step"], ckpt["counters"]
+    if resume is not None:
+        restore_checkpoint(resume.ckpt, parts, sampler, engine, guard, resume.run.last)
+        start, counters = resume.ckpt["step"], resume.ckpt["counters"]
         if engine.is_main:
             forget_after(run, start)
-            restore_periodic(run, start, t.save_period * t.iterations_per_epoch)
+            restore_periodic(run, start, cadence.save_every)
     if engine.is_main:
         cfg.save(run.config)  # a resume may have changed trainer fields
 
@@ -95,10 +147,9 @@ def train(cfg: Config, out_root: str | Path = "outputs", run_dir: str | Path | N
             s.snapshot(0)
         s.save(0, periodic=False)
 
-    total, save_every = cfg.total_steps, t.save_period * t.iterations_per_epoch
     step, stop = start, False
     with s:  # Ctrl-C asks the loop to stop (Session.interrupted); the lock is released
-        while step < total and not stop:
+        while step < cadence.total and not stop:
             # one update of the family's recipe, then its schedulers and the EMA
             step += 1
             x, y = sampler.next()
@@ -110,46 +161,40 @@ def train(cfg: Config, out_root: str | Path = "outputs", run_dir: str | Path | N
             s.count(x.shape[0] * engine.world_size)
             guard.watch(step, logs)
 
-            is_log = step % t.log_every_step == 0 or step == total
-            is_save = step % save_every == 0 or step == total
-            is_eval = t.eval_samples and ((t.eval_every and step % t.eval_every == 0)
-                                          or step == total)
-            # divergence: judged where the loop logs or saves anyway (one device sync)
-            reason = s.diverged(step, before_save=is_save) if is_log or is_save else None
-            # time budget or Ctrl-C: stop after this step, saved (checked first); scores and
-            # media only for the budget, which leaves time for them (a session ends scored)
-            stop = reason is None and step < total and (s.out_of_time() or s.interrupted())
-            is_eval = is_eval or (stop and t.eval_samples and not s.by_interrupt)
-            # evaluation: scores, the collapse watch (a reason to roll back, if asked), best.pt
-            metrics = {}
-            if reason is None and is_eval:
-                metrics, reason = s.evaluate(step)
-                stop = stop and reason is None
-            if stop and not is_save:
-                reason, is_save = s.diverged(step, before_save=True), True
-            # divergence or collapse: back to last.pt with a lower learning rate
-            if reason is not None:
-                step = s.roll_back(reason, step)
-                continue
+            # what this step is due for; a stop for the time budget or Ctrl-C (rank 0's word)
+            out_of_time = s.out_of_time()
+            interrupted = not out_of_time and s.interrupted()
+            due = decide(step, cadence, out_of_time, interrupted)
+            # divergence, judged where the loop logs or saves anyway (one device sync); then
+            # the scores and the collapse watch
+            diverged = s.diverged(step, before_save=due.save) if due.log or due.save else None
+            metrics, collapsed = (s.evaluate(step) if due.evaluate and diverged is None
+                                  else ({}, None))
+            act = decide(step, cadence, out_of_time, interrupted, diverged, collapsed)
 
+            # divergence or collapse: back to last.pt with a lower learning rate
+            if act.roll_back:
+                step = s.roll_back(act.roll_back, step)
+                continue
             # history line, progress bar and snapshot; then the checkpoint
-            if is_log:
+            if act.log:
                 s.log(step, logs, metrics)
             elif metrics:
                 tracker.log(metrics, step)
-            if is_save:
-                s.save(step, periodic=step % save_every == 0)
+            if act.save:
+                s.save(step, periodic=act.periodic)
+            stop = act.stop
         s.finish(step, stopped=stop)
     return run.root
 
 
 def claim_run(cfg: Config, engine: Engine, out_root: str | Path, run_dir: str | Path | None,
-              resume: str | Path | None) -> RunDir:
+              resume: Resumed | None) -> RunDir:
     """The run folder, claimed and locked by rank 0: a new one (never an existing folder:
     name-2 when taken), or the resumed one (rank 0 copies it)."""
     if engine.is_main:
         if resume is not None:
-            run = prepare_resume(resume, run_dir)
+            run = prepare_resume(resume.run.root, run_dir)
         elif run_dir is not None:
             run = claim_exact(run_dir)
         else:
@@ -172,13 +217,9 @@ def resume(run_dir: str | Path, out_root: str | Path | None = None,
     rule. `out_root` given: continue in `out_root/<run name>`, a copy, leaving
     `run_dir` untouched (e.g. a Kaggle input).
     """
-    source = resumable(run_dir)
     if config is not None:
-        cfg = load_config(config, overrides)
+        resumed = open_resume(run_dir, load_config(config, overrides))
     else:
-        raw = load_checkpoint(source.last)["config"]
-        for item in overrides or []:
-            apply_override(raw, item, str(source.last))
-        cfg = Config.from_dict(raw, f"{source.last} (its config)")
-    target = Path(out_root) / source.root.resolve().name if out_root is not None else None
-    return train(cfg, run_dir=target, resume=source.root, progress=progress)
+        resumed = open_resume(run_dir, overrides=overrides)
+    target = Path(out_root) / resumed.run.root.resolve().name if out_root is not None else None
+    return train(resumed.cfg, run_dir=target, resume=resumed, progress=progress)

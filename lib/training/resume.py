@@ -1,23 +1,26 @@
 """Resume: the one rule for what may change, and the folder a resumed run continues in.
 
-A resume continues with the checkpoint's config and the RESUMABLE fields asked for
-now; a read-only source is copied whole (or not at all) into a new folder; the
-history and snapshots after the checkpoint's step are redone.
+A resume loads last.pt once and continues with the checkpoint's config and the
+RESUMABLE fields asked for now; a read-only source is copied whole (or not at all)
+into a new folder; the history and snapshots after the checkpoint's step are redone.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from lib.config import Config, ConfigError
-from lib.core.checkpoint import CheckpointError
+from lib.config import Config, ConfigError, apply_override
+from lib.core.checkpoint import CheckpointError, load_checkpoint
 from lib.core.rundir import RunDir, _pid_alive, claim_new
 from lib.core.viz import step_of
+from lib.families import FAMILY_OF_TYPE
 from lib.training.tracking import truncate_history
 
 # What a resume may change: how the run trains, logs and finds its data. The rest
@@ -38,25 +41,71 @@ def resumable(source: str | Path) -> RunDir:
     return run
 
 
+@dataclass
+class Resumed:
+    """A run folder to continue: its last.pt, loaded once, and the config it continues with."""
+
+    run: RunDir
+    ckpt: dict
+    cfg: Config
+
+
+def open_resume(source: str | Path, requested: Config | None = None,
+                overrides: list[str] | None = None) -> Resumed:
+    """`source`'s last.pt, loaded once (on the CPU: the engine is not set up yet), and the
+    config the run continues with: `requested` by the one rule (resume_config), or without
+    one the checkpoint's own changed by `overrides` (`trainer.epochs=200`)."""
+    run = resumable(source)
+    ckpt = load_checkpoint(run.last)
+    check_folder(run, ckpt)
+    if requested is None:
+        raw = copy.deepcopy(ckpt["config"])  # the rule compares against the original
+        for item in overrides or []:
+            apply_override(raw, item, str(run.last))
+        requested = Config.from_dict(raw, f"{run.last} (its config)")
+    return Resumed(run, ckpt, resume_config(ckpt["config"], requested, run.root))
+
+
 def resume_config(saved: dict, requested: Config, source: str | Path) -> Config:
     """The one resume rule: the checkpoint's config, with the RESUMABLE fields asked for now.
 
     Any other difference (a model argument, the dataset, an optimizer) is a ConfigError
-    naming the field: the checkpoint's weights and states were made for its own.
+    naming the field: the checkpoint's weights and states were made for its own. `saved`
+    is compared as the plain dict it is: only `requested` is validated, where it is made.
     """
-    saved = Config.from_dict(saved, f"{source} (its config)")
-    if saved.family != requested.family:
-        raise ConfigError(f"the run in {source} is a {saved.family} run, this config a "
+    if family_of(saved) != requested.family:
+        raise ConfigError(f"the run in {source} is a {family_of(saved)} run, this config a "
                           f"{requested.family} one; a resume continues the same model. Train "
                           f"a new run (another name, or without resume)")
-    saved = saved.to_dict()
-    for key, was, now in _differences(saved, requested.to_dict()):
+    refuse_changes(saved, requested.to_dict(), source)
+    return requested
+
+
+def check_resume(run_dir: Path, requested: Config) -> None:
+    """The rule against the run folder's config.json, without loading last.pt (which
+    check_folder keeps in step with it): a launcher's early check."""
+    saved = folder_config(RunDir(run_dir))
+    if saved is not None:
+        resume_config(saved, requested, run_dir)
+
+
+def family_of(raw: dict) -> str | None:
+    """The family of a plain config dict (None when it names no known network type)."""
+    spec = raw.get("generator") or raw.get("model")
+    return FAMILY_OF_TYPE.get(spec.get("type")) if isinstance(spec, dict) else None
+
+
+def refuse_changes(saved: dict, now: dict, source: str | Path) -> None:
+    """A ConfigError naming the first field, outside RESUMABLE, where `now` differs."""
+    # a field the checkpoint predates (added to its section since) is no change
+    saved = {k: {**now[k], **v} if isinstance(v, dict) and isinstance(now.get(k), dict) else v
+             for k, v in saved.items()}
+    for key, was, value in _differences(saved, now):
         if not any(key == field or key.startswith(f"{field}.") for field in RESUMABLE):
             raise ConfigError(
-                f"{key}: the run in {source} was trained with {was!r}, now {now!r}; a resume "
+                f"{key}: the run in {source} was trained with {was!r}, now {value!r}; a resume "
                 f"changes only trainer and wandb fields. Keep {key} as it was, or train a new "
                 f"run (another name, or without resume)")
-    return requested
 
 
 def _differences(a: dict, b: dict, prefix: str = ""):
@@ -141,24 +190,32 @@ def restore_periodic(run: RunDir, step: int, save_every: int) -> None:
         os.replace(tmp, path)
 
 
+def folder_config(run: RunDir) -> dict | None:
+    """The run folder's config.json as a plain dict; None when absent or damaged."""
+    try:
+        raw = json.loads(run.config.read_text())
+    except (OSError, ValueError):
+        return None
+    return raw if isinstance(raw, dict) and family_of(raw) else None
+
+
 def check_folder(run: RunDir, ckpt: dict, path: Path | None = None) -> None:
     """A checkpoint (`path`, last.pt by default) dropped into another run's folder (a CVAE
     last.pt among a DCGAN's files) is refused: resuming it would rewrite the folder's
-    config.json and history, evaluating it put another model's scores in its metrics.json."""
+    config.json and history, evaluating it would put another model's scores in its
+    metrics.json. A damaged config.json is no obstacle: the checkpoint's own config
+    rewrites it."""
     path = path or run.last
-    if not run.config.is_file():
+    folder = folder_config(run)
+    if folder is None:
         return
-    try:
-        folder = Config.from_dict(json.loads(run.config.read_text()), str(run.config))
-    except (ValueError, ConfigError):
-        return  # a damaged config.json: the checkpoint's own config rewrites it
-    family = ckpt.get("family") or Config.from_dict(ckpt["config"]).family
-    if family != folder.family:
+    family, here = family_of(ckpt["config"]), family_of(folder)
+    if family != here:
         raise CheckpointError(
-            f"{path}: a {family} checkpoint in a {folder.family} run folder "
-            f"({run.config.name} says {folder.family}); it belongs to another run - put "
+            f"{path}: a {family} checkpoint in a {here} run folder "
+            f"({run.config.name} says {here}); it belongs to another run - put "
             f"it in its own folder, or restore this run's last.pt")
-    resume_config(ckpt["config"], folder, path)
+    refuse_changes(ckpt["config"], folder, path)
 
 
 def forget_after(run: RunDir, step: int) -> None:
