@@ -34,7 +34,7 @@ from lib.training.resume import (
     resumable,
     resume_config,
 )
-from lib.training.session import Session
+from lib.training.session import Session, budget_share
 from lib.training.tracking import Tracker
 
 
@@ -87,13 +87,12 @@ def train(cfg: Config, out_root: str | Path = "outputs", run_dir: str | Path | N
 
     # tracking, and the evaluator (built after the RNG is restored: it must not move it)
     tracker = Tracker(run.root, cfg.wandb, run.name, cfg.to_dict(), enabled=engine.is_main)
-    evaluator = make_evaluator(cfg, data, engine) if engine.is_main and t.eval_samples else None
+    # a time budget gives the reference features a share; the rest waits for the next session
+    evaluator = (make_evaluator(cfg, data, engine, seconds=budget_share(cfg))
+                 if engine.is_main and t.eval_samples else None)
     s = Session(cfg, family, engine, parts, sampler, guard, run, tracker, evaluator, counters,
                 entered, start, progress)
-    if start == 0:  # the first snapshot, and a rollback target from the first step on
-        if engine.is_main:
-            s.snapshot(0)
-        s.save(0, periodic=False)
+    s.begin()  # what the budget affords; a new run's first snapshot and last.pt
 
     total, save_every = cfg.total_steps, t.save_period * t.iterations_per_epoch
     step, stop = start, False
