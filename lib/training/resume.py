@@ -97,7 +97,8 @@ def prepare_resume(source: str | Path, run_dir: str | Path | None = None) -> Run
 
 
 def _copy_run(src: RunDir, run: RunDir) -> None:
-    """src's resume files and samples into the (empty, claimed) folder `run`, all at once."""
+    """src's resume files, samples and caches into the (empty, claimed) folder `run`, all
+    at once."""
     tmp = RunDir(tempfile.mkdtemp(prefix=f".{run.name}.copy-", dir=run.root.parent))
     try:
         files = [(a, b) for a, b in zip(src.resume_files(), tmp.resume_files(), strict=True)
@@ -105,6 +106,9 @@ def _copy_run(src: RunDir, run: RunDir) -> None:
         if src.samples.is_dir():
             files += [(png, tmp.samples / png.name) for png in src.samples.iterdir()
                       if png.is_file()]
+        cache = src.root / "cache"  # the caches kept with the run (lib.training.loop)
+        files += [(f, tmp.root / f.relative_to(src.root)) for f in cache.rglob("*.pt")
+                  if f.is_file()]
         for have, copy in files:
             copy.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(have, copy)  # the data only: a read-only source's modes stay behind

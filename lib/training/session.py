@@ -21,6 +21,7 @@ from lib.core.checkpoint import atomic_save, load_checkpoint
 from lib.core.device import Engine
 from lib.core.rundir import RunDir, unlock
 from lib.families import Family, Parts
+from lib.families.base import fixed_generator
 from lib.metrics import Evaluator
 from lib.training.batches import BatchSampler
 from lib.training.checkpoints import make_checkpoint, prune_checkpoints, restore_checkpoint
@@ -36,14 +37,18 @@ CHEAP_S = 2.0  # work that costs less is done whatever the budget: a share is ne
 # Images the end of a session samples: a snapshot, the final grid, the summary's sampling
 # cost (2 + 64) and DDPM's denoising row; times the measured seconds per image
 FINISH_IMAGES = 200
-MARGIN_S = 3.0  # what the budget keeps free for the rest (the GIF, the metrics figure)
-
+PROBE_IMAGES = 16  # sampled to time sampling: a batch, not one image (CPUs gain ~10x)
+MARGIN_S = 10.0  # kept free for the evolution GIF and the metrics figure (~10 s, busy CPU)
+# A history line at least every this many steps, whatever log_every_step (the snapshots'
+# cadence) says: a session of a few dozen steps draws a loss curve. One device sync each.
+HISTORY_EVERY = 5
 
 
 def budget_share(cfg: Config) -> float | None:
     """Seconds of trainer.max_minutes that one piece of work may take; None: no budget."""
     budget = cfg.trainer.max_minutes * 60
     return max(BUDGET_SHARE * budget, CHEAP_S) if budget else None
+
 
 # ---------------------------------------------------------------------------
 # What the loop's stanzas share
@@ -122,6 +127,7 @@ class Session:
     save_cost: float = 0.0  # seconds the last save took: the budget keeps room for one
     eval_cost: float = 0.0  # seconds the last evaluation took (or will): one runs at a stop
     sample_cost: float = 0.0  # seconds per sampled image: what the final media will cost
+    sample_setup: float = 0.0  # seconds a first draw with new weights adds (BatchNorm stats)
     clock: Clock = field(default_factory=Clock)
     interrupt: Interrupt = field(default_factory=Interrupt)
     by_interrupt: bool = False  # the run stops for a Ctrl-C
@@ -150,8 +156,7 @@ class Session:
         """Before the first step: what the budget affords (sampling timed on a few images),
         the first snapshot and last.pt of a new run, and the clock started."""
         if self.budget and self.engine.is_main:
-            with rng_untouched(self.engine):
-                self.sample_cost = sampling_cost(self.family, self.parts, self.engine, n=2)
+            self.time_sampling()
             share, n = budget_share(self.cfg), self.cfg.trainer.eval_samples
             scores = n * (self.sample_cost + (self.evaluator.seconds_per_image or 0.0)
                           if self.scoring else 0.0)
@@ -168,8 +173,27 @@ class Session:
             self.save(0, periodic=False)
         self.clock.reset()
 
+    def time_sampling(self) -> None:
+        """sample_setup and sample_cost, from a first draw of 2 images with these weights
+        (set-up included), a second, and a batch of PROBE_IMAGES when that surely costs less
+        than half a budget's share (a small batch costs a CPU nearly what a large one does)."""
+        def draw(n: int) -> float:
+            t0 = time.monotonic()
+            self.family.sample(self.parts, n, None, fixed_generator(0))
+            if self.engine.device.type == "cuda":
+                torch.cuda.synchronize(self.engine.device)
+            return time.monotonic() - t0
+
+        with rng_untouched(self.engine):
+            first, second = draw(2), draw(2)
+            self.sample_cost = second / 2
+            if self.sample_cost * PROBE_IMAGES < budget_share(self.cfg) / 2:
+                self.sample_cost = draw(PROBE_IMAGES) / PROBE_IMAGES
+        self.sample_setup = max(0.0, first - second)
+
     def affords_snapshot(self) -> bool:
-        """No budget, or a snapshot's sampling fits in its share (else: one line says so)."""
+        """No budget, or a snapshot's sampling fits in its share (else: one line says so).
+        The weights are those time_sampling drew with: no set-up left."""
         seconds = len(self.parts.fixed.get("noise", ())) * self.sample_cost
         if not self.budget or seconds <= budget_share(self.cfg):
             return True
@@ -232,8 +256,8 @@ class Session:
             return False
         now = time.monotonic()
         per_step = (self.trained + now - self.clock.counted) / self.steps_done
-        ending = (self.eval_cost + self.save_cost + FINISH_IMAGES * self.sample_cost
-                  + MARGIN_S)
+        ending = (self.eval_cost + self.save_cost + self.sample_setup
+                  + FINISH_IMAGES * self.sample_cost + MARGIN_S)
         return self.engine.agree(now - self.entered + per_step + ending > self.budget)
 
     def tally(self) -> None:
@@ -278,9 +302,16 @@ class Session:
         self.bar.n = ckpt["step"]
         return ckpt["step"]
 
+    def history_due(self, step: int) -> bool:
+        """Is a history line due after `step` (every HISTORY_EVERY or log_every_step steps,
+        whichever is fewer, and the last)?"""
+        every = min(self.cfg.trainer.log_every_step, HISTORY_EVERY)
+        return step % every == 0 or step == self.cfg.total_steps
+
     def log(self, step: int, logs: dict, metrics: dict) -> None:
         """A history line (losses averaged over the ranks, lr, throughput, counters and
-        scores), the progress bar's numbers and a snapshot; then a new timing window."""
+        scores), the progress bar's numbers and, every log_every_step, a snapshot; then a
+        new timing window."""
         images_per_sec = self.clock.read()[1]
         record = self.engine.mean_over_ranks({k: _scalar(v) for k, v in logs.items()})
         self.tally()
@@ -294,7 +325,8 @@ class Session:
         self.tracker.log({**record, **metrics}, step)
         self.bar.set_postfix({k: f"{v:.3g}" for k, v in record.items()
                               if k.startswith(("loss", "d_"))}, refresh=False)
-        if self.engine.is_main:
+        if self.engine.is_main and (step % self.cfg.trainer.log_every_step == 0
+                                    or step == self.cfg.total_steps):
             self.snapshot(step)
         self.clock.reset()
 
@@ -333,6 +365,8 @@ class Session:
                 print(message, file=sys.stderr)
             raise Interrupted(message)
         if engine.is_main:
+            if not run.snapshots("step"):  # a budget stop before any: the GIF gets this one
+                self.snapshot(step)
             viz.save_gif(run.snapshots("step"), run.media("evolution.gif"))
             self.family.finish(self.parts, run)
             sampled_with = self.parts.sampled_with(self.family.sampler)
@@ -345,7 +379,9 @@ class Session:
                        "device": str(engine.device), "world_size": engine.world_size,
                        "rollbacks": self.guard.rollbacks, "sampled_with": sampled_with,
                        **self.counters,
-                       "sample_seconds_per_image": self.sampling_cost()}
+                       "sample_seconds_per_image": self.sampling_cost(),
+                       # this train() call's wall time, all of it: what max_minutes bounds
+                       "session_seconds": time.monotonic() - self.entered}
             run.summary.write_text(json.dumps(summary, indent=2) + "\n")
         self.tracker.finish()
         engine.close()
