@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 import warnings
 from pathlib import Path
 
@@ -97,13 +98,17 @@ class Evaluator:
     weights come from `weights_path` or the places `find_inception_weights`
     searches (a download only with `download`). Results do not depend on how
     the images are batched, and calls hold no state between them.
+
+    With `seconds` (a session's time budget), the reference features are extracted only
+    as far as that allows: the part done is cached and continued by the next Evaluator,
+    and until it is `complete` this one cannot score (`partial` says how far it got).
     """
 
     def __init__(self, real: ImageData, features: str = "auto", num_samples: int = 500,
                  device: str | torch.device = "cpu", cache_dir: str | Path = "data/cache",
                  weights_path: str | Path | None = None, download: bool = False,
                  num_real: int | None = None, reference: str = "train", bootstrap: int = 10,
-                 seed: int = 0):
+                 seed: int = 0, seconds: float | None = None):
         if features not in FEATURES:
             raise ValueError(f"unknown features {features!r}; choose one of {list(FEATURES)}")
         if features == "auto":
@@ -118,12 +123,14 @@ class Evaluator:
         self.image_shape = tuple(real.images.shape[1:])
         self.meta: dict = {}
         self.notes: list[str] = []  # warnings that hold for every score of this evaluator
+        self.cache_files: list[Path] = []  # what it cached: a run folder keeps copies
         fingerprint = _fingerprint(real)
         if features == "classifier":
             self.net, accuracy, net_path = load_classifier(real, self.cache_dir, self.device,
                                                            fingerprint)
             self.meta["classifier_accuracy"] = round(accuracy, 4)
             network = _classifier_protocol(self.net, net_path, real.image_size)
+            self.cache_files.append(net_path)
         else:
             weights = find_inception_weights(weights_path, self.cache_dir, download)
             self.net = InceptionFeatures(weights).to(self.device)
@@ -150,14 +157,34 @@ class Evaluator:
         key = {"data": fingerprint, "protocol": self.protocol, "seed": seed}
         prefix = f"real_{real.name}_{features}_{real.image_size}px_n{n_real}"
         self.cache_path = _cache_path(self.cache_dir, prefix, key)
-        blob = _load(self.cache_path)
-        if blob is None:
-            blob = {"features": self.extract(self.real_images)}
+        self.cache_files.append(self.cache_path)
+        blob = _load(self.cache_path) or {"features": torch.empty(0, self.dim)}
+        if len(blob["features"]) < n_real:
+            blob = self._extract_reference(blob, seconds)
             _save(self.cache_path, blob)
-        self.real_features = blob["features"]  # (n_real, D) float32, CPU
+        self.real_features = blob["features"]  # (n_real, D) float32, CPU; fewer while partial
+        self.seconds_per_image = blob.get("seconds_per_image")  # feature cost; None: unknown
+        self.complete = len(self.real_features) == n_real
+        self.partial = (None if self.complete else f"reference statistics: "
+                        f"{len(self.real_features):,} of {n_real:,} images this session; "
+                        f"the rest next session")
+        if self.complete:
+            self._reference = ReferenceStats(self.real_features)
+            self._real_spread = mean_pairwise_distance(self.real_features)
 
-        self._reference = ReferenceStats(self.real_features)
-        self._real_spread = mean_pairwise_distance(self.real_features)
+    def _extract_reference(self, blob: dict, seconds: float | None) -> dict:
+        """`blob` with the real features continued from where it stopped: all of them, or
+        with `seconds` the whole feature batches that fit (at least one when none was timed)."""
+        done, spi = [blob["features"]], blob.get("seconds_per_image")
+        t0 = time.monotonic()
+        for x in self.real_images[len(blob["features"]):].split(FEATURE_BATCH):
+            if (seconds is not None and spi is not None
+                    and time.monotonic() - t0 + spi * FEATURE_BATCH > seconds):
+                break
+            t = time.monotonic()
+            done.append(self.extract(x))  # whole batches from 0 on: the same features
+            spi = (time.monotonic() - t) / FEATURE_BATCH  # a padded batch costs a full one
+        return {"features": torch.cat(done), "seconds_per_image": spi}
 
     @torch.inference_mode()
     def extract(self, images: torch.Tensor) -> torch.Tensor:
@@ -226,6 +253,8 @@ class Evaluator:
         protocol (what makes two scores comparable: see `protocol_summary`).
         """
         fake = fake.detach()
+        if not self.complete:
+            raise MetricsError(f"{self.partial}: no scores until they are all extracted")
         if len(fake) < 2:
             raise MetricsError(f"evaluation needs at least 2 generated images, got {len(fake)}")
         if fake_labels is not None and len(fake_labels) != len(fake):

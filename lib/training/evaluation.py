@@ -99,19 +99,24 @@ def rng_untouched(engine: Engine):
 
 
 def make_evaluator(cfg: Config, data: ImageData, engine: Engine, features: str | None = None,
-                   samples: int | None = None) -> Evaluator | None:
-    """The run's Evaluator; None, with a warning, when `auto` features find no usable network."""
+                   samples: int | None = None, seconds: float | None = None) -> Evaluator | None:
+    """The run's Evaluator; None, with a warning, when `auto` features find no usable network,
+    or with a one-line note when its reference features took more than `seconds` (a time
+    budget's share: the rest is extracted next session)."""
     t = cfg.trainer
     features = features or t.features
     try:
         # building it (a network's init, a cached classifier) must not move the training RNG:
         # a resumed run builds it after restoring that RNG
         with rng_untouched(engine):
-            return Evaluator(data, features=features, num_samples=samples or t.eval_samples,
-                             device=engine.device,
-                             cache_dir=writable_cache(Path(cfg.data.root) / "cache"),
-                             weights_path=t.inception_weights,
-                             download=t.inception_download, seed=t.seed)
+            evaluator = Evaluator(data, features=features, num_samples=samples or t.eval_samples,
+                                  device=engine.device,
+                                  cache_dir=writable_cache(Path(cfg.data.root) / "cache"),
+                                  weights_path=t.inception_weights,
+                                  download=t.inception_download, seed=t.seed, seconds=seconds)
+        if not evaluator.complete:
+            print(f"{evaluator.partial}; no scores before then")
+        return evaluator
     except MetricsError as e:
         if features != "auto":
             raise

@@ -12,6 +12,8 @@ what is saved, in lib/training/checkpoints.py.
 
 from __future__ import annotations
 
+import os
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,7 +35,7 @@ from lib.training.resume import (
     prepare_resume,
     restore_periodic,
 )
-from lib.training.session import Session
+from lib.training.session import HISTORY_EVERY, Session, budget_share
 from lib.training.tracking import Tracker
 
 # ---------------------------------------------------------------------------
@@ -53,8 +55,9 @@ class Cadence:
     @classmethod
     def of(cls, cfg: Config) -> Cadence:
         t = cfg.trainer
-        return cls(cfg.total_steps, t.log_every_step, t.save_period * t.iterations_per_epoch,
-                   t.eval_every, t.eval_samples > 0)
+        # history lines at least every HISTORY_EVERY steps: a short session still draws curves
+        return cls(cfg.total_steps, min(t.log_every_step, HISTORY_EVERY),
+                   t.save_period * t.iterations_per_epoch, t.eval_every, t.eval_samples > 0)
 
 
 @dataclass(frozen=True)
@@ -109,10 +112,13 @@ def train(cfg: Config, out_root: str | Path = "outputs", run_dir: str | Path | N
         cfg = resume.cfg
     engine = setup_engine(cfg.trainer)
     family, t = FAMILIES[cfg.family], cfg.trainer
+    cache_dir = Path(cfg.data.root) / "cache"
 
     # the data, resident on the device; the nets, their optimizers and EMA
     seed_everything(t.seed)  # the same initial weights on every rank
     with engine.main_first():  # rank 0 writes the dataset cache, the others read it
+        if resume is not None and engine.is_main:
+            fetch_caches(resume.run, cache_dir)  # a previous session's, kept in its run folder
         data = load_dataset(**asdict(cfg.data))
     parts = family.build(cfg, data, engine)
     parts.class_names = data.class_names
@@ -139,13 +145,17 @@ def train(cfg: Config, out_root: str | Path = "outputs", run_dir: str | Path | N
 
     # tracking, and the evaluator (built after the RNG is restored: it must not move it)
     tracker = Tracker(run.root, cfg.wandb, run.name, cfg.to_dict(), enabled=engine.is_main)
-    evaluator = make_evaluator(cfg, data, engine) if engine.is_main and t.eval_samples else None
+    # a time budget gives the reference features a share; the rest waits for the next session
+    evaluator = (make_evaluator(cfg, data, engine, seconds=budget_share(cfg))
+                 if engine.is_main and t.eval_samples else None)
+    if engine.is_main:  # the caches travel with the run: the next session starts at once
+        decoded = f"{cfg.data.dataset}_{cfg.data.image_size}px_*.pt"  # lib.data.cache's names
+        keep_caches(run, cache_dir, sorted(cache_dir.glob(decoded)))
+        if evaluator is not None:
+            keep_caches(run, evaluator.cache_dir, evaluator.cache_files)
     s = Session(cfg, family, engine, parts, sampler, guard, run, tracker, evaluator, counters,
                 entered, start, progress)
-    if start == 0:  # the first snapshot, and a rollback target from the first step on
-        if engine.is_main:
-            s.snapshot(0)
-        s.save(0, periodic=False)
+    s.begin()  # what the budget affords; a new run's first snapshot and last.pt
 
     step, stop = start, False
     with s:  # Ctrl-C asks the loop to stop (Session.interrupted); the lock is released
@@ -188,6 +198,9 @@ def train(cfg: Config, out_root: str | Path = "outputs", run_dir: str | Path | N
     return run.root
 
 
+CACHE = "cache"  # the run folder's copies of its caches
+
+
 def claim_run(cfg: Config, engine: Engine, out_root: str | Path, run_dir: str | Path | None,
               resume: Resumed | None) -> RunDir:
     """The run folder, claimed and locked by rank 0: a new one (never an existing folder:
@@ -204,6 +217,44 @@ def claim_run(cfg: Config, engine: Engine, out_root: str | Path, run_dir: str | 
     run.checkpoints.mkdir(parents=True, exist_ok=True)
     run.samples.mkdir(exist_ok=True)
     return run
+
+
+def fetch_caches(source: RunDir, cache_dir: Path) -> None:
+    """The caches a run folder keeps (decoded data, reference features, a classifier) into
+    `cache_dir` where it has no file of that name. Each file carries the key it was made
+    under (the data's files or content, the feature network): a stale one is not used."""
+    kept = source.root / CACHE
+    for path in sorted(kept.rglob("*.pt")) if kept.is_dir() else []:
+        target = cache_dir / path.relative_to(kept)
+        if not target.exists():
+            try:
+                _place(path, target)
+            except OSError:  # a read-only cache folder: computed again, as without a copy
+                return
+
+
+def keep_caches(run: RunDir, cache_dir: Path, files: list[Path]) -> None:
+    """Copies of `files` (under `cache_dir`) in the run folder's cache/, so that a resume
+    elsewhere (the next Kaggle session, its output attached read-only) finds them."""
+    for path in files:
+        try:
+            _place(path, run.root / CACHE / path.relative_to(cache_dir))
+        except OSError as e:  # a full disk: the next session computes them again
+            print(f"{path.name} not kept in {run.root / CACHE} ({e.strerror or e}); the next "
+                  f"session computes it again")
+
+
+def _place(path: Path, target: Path) -> None:
+    """`path`'s content at `target`, atomically: a hard link where it can (no second copy
+    of a dataset on the disk), else a copy."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(path, tmp)
+    except OSError:  # another file system, or links not allowed
+        shutil.copyfile(path, tmp)
+    os.replace(tmp, target)
 
 
 def resume(run_dir: str | Path, out_root: str | Path | None = None,

@@ -144,7 +144,7 @@ def prepare_resume(source: str | Path, run_dir: str | Path | None = None) -> Run
 
 
 def _copy_run(src: RunDir, target: Path) -> RunDir:
-    """src's resume files and samples in a new run folder claimed at `target`, all at once.
+    """src's resume files, samples and caches in a new run folder claimed at `target`, all at once.
 
     The copy is made in `.<name>.copy-<pid>-*` beside it, then renamed onto the (empty)
     claimed folder. A kill midway leaves that copy and the empty claim: the next try
@@ -167,6 +167,9 @@ def _copy_run(src: RunDir, target: Path) -> RunDir:
         if src.samples.is_dir():
             files += [(png, tmp.samples / png.name) for png in src.samples.iterdir()
                       if png.is_file()]
+        cache = src.root / "cache"  # the caches kept with the run (lib.training.loop)
+        files += [(f, tmp.root / f.relative_to(src.root)) for f in cache.rglob("*.pt")
+                  if f.is_file()]
         for have, copy in files:
             copy.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(have, copy)  # the data only: a read-only source's modes stay behind

@@ -21,13 +21,34 @@ from lib.core.device import Engine
 from lib.core.progress import progress_bar
 from lib.core.rundir import RunDir, unlock
 from lib.families import Family, Parts
+from lib.families.base import fixed_generator
 from lib.metrics import Evaluator
 from lib.training.batches import BatchSampler
 from lib.training.checkpoints import make_checkpoint, prune_checkpoints, restore_checkpoint
-from lib.training.evaluation import best_fid, evaluate_parts, sampling_cost
+from lib.training.evaluation import best_fid, evaluate_parts, rng_untouched, sampling_cost
 from lib.training.guard import DivergenceError, Guard
 from lib.training.resume import forget_after
 from lib.training.tracking import Tracker, read_history
+
+# What a time budget may spend on one thing: start-up work (the reference features), the
+# final scores, the first snapshot. What does not fit is deferred or skipped, and said so.
+BUDGET_SHARE = 0.25
+CHEAP_S = 2.0  # work that costs less is done whatever the budget: a share is never smaller
+# Images the end of a session samples: a snapshot, the final grid, the summary's sampling
+# cost (2 + 64) and DDPM's denoising row; times the measured seconds per image
+FINISH_IMAGES = 200
+PROBE_IMAGES = 16  # sampled to time sampling: a batch, not one image (CPUs gain ~10x)
+MARGIN_S = 10.0  # kept free for the evolution GIF and the metrics figure (~10 s, busy CPU)
+# A history line at least every this many steps, whatever log_every_step (the snapshots'
+# cadence) says: a session of a few dozen steps draws a loss curve. One device sync each.
+HISTORY_EVERY = 5
+
+
+def budget_share(cfg: Config) -> float | None:
+    """Seconds of trainer.max_minutes that one piece of work may take; None: no budget."""
+    budget = cfg.trainer.max_minutes * 60
+    return max(BUDGET_SHARE * budget, CHEAP_S) if budget else None
+
 
 # ---------------------------------------------------------------------------
 # What the loop's stanzas share
@@ -35,13 +56,21 @@ from lib.training.tracking import Tracker, read_history
 
 @dataclass
 class Clock:
-    """The current logging window: its start and the images trained in it."""
+    """The current logging window: its start and the images trained in it; and the moment up
+    to which training time was counted into train_seconds."""
 
     start: float = field(default_factory=time.monotonic)
     images: int = 0
+    counted: float = field(default_factory=time.monotonic)
 
     def reset(self) -> None:
-        self.start, self.images = time.monotonic(), 0
+        self.start = self.counted = time.monotonic()
+        self.images = 0
+
+    def pause(self, seconds: float) -> None:
+        """`seconds` just spent on something else than training (an evaluation)."""
+        self.start += seconds
+        self.counted += seconds
 
     def read(self) -> tuple[float, float]:
         """(seconds, images per second) of the window so far."""
@@ -94,8 +123,11 @@ class Session:
     start: int  # the step this session starts from
     progress: bool
     steps_done: int = 0  # steps run by this session, redone ones included
+    trained: float = 0.0  # seconds of those steps, counted into train_seconds so far
     save_cost: float = 0.0  # seconds the last save took: the budget keeps room for one
-    eval_cost: float = 0.0  # seconds the last evaluation took: one runs at a budget stop
+    eval_cost: float = 0.0  # seconds the last evaluation took (or will): one runs at a stop
+    sample_cost: float = 0.0  # seconds per sampled image: what the final media will cost
+    sample_setup: float = 0.0  # seconds a first draw with new weights adds (BatchNorm stats)
     clock: Clock = field(default_factory=Clock)
     interrupt: Interrupt = field(default_factory=Interrupt)
     by_interrupt: bool = False  # the run stops for a Ctrl-C
@@ -112,10 +144,62 @@ class Session:
     def __post_init__(self):
         self.best_fid = (best_fid(self.run, self.evaluator.features, self.start)
                          if self.evaluator else math.inf)
+        self.budget = self.cfg.trainer.max_minutes * 60  # seconds; 0: none
+        # a partial reference set scores nothing this session (make_evaluator said so)
+        self.scoring = self.evaluator is not None and self.evaluator.complete
         # plain text in an executed notebook, the widget only where a person watches
         self.bar = progress_bar(total=self.cfg.total_steps, initial=self.start,
                                 desc=f"{self.cfg.family} {self.run.name}", unit="step",
                                 disable=not (self.progress and self.engine.is_main))
+
+    def begin(self) -> None:
+        """Before the first step: what the budget affords (sampling timed on a few images),
+        the first snapshot and last.pt of a new run, and the clock started."""
+        if self.budget and self.engine.is_main:
+            self.time_sampling()
+            share, n = budget_share(self.cfg), self.cfg.trainer.eval_samples
+            scores = n * (self.sample_cost + (self.evaluator.seconds_per_image or 0.0)
+                          if self.scoring else 0.0)
+            if scores > share:
+                self.scoring = False
+                print(f"scores: none this session (~{scores:.0f} s for {n} images would take "
+                      f"over a quarter of the {self.cfg.trainer.max_minutes:g} min budget); "
+                      f"score the run later with: python -m lib evaluate {self.run.root}")
+            self.eval_cost = scores if self.scoring else 0.0
+        if self.start == 0:  # the first snapshot, and a rollback target from the first step on
+            if self.engine.is_main and self.affords_snapshot():
+                self.snapshot(0)
+            self.clock.reset()
+            self.save(0, periodic=False)
+        self.clock.reset()
+
+    def time_sampling(self) -> None:
+        """sample_setup and sample_cost, from a first draw of 2 images with these weights
+        (set-up included), a second, and a batch of PROBE_IMAGES when that surely costs less
+        than half a budget's share (a small batch costs a CPU nearly what a large one does)."""
+        def draw(n: int) -> float:
+            t0 = time.monotonic()
+            self.family.sample(self.parts, n, None, fixed_generator(0))
+            if self.engine.device.type == "cuda":
+                torch.cuda.synchronize(self.engine.device)
+            return time.monotonic() - t0
+
+        with rng_untouched(self.engine):
+            first, second = draw(2), draw(2)
+            self.sample_cost = second / 2
+            if self.sample_cost * PROBE_IMAGES < budget_share(self.cfg) / 2:
+                self.sample_cost = draw(PROBE_IMAGES) / PROBE_IMAGES
+        self.sample_setup = max(0.0, first - second)
+
+    def affords_snapshot(self) -> bool:
+        """No budget, or a snapshot's sampling fits in its share (else: one line says so).
+        The weights are those time_sampling drew with: no set-up left."""
+        seconds = len(self.parts.fixed.get("noise", ())) * self.sample_cost
+        if not self.budget or seconds <= budget_share(self.cfg):
+            return True
+        print(f"snapshot at step 0 skipped: ~{seconds:.0f} s of sampling would take over a "
+              f"quarter of the {self.cfg.trainer.max_minutes:g} min budget")
+        return False
 
     def count(self, images: int) -> None:
         """One step done on `images` images (all ranks together)."""
@@ -143,9 +227,9 @@ class Session:
         back when a collapse should, else None)."""
         t0 = time.monotonic()
         metrics = (evaluate_parts(self.family, self.parts, self.evaluator, self.engine,
-                                  self.cfg.trainer.seed) if self.evaluator else {})
-        self.eval_cost = time.monotonic() - t0
-        self.clock.start += self.eval_cost  # evaluation is not training time
+                                  self.cfg.trainer.seed) if self.scoring else {})
+        self.eval_cost = time.monotonic() - t0 if self.scoring else 0.0
+        self.clock.pause(time.monotonic() - t0)  # evaluation is not training time
         collapses = self.guard.collapses(step, metrics)
         for event in collapses:
             self.tracker.log(event, step)
@@ -162,15 +246,27 @@ class Session:
         return metrics, None
 
     def out_of_time(self) -> bool:
-        """Rank 0's verdict: would one more step, an evaluation and a save overrun
-        trainer.max_minutes?"""
-        budget = self.cfg.trainer.max_minutes * 60
-        if not budget:
+        """Rank 0's verdict: would one more step and the session's end (the final scores,
+        last.pt, the media) overrun trainer.max_minutes, counted from train()'s call?
+
+        A step costs what this session's steps took on average: start-up, evaluations and
+        snapshots are not steps.
+        """
+        if not self.budget:
             return False
-        elapsed = time.monotonic() - self.entered
-        per_step = elapsed / self.steps_done
-        return self.engine.agree(elapsed + per_step + self.eval_cost + self.save_cost + 5
-                                 > budget)
+        now = time.monotonic()
+        per_step = (self.trained + now - self.clock.counted) / self.steps_done
+        ending = (self.eval_cost + self.save_cost + self.sample_setup
+                  + FINISH_IMAGES * self.sample_cost + MARGIN_S)
+        return self.engine.agree(now - self.entered + per_step + ending > self.budget)
+
+    def tally(self) -> None:
+        """The training time since the last tally into train_seconds (every checkpoint and
+        history line carries it: a budget stop between log lines loses none)."""
+        now = time.monotonic()
+        self.counters["train_seconds"] += now - self.clock.counted
+        self.trained += now - self.clock.counted
+        self.clock.counted = now
 
     def interrupted(self) -> bool:
         """Has Ctrl-C been pressed (on rank 0: every rank stops at the same step)?"""
@@ -197,21 +293,22 @@ class Session:
         if self.engine.is_main:
             forget_after(self.run, ckpt["step"])
             self.tracker.log(event, ckpt["step"])
+        self.clock.reset()  # the steps rolled back count no training time
         self.save(ckpt["step"], periodic=False)  # last.pt now carries the rollback and its lr
         self.bar.write(f"step {at_step}: {reason}; rolled back to step {ckpt['step']} "
                        f"(rollback {self.guard.rollbacks}/{self.cfg.trainer.max_rollbacks}, "
                        f"lr x{self.guard.lr_scale:g})",
                        file=sys.stderr)  # stdout stays the CLI's answer: the run folder
         self.bar.n = ckpt["step"]
-        self.clock.reset()
         return ckpt["step"]
 
     def log(self, step: int, logs: dict, metrics: dict) -> None:
         """A history line (losses averaged over the ranks, lr, throughput, counters and
-        scores), the progress bar's numbers and a snapshot; then a new timing window."""
-        seconds, images_per_sec = self.clock.read()
+        scores), the progress bar's numbers and, every log_every_step, a snapshot; then a
+        new timing window."""
+        images_per_sec = self.clock.read()[1]
         record = self.engine.mean_over_ranks({k: _scalar(v) for k, v in logs.items()})
-        self.counters["train_seconds"] += seconds
+        self.tally()
         schedulers = self.parts.schedulers
         record.update({f"lr_{k}": s.get_last_lr()[0] for k, s in schedulers.items()})
         record["lr"] = next(iter(schedulers.values())).get_last_lr()[0]
@@ -222,7 +319,8 @@ class Session:
         self.tracker.log({**record, **metrics}, step)
         self.bar.set_postfix({k: f"{v:.3g}" for k, v in record.items()
                               if k.startswith(("loss", "d_"))}, refresh=False)
-        if self.engine.is_main:
+        if self.engine.is_main and (step % self.cfg.trainer.log_every_step == 0
+                                    or step == self.cfg.total_steps):
             self.snapshot(step)
         self.clock.reset()
 
@@ -234,6 +332,7 @@ class Session:
         """last.pt, and step_<N>.pt when periodic. Every rank calls it (the checkpoint
         gathers their RNG states); rank 0 writes."""
         t0 = time.monotonic()
+        self.tally()
         ckpt = make_checkpoint(self.cfg, self.parts, self.sampler, self.engine, self.guard,
                                step, self.counters)
         if not self.engine.is_main:
@@ -259,9 +358,9 @@ class Session:
             if engine.is_main:
                 print(message, file=sys.stderr)
             raise Interrupted(message)
-        if self.clock.images:  # steps after the last log line (a budget stop between logs)
-            self.counters["train_seconds"] += self.clock.read()[0]
         if engine.is_main:
+            if not run.snapshots("step"):  # a budget stop before any: the GIF gets this one
+                self.snapshot(step)
             viz.save_gif(run.snapshots("step"), run.media("evolution.gif"))
             self.family.finish(self.parts, run)
             sampled_with = self.parts.sampled_with(self.family.sampler)
@@ -274,14 +373,24 @@ class Session:
                        "device": str(engine.device), "world_size": engine.world_size,
                        "rollbacks": self.guard.rollbacks, "sampled_with": sampled_with,
                        **self.counters,
-                       "sample_seconds_per_image": sampling_cost(self.family, self.parts,
-                                                                 engine)}
+                       "sample_seconds_per_image": self.sampling_cost(),
+                       # this train() call's wall time, all of it: what max_minutes bounds
+                       "session_seconds": time.monotonic() - self.entered}
             run.summary.write_text(json.dumps(summary, indent=2) + "\n")
         self.tracker.finish()
         engine.close()
         if stopped and engine.is_main:
             print(f"time budget of {self.cfg.trainer.max_minutes:g} min reached at step "
                   f"{step}/{total}; resume with: {launcher} -m lib train --resume {run.root}")
+
+
+    def sampling_cost(self) -> float:
+        """Seconds per sampled image for summary.json: measured on 64 images, or the few
+        that begin() timed when the budget has no room left for 64."""
+        left = self.budget - (time.monotonic() - self.entered) if self.budget else math.inf
+        if self.sample_cost and left < 70 * self.sample_cost + MARGIN_S:
+            return self.sample_cost
+        return sampling_cost(self.family, self.parts, self.engine)
 
 
 def _scalar(v) -> float:
