@@ -22,7 +22,8 @@ from tqdm import tqdm
 from lib.config import Config, ConfigError, load_config
 from lib.core.device import DeviceError, setup_engine
 from lib.data import ImageData
-from lib.families import FAMILIES, MODEL_TYPES
+from lib.families import FAMILIES
+from lib.models import MODEL_TYPES
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

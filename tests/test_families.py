@@ -6,15 +6,18 @@ import pytest
 import torch
 from torch import nn
 
-from lib.families import FAMILIES, FAMILY_OF_TYPE, MODEL_TYPES
+from lib.families import FAMILIES
 from lib.families.base import EMA, Parts, chunked, plain_batchnorm, standing_statistics
+from lib.models import FAMILY_MODELS, MODEL_TYPES, family_of_type
 
 
 def test_the_registry_names_every_model_type_once():
+    assert list(FAMILIES) == list(FAMILY_MODELS)  # every declared family has its recipe
     for name, family in FAMILIES.items():
         assert family.name == name
         for type_name, cls in family.models.items():
-            assert MODEL_TYPES[type_name] is cls and FAMILY_OF_TYPE[type_name] == name
+            assert MODEL_TYPES[type_name] is cls and family_of_type(type_name) == name
+        assert family.sampling_net in family.roles and set(family.averaged) <= set(family.roles)
     assert len(MODEL_TYPES) == sum(len(f.models) for f in FAMILIES.values())  # no type twice
     assert len({f.color for f in FAMILIES.values()}) == len(FAMILIES)  # told apart in plots
 
@@ -49,7 +52,7 @@ def test_ema_averages_weights_and_copies_buffers():
     assert torch.equal(avg[1].running_mean, net[1].running_mean)  # copied, not averaged
     assert not any(p.requires_grad for p in avg.parameters())
     parts = Parts(nets={"net": net}, optimizers={}, schedulers={}, specs={}, ema=ema)
-    assert parts.sampler_net("net") is avg
+    assert parts.sampling_weights("net") is avg
 
 
 def test_ema_decay_is_constant_unless_a_warm_up_is_asked_for():
@@ -90,18 +93,18 @@ def test_sampler_net_measures_statistics_on_the_weights_that_sample_and_keeps_th
     kept = [copy.deepcopy(m.state_dict()) for m in (net, avg)]
     parts = Parts(nets={"net": net}, optimizers={}, schedulers={}, specs={}, ema=ema,
                   standing={"net": calibrate_on(inputs)})
-    sampler = parts.sampler_net("net")
+    sampler = parts.sampling_weights("net")
     assert sampler is not avg and isinstance(sampler[1], nn.BatchNorm1d)
     with torch.no_grad():  # the average's own activations, not the live net's statistics
         torch.testing.assert_close(sampler[1].running_mean, avg[0](inputs).mean(0))
     assert not torch.allclose(sampler[1].running_mean, avg[1].running_mean)
     for m, state in zip((net, avg), kept, strict=True):  # training's nets left untouched
         assert all(torch.equal(v, state[k]) for k, v in m.state_dict().items())
-    assert parts.sampler_net("net") is sampler  # the same weights: measured once
+    assert parts.sampling_weights("net") is sampler  # the same weights: measured once
     assert not sampler.training and not any(p.requires_grad for p in sampler.parameters())
     with torch.no_grad():
         avg[0].weight.data.add_(1.0)  # whatever changes the weights in place
-    again = parts.sampler_net("net")
+    again = parts.sampling_weights("net")
     assert again is not sampler
     with torch.no_grad():
         torch.testing.assert_close(again[1].running_mean, avg[0](inputs).mean(0))
@@ -119,6 +122,6 @@ def test_a_syncbatchnorm_net_gets_a_plain_batchnorm_copy_it_can_measure_alone():
     inputs = torch.randn(4, 3, 8, 8)
     parts = Parts(nets={"net": net}, optimizers={}, schedulers={}, specs={},
                   standing={"net": calibrate_on(inputs)})  # a SyncBatchNorm would need a group
-    sampler = parts.sampler_net("net")
+    sampler = parts.sampling_weights("net")
     with torch.no_grad():
         torch.testing.assert_close(sampler[1].running_mean, net[0](inputs).mean((0, 2, 3)))

@@ -173,7 +173,7 @@ def test_training_data_stays_on_the_gpu(tmp_path):
         for steps in (4, 8)}
     assert copies[8] == copies[4], (
         f"host-to-device copies in 4 and 8 steps: {copies}; a copy per step stalls the host "
-        "(BatchSampler must keep its permutation on the device, uploaded by Engine.upload)")
+        "(Batches must keep its permutation on the device, uploaded by Engine.upload)")
 
 
 @pytest.mark.parametrize("family", ["dcgan", "ddpm"])

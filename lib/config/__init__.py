@@ -163,10 +163,10 @@ class Config:
 
     @property
     def family(self) -> str:
-        """"dcgan", "cvae" or "ddpm": the family (lib.families) of the model type it trains."""
-        from lib.families import FAMILY_OF_TYPE
+        """"dcgan", "cvae" or "ddpm": the family that trains its model type (lib.models)."""
+        from lib.models import family_of_type  # heavy (torch): reading a config needs none
 
-        return FAMILY_OF_TYPE[(self.generator or self.model).type]
+        return family_of_type((self.generator or self.model).type)
 
     @property
     def total_steps(self) -> int:

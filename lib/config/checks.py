@@ -49,13 +49,12 @@ ARG_RULES = {
 
 def check_model_args(spec: ModelSpec, data: DataConfig, source: str, where: str) -> None:
     """Model args must match the model's constructor: names, annotated types, sane values."""
-    from lib.families import MODEL_TYPES
+    from lib.models import FAMILY_MODELS, MODEL_TYPES  # heavy (torch): only to check models
 
     _check_choice(spec.type, MODEL_TYPES, source, f"{where}.type")
-    # the GAN's two sections each take their own network; `model` takes any other one
-    roles = {"generator": ["Generator"], "discriminator": ["Discriminator"]}
-    allowed = roles.get(where) or [t for t in MODEL_TYPES if t not in ("Generator",
-                                                                     "Discriminator")]
+    # a section takes the types that the families declare for it
+    allowed = [t for t in MODEL_TYPES if any(roles.get(where) == t
+                                             for roles in FAMILY_MODELS.values())]
     _check(spec.type in allowed, source, f"{where}.type",
            f"{spec.type!r} cannot be the {where}; it takes {' or '.join(allowed)}")
     cls = MODEL_TYPES[spec.type]
@@ -103,7 +102,7 @@ def _meta_build(type_name: str, args_json: str) -> tuple[int, str | None]:
     """(bytes of weights and buffers, None), or (0, the model's own complaint)."""
     import torch
 
-    from lib.families import MODEL_TYPES
+    from lib.models import MODEL_TYPES  # heavy (torch): only to check models
 
     try:
         with torch.device("meta"):
@@ -123,8 +122,8 @@ def _check_optimizer(opt: OptimizerConfig, source: str, name: str) -> None:
 
 
 def _check_gan(gan: GanConfig, source: str) -> None:
-    from lib.models.augment import AUGMENT_POLICIES, parse_policy
-    from lib.models.losses import GAN_LOSSES
+    # heavy (torch): only to check a GAN's options
+    from lib.models.dcgan import AUGMENT_POLICIES, GAN_LOSSES, parse_policy
 
     _check_choice(gan.loss, GAN_LOSSES, source, "gan.loss")
     try:

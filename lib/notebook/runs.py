@@ -134,4 +134,4 @@ def trained_model(run_dir: str | Path) -> tuple[torch.nn.Module, list[str] | Non
     the class names."""
 
     rebuilt = rebuild(run_dir, device="cpu")
-    return rebuilt.sampler, rebuilt.parts.class_names
+    return rebuilt.net, rebuilt.parts.class_names

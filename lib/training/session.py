@@ -22,7 +22,7 @@ from lib.core.device import Engine
 from lib.core.rundir import RunDir, unlock
 from lib.families import Family, Parts
 from lib.metrics import Evaluator
-from lib.training.batches import BatchSampler
+from lib.training.batches import Batches
 from lib.training.checkpoints import make_checkpoint, prune_checkpoints, restore_checkpoint
 from lib.training.evaluation import best_fid, evaluate_parts, sampling_cost
 from lib.training.guard import DivergenceError, Guard
@@ -84,7 +84,7 @@ class Session:
     family: Family
     engine: Engine
     parts: Parts
-    sampler: BatchSampler
+    sampler: Batches
     guard: Guard
     run: RunDir
     tracker: Tracker
@@ -264,7 +264,7 @@ class Session:
         if engine.is_main:
             viz.save_gif(run.snapshots("step"), run.media("evolution.gif"))
             self.family.finish(self.parts, run)
-            sampled_with = self.parts.sampled_with(self.family.sampler)
+            sampled_with = self.parts.sampled_with(self.family.sampling_net)
             grid = run.media("final_grid.png")
             viz.with_caption(Image.open(grid), f"step {step}, {sampled_with} weights",
                              min_width=0).save(grid)
