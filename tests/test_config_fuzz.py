@@ -264,7 +264,7 @@ def mutants():
 LOOP_ONLY = {"trainer": {"epochs", "iterations_per_epoch", "batch_size", "save_period",
                          "log_every_step", "keep_checkpoints", "eval_every", "eval_samples",
                          "features", "inception_weights", "max_minutes", "max_rollbacks",
-                         "spike_factor", "rollback_lr_factor", "collapse_fraction",
+                         "collapse_fraction",
                          "collapse_rollback", "ema_decay", "label_sensitivity_min"},
              "data": {"root", "path", "download", "limit", "verify", "seed"}}
 

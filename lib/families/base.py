@@ -132,7 +132,7 @@ class Family:
         if t.ema_decay <= 0:
             return None
         return EMA({name: parts.nets[name] for name in self.averaged}, t.ema_decay,
-                   t.ema_power, t.ema_inv_gamma)
+                   t.ema_power)
 
 
 class EMA:
@@ -141,20 +141,19 @@ class EMA:
     avg <- avg + (1 - decay) (net - avg), by torch.optim.swa_utils' own EMA
     update; buffers (BatchNorm statistics) are copied, not averaged. With
     `power` > 0 the decay warms up as in ema-pytorch,
-    min(decay, 1 - (1 + step / inv_gamma) ** -power): early averages follow the
+    min(decay, 1 - (1 + step) ** -power): early averages follow the
     net instead of staying near its random initialisation.
     """
 
-    def __init__(self, nets: dict[str, nn.Module], decay: float, power: float = 0.0,
-                 inv_gamma: float = 1.0):
-        self.decay, self.power, self.inv_gamma = decay, power, inv_gamma
+    def __init__(self, nets: dict[str, nn.Module], decay: float, power: float = 0.0):
+        self.decay, self.power = decay, power
         self.averages = {name: copy.deepcopy(unwrap(net)).requires_grad_(False)
                          for name, net in nets.items()}
 
     def decay_at(self, step: int) -> float:
         if self.power <= 0:
             return self.decay
-        return min(self.decay, 1 - (1 + step / self.inv_gamma) ** -self.power)
+        return min(self.decay, 1 - (1 + step) ** -self.power)
 
     @torch.no_grad()
     def update(self, nets: dict[str, nn.Module], step: int) -> None:
