@@ -21,7 +21,9 @@ FLOAT32_MAX = 3.4028234663852886e38
 INT64_MAX = 2**63 - 1
 
 
-# The sections each kind of config reads; any other one would be silently ignored.
+# The config's two layouts (DESIGN.md's JSON contract): the sections each reads; any other
+# one would be silently ignored. Here, not read from lib.models.FAMILY_MODELS, so that a
+# stray section is named before torch is imported (a config error prints in a second).
 GAN_SECTIONS = ("generator", "discriminator", "generator_optimizer", "discriminator_optimizer",
                 "generator_lr_scheduler", "discriminator_lr_scheduler", "gan")
 MODEL_SECTIONS = ("model", "optimizer", "lr_scheduler")
