@@ -81,7 +81,7 @@ def score(run_dir: Path, evaluator: Evaluator, classifier, n: int, seed: int,
     rebuilt = rebuild(run_dir)
     family, parts = rebuilt.family, rebuilt.parts
     if guidance is not None:
-        for net in (parts.sampler_net("model"), parts.nets["model"]):
+        for net in (parts.sampling_weights("model"), parts.nets["model"]):
             unwrap(net).guidance_scale = guidance
     k = len(evaluator.class_names)
     labels = torch.arange(n) % k
@@ -100,7 +100,7 @@ def score(run_dir: Path, evaluator: Evaluator, classifier, n: int, seed: int,
     read = classifier.logits(fake).argmax(1)
     return {**result, "class_accuracy": float((read == labels).float().mean()),
             "sample_ms_per_image": 1000 * sample_s / n,
-            "sampled_with": parts.sampled_with(family.sampler)}
+            "sampled_with": parts.sampled_with(family.sampling_net)}
 
 
 def run_dataset(dataset: str, args) -> dict[str, dict]:

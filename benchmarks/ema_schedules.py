@@ -5,8 +5,8 @@ of G kept side by side, each scored with Inception FID on quality.py's protocol.
 
 The run is the strong preset's step as benchmarks/quality.py's ablation trains it (its
 sizing, `--image-size`, batch 128; `--option` adds overrides), with batches from the
-project's BatchSampler; its lr schedulers are not stepped (the presets' decay, 0.9999977 a
-step, would lower the lr by 0.2% over 800 steps). After every step each schedule folds G
+project's Batches; its step decays the lr as the loop's does (the presets' 0.9999977 a
+step: 0.2% over 800 steps). After every step each schedule folds G
 in with its own decay, min(decay, 1 - (1 + step) ** -power) (lib.families.base.EMA). At
 the end every average,
 and the trained G itself, samples `--n` images with standing BatchNorm statistics, from
@@ -31,7 +31,7 @@ import quality  # noqa: E402  (benchmarks/quality.py: its protocol, sizing and h
 
 from lib.core import viz  # noqa: E402
 from lib.families.base import EMA, Parts, fixed_generator, local  # noqa: E402
-from lib.training.batches import BatchSampler  # noqa: E402
+from lib.training.batches import Batches  # noqa: E402
 
 SCHEDULES = ["0.999:0.5", "0.999:0.6", "0.999:0.75", "0.999:0.85"]  # decay:warm-up power
 
@@ -52,7 +52,7 @@ def train_with_averages(cfg, data, schedules: dict[str, tuple[float, float]]) ->
     parts = family.build(cfg, data, engine)
     averages = {name: EMA({"generator": parts.nets["generator"]}, decay, power)
                 for name, (decay, power) in schedules.items()}
-    sampler = BatchSampler(data, cfg.trainer.batch_size, engine, cfg.trainer.seed)
+    sampler = Batches(data, cfg.trainer.batch_size, engine, cfg.trainer.seed)
     t0 = time.perf_counter()
     for step in range(1, cfg.total_steps + 1):
         x, y = sampler.next()

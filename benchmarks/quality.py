@@ -226,8 +226,8 @@ def score(run_dir: Path, evaluator: Evaluator, n: int, seed: int,
             "images_seen": summary["images_seen"],
             "images_per_sec": summary["images_seen"] / max(summary["train_seconds"], 1e-9),
             "sample_ms_per_image": 1000 * sample_s / n,
-            "sampled_with": rebuilt.parts.sampled_with(rebuilt.family.sampler),
-            **batchnorm_stats(rebuilt.parts, rebuilt.family.sampler),
+            "sampled_with": rebuilt.parts.sampled_with(rebuilt.family.sampling_net),
+            **batchnorm_stats(rebuilt.parts, rebuilt.family.sampling_net),
             "grid": str(RunDir(run_dir).media("final_grid.png")),
             "scored_grid": str(scored_grid)}
 
@@ -257,7 +257,7 @@ def _sample_and_score(run_dir: Path, checkpoint: str, evaluator: Evaluator, n: i
     their scores: (scores, sampling seconds, the rebuilt run, the grid's path)."""
     rebuilt = rebuild(run_dir, checkpoint)
     if sampler is not None:  # the DDPM's default sampler for this scoring: (name, steps)
-        for net in (rebuilt.parts.sampler_net("model"), rebuilt.parts.nets["model"]):
+        for net in (rebuilt.parts.sampling_weights("model"), rebuilt.parts.nets["model"]):
             unwrap(net).sampler, unwrap(net).sample_steps = sampler
     t0 = time.perf_counter()
     fake = to_uint8(rebuilt.family.sample(rebuilt.parts, n, None, fixed_generator(seed)))

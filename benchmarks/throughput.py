@@ -53,7 +53,7 @@ from lib.core.device import (  # noqa: E402
 )
 from lib.data import ImageData, make_shapes  # noqa: E402
 from lib.families import FAMILIES  # noqa: E402
-from lib.training.batches import BatchSampler  # noqa: E402
+from lib.training.batches import Batches  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 NZ = 100  # the reference's latent size, ngf = ndf = 64
@@ -198,7 +198,7 @@ class ProjectStep:
         if fused is not None:
             self.parts.optimizers = {name: rebuilt(opt, self.parts.nets[name], engine, fused)
                                      for name, opt in self.parts.optimizers.items()}
-        self.sampler = BatchSampler(data, cfg.trainer.batch_size, engine, seed=0)
+        self.sampler = Batches(data, cfg.trainer.batch_size, engine, seed=0)
         self.host_sync, self.loader, self.n = host_sync, loader, 0
         self.batches = iter(loader) if loader is not None else None
         self.logged: dict[str, float] = {}

@@ -210,3 +210,28 @@ def test_overrides_python_cannot_parse_name_the_override(tmp_path):
         load_config(path, ["name=" + "[" * 100_000 + "]" * 100_000])
     with pytest.raises(ConfigError, match=r"dcgan\.json: override trainer\.epochs: .*digits"):
         load_config(path, ["trainer.epochs=" + "9" * 5000])
+
+
+RETIRED_DEFAULTS = {"spike_factor": 0.0, "rollback_lr_factor": 0.5, "ema_inv_gamma": 1.0,
+                    "compile_mode": "default"}
+
+
+def test_retired_options_at_their_old_defaults_load_and_are_dropped(tmp_path):
+    """Old configs and checkpoints carry them; their old values are what the code does now."""
+    raw = {**COURSE, "trainer": {**COURSE["trainer"], **RETIRED_DEFAULTS}}
+    cfg = load_config(write(tmp_path, raw))
+    assert cfg.trainer == load_config(write(tmp_path, COURSE, "plain.json")).trainer
+    assert not set(RETIRED_DEFAULTS) & set(cfg.to_dict()["trainer"])  # saved configs drop them
+    assert raw["trainer"]["spike_factor"] == 0.0  # the caller's dict is left as it was
+
+
+@pytest.mark.parametrize("key, value", [("spike_factor", 5), ("rollback_lr_factor", 0.25),
+                                        ("ema_inv_gamma", 10.0),
+                                        ("compile_mode", "reduce-overhead")])
+def test_a_retired_option_asked_for_is_an_error_that_says_it_was_removed(tmp_path, key, value):
+    path = write(tmp_path, COURSE)
+    with pytest.raises(ConfigError) as err:
+        load_config(path, [f"trainer.{key}={value}"])
+    message = str(err.value)
+    assert message.startswith(f"{path}: trainer.{key}: this option was removed (")
+    assert message.endswith("delete it from the config")

@@ -22,7 +22,8 @@ from tqdm import tqdm
 from lib.config import Config, ConfigError, load_config
 from lib.core.device import DeviceError, setup_engine
 from lib.data import ImageData
-from lib.families import FAMILIES, MODEL_TYPES
+from lib.families import FAMILIES
+from lib.models import MODEL_TYPES
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -263,7 +264,7 @@ def mutants():
 LOOP_ONLY = {"trainer": {"epochs", "iterations_per_epoch", "batch_size", "save_period",
                          "log_every_step", "keep_checkpoints", "eval_every", "eval_samples",
                          "features", "inception_weights", "max_minutes", "max_rollbacks",
-                         "spike_factor", "rollback_lr_factor", "collapse_fraction",
+                         "collapse_fraction",
                          "collapse_rollback", "ema_decay", "label_sensitivity_min"},
              "data": {"root", "path", "download", "limit", "verify", "seed"}}
 

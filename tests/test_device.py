@@ -12,7 +12,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lib.config import ConfigError, load_config
 from lib.core.checkpoint import load_checkpoint
 from lib.core.device import Engine, launched_distributed, make_optimizer, pick_amp_dtype
 from lib.models.dcgan import Discriminator
@@ -86,9 +85,7 @@ def test_make_optimizer_is_fused_only_on_cuda_and_fused_matches_foreach():
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
 
 
-def test_compile_mode_is_validated_and_reaches_torch_compile(tmp_path, monkeypatch):
-    with pytest.raises(ConfigError, match="trainer.compile_mode"):
-        load_config(REPO / "configs/dcgan_demo.json", ["trainer.compile_mode=fast"])
+def test_compile_mode_reaches_torch_compile(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(torch, "compile", lambda net, **kw: calls.append(kw) or net)
     Engine(torch.device("cpu"), None, compile=True, compile_mode="reduce-overhead").prepare(
@@ -97,12 +94,6 @@ def test_compile_mode_is_validated_and_reaches_torch_compile(tmp_path, monkeypat
            compile_backend="eager").prepare(torch.nn.Linear(2, 2))
     assert calls == [{"mode": "reduce-overhead", "backend": "inductor"},
                      {"mode": None, "backend": "eager"}]  # a mode is inductor's alone
-
-
-def test_upload_on_cpu_is_a_plain_copy():
-    engine = Engine(torch.device("cpu"), None)
-    perm = torch.randperm(10)
-    assert torch.equal(engine.upload(perm), perm)
 
 
 def test_launched_distributed_reads_torchruns_environment(monkeypatch):

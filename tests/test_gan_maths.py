@@ -9,9 +9,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lib.models.augment import AUGMENT_POLICIES, diff_augment, saturation
-from lib.models.dcgan import Discriminator, init_weights
-from lib.models.losses import d_loss, g_loss
+from lib.models.dcgan import (
+    AUGMENT_POLICIES,
+    Discriminator,
+    d_loss,
+    diff_augment,
+    g_loss,
+    init_weights,
+    saturation,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -378,7 +384,7 @@ def test_the_ema_generator_samples_with_statistics_of_its_own_weights():
         family.step(parts, x, None, step, engine, cfg)
         parts.ema.update(parts.nets, step)
     avg = parts.ema.averages["generator"]
-    G = parts.sampler_net("generator")
+    G = parts.sampling_weights("generator")
     assert G is not avg
     z = torch.randn(256, avg.latent_dim, generator=seeded(STANDING_SEED))
     norms = [m for m in G.modules() if isinstance(m, torch.nn.BatchNorm2d)]
@@ -395,10 +401,10 @@ def test_the_ema_generator_samples_with_statistics_of_its_own_weights():
 def test_standing_stats_zero_samples_with_trainings_running_averages():
     cfg, engine, parts, x = tiny_gan("trainer.ema_decay=0.9", "gan.standing_stats=0")
     FAMILIES["dcgan"].prepare_sampling(parts, cfg)
-    assert parts.sampler_net("generator") is parts.ema.averages["generator"]
+    assert parts.sampling_weights("generator") is parts.ema.averages["generator"]
     cfg, engine, parts, x = tiny_gan()  # the default: measured, for the raw G as well
     FAMILIES["dcgan"].prepare_sampling(parts, cfg)
-    assert parts.sampler_net("generator") is not parts.nets["generator"]
+    assert parts.sampling_weights("generator") is not parts.nets["generator"]
 
 
 @pytest.mark.parametrize("value", ["-1", "1.5", "true"])

@@ -43,7 +43,7 @@ def test_demo_preset_run_folder_holds_the_contract(tmp_path, tiny_overrides):
     assert grid.width > 2 * step_png.width and grid.height > 2 * step_png.height
     assert step_png.height == 10 * (32 + 2) + 2
 
-    model = rebuild(run, device="cpu").sampler
+    model = rebuild(run, device="cpu").net
     assert load_checkpoint(run / "checkpoints" / "last.pt")["family"] == "cvae"
     assert model.sample(torch.tensor([3, 7])).shape == (2, 1, 32, 32)
 
@@ -79,7 +79,7 @@ def test_cvae_learns_digits_and_generates_the_asked_class(tmp_path):
     data = load_dataset("digits", 32)
     real = digit_features(to_float(data.images))
     clf = LogisticRegression(max_iter=1000).fit(real.numpy(), data.labels.numpy())
-    model = rebuild(run, device="cpu").sampler
+    model = rebuild(run, device="cpu").net
     labels = torch.arange(10).repeat_interleave(30)
     samples = model.sample(labels, generator=torch.Generator().manual_seed(0))
     accuracy = (clf.predict(digit_features(samples).numpy()) == labels.numpy()).mean()
@@ -111,7 +111,7 @@ def test_a_large_latent_keeps_the_label_when_the_kl_warm_up_ends_within_the_run(
     data = load_dataset("digits", 16)
     clf = LogisticRegression(max_iter=1000).fit(
         F.avg_pool2d(to_float(data.images), 2).flatten(1).numpy(), data.labels.numpy())
-    model = rebuild(run, device="cpu").sampler
+    model = rebuild(run, device="cpu").net
     labels = torch.arange(10).repeat_interleave(30)
     samples = model.sample(labels, generator=torch.Generator().manual_seed(0))
     read = clf.predict(F.avg_pool2d(samples, 2).flatten(1).numpy()) == labels.numpy()

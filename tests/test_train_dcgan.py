@@ -34,7 +34,7 @@ def test_dcgan_learns_digits(tmp_path):
     before = FAMILIES["dcgan"].sample(initial, 256, None, generator)
 
     run = train(cfg, out_root=tmp_path, progress=False)
-    G = rebuild(run, device="cpu").sampler
+    G = rebuild(run, device="cpu").net
     with torch.no_grad():
         after = G(torch.randn(256, G.latent_dim, generator=generator))
 
@@ -59,7 +59,7 @@ def test_checkpoint_rebuilds_without_the_config(tmp_path, tiny_overrides):
     assert ckpt["step"] == 4 and ckpt["family"] == "dcgan"
     assert ckpt["models"]["generator"]["args"]["image_size"] == 32  # filled from the data
     assert ckpt["models"]["generator"]["args"]["n_channels"] == 1
-    G = rebuild(run, device="cpu").sampler
+    G = rebuild(run, device="cpu").net
     assert G(torch.randn(2, G.latent_dim)).shape == (2, 1, 32, 32)
 
 

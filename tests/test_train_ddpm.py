@@ -175,7 +175,7 @@ def test_demo_samples_are_recognisable_digits(demo_run):
     real = load_dataset("digits", cfg["data"]["image_size"], root=cfg["data"]["root"])
     features = real.images.flatten(1).float().numpy() / 255
     classifier = LogisticRegression(max_iter=1000).fit(features, real.labels.numpy())
-    model = rebuild(demo_run, device="cpu").sampler
+    model = rebuild(demo_run, device="cpu").net
     labels = torch.arange(100) % 10
     images = model.sample(100, labels=labels, generator=torch.Generator().manual_seed(0))
     predicted = classifier.predict(to_uint8(images).flatten(1).float().numpy() / 255)

@@ -23,13 +23,13 @@ from lib.config.checks import validate
 from lib.config.parse import (
     MAX_DEPTH,
     ConfigError,
-    _build,
-    _too_deep,
     apply_override,
+    build,
     check_sections,
     parse_value,
     read_config,
     set_field,
+    too_deep,
 )
 
 __all__ = [
@@ -114,28 +114,19 @@ class TrainerConfig:
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
     channels_last: bool = True
     compile: bool = False
-    # torch.compile mode: default | reduce-overhead (CUDA graphs) | max-autotune | ...
-    compile_mode: str = "default"
     deterministic: bool = False
     ema_decay: float = 0.0  # 0 = no EMA copy of the weights
-    # EMA warm-up (ema-pytorch's): decay min(ema_decay, 1 - (1 + step / ema_inv_gamma) **
-    # -ema_power), so a short run's average is not its initialisation; 0 = constant decay.
-    # On by default: with a constant 0.9995 a DDPM stopped at step 700 sampled pure noise
-    # from its EMA (70% of it still the random init) while its raw weights drew digits.
+    # EMA warm-up (ema-pytorch's): decay min(ema_decay, 1 - (1 + step) ** -ema_power), so a
+    # short run's average is not its initialisation (docs/quality.md); 0 = constant decay
     ema_power: float = 2 / 3  # ema-pytorch's default
-    ema_inv_gamma: float = 1.0
     grad_clip: float = 0.0  # 0 = no clipping
     sync_batchnorm: bool = False  # under DDP: synchronise BatchNorm statistics across ranks
-    # divergence guard: a non-finite value or a loss spike rolls back to the last checkpoint
+    # divergence guard: a non-finite value rolls back to the last checkpoint, at half the lr
     max_rollbacks: int = 3  # rollbacks allowed per run before it stops with an error
-    spike_factor: float = 0.0  # loss > factor x its running median is a spike; 0 = off
-    rollback_lr_factor: float = 0.5  # learning rates are multiplied by this at each rollback
     # collapse watch: diversity (1 = as diverse as the real data) below this is logged; 0 = off
     collapse_fraction: float = 0.3
     # ... and a conditional generator's label sensitivity (lib.metrics.label_sensitivity: ~0
-    # when the label is ignored, ~1 when it moves an image as far as the noise does) below
-    # this; 0 = off. Measured on CVAEs in their first 2,000 steps: 0.3-0.5 on shapes, 0.8-2
-    # on digits; a decoder that ignores its label scores 0
+    # when the label is ignored) below this; 0 = off. Measured values: docs/quality.md
     label_sensitivity_min: float = 0.1
     collapse_rollback: bool = False  # also roll back on a collapse
 
@@ -166,10 +157,10 @@ class Config:
 
     @property
     def family(self) -> str:
-        """"dcgan", "cvae" or "ddpm": the family (lib.families) of the model type it trains."""
-        from lib.families import FAMILY_OF_TYPE
+        """"dcgan", "cvae" or "ddpm": the family that trains its model type (lib.models)."""
+        from lib.models import family_of_type  # heavy (torch): reading a config needs none
 
-        return FAMILY_OF_TYPE[(self.generator or self.model).type]
+        return family_of_type((self.generator or self.model).type)
 
     @property
     def total_steps(self) -> int:
@@ -186,12 +177,39 @@ class Config:
     def from_dict(cls, raw: Any, source: str = "<config>") -> Config:
         if isinstance(raw, dict):
             check_sections(raw, source)
-        if _too_deep(raw):
+        if too_deep(raw):
             raise ConfigError(f"{source}: arrays or objects nested too deeply (over {MAX_DEPTH} "
                               "levels)")
-        cfg = _build(cls, raw, "", source)
+        cfg = build(cls, without_retired(raw, source), "", source)
         validate(cfg, source)
         return cfg
+
+
+# Options removed for want of a preset that used them or a measurement for them. Old
+# configs and checkpoints hold them at these values, which mean what the code does now.
+RETIRED = {"trainer": {
+    "spike_factor": (0.0, "the loss-spike guard is gone; non-finite values still roll back"),
+    "rollback_lr_factor": (0.5, "a rollback always halves the learning rates"),
+    "ema_inv_gamma": (1.0, "the EMA warm-up is 1 - (1 + step) ** -ema_power"),
+    "compile_mode": ("default", "trainer.compile uses torch.compile's default mode"),
+}}
+
+
+def without_retired(raw: Any, source: str) -> Any:
+    """`raw` without the retired options that hold their old value; another value asked for
+    something that no longer exists, and is an error."""
+    if not isinstance(raw, dict):
+        return raw
+    raw = dict(raw)
+    for section, retired in RETIRED.items():
+        if not isinstance(raw.get(section), dict):
+            continue
+        raw[section] = dict(raw[section])
+        for key, (old, why) in retired.items():
+            if key in raw[section] and raw[section].pop(key) != old:
+                raise ConfigError(f"{source}: {section}.{key}: this option was removed ({why}); "
+                                  "delete it from the config")
+    return raw
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:

@@ -9,7 +9,7 @@ import re
 import typing
 from typing import TYPE_CHECKING
 
-from lib.config.parse import INT64_MAX, _coerce, _err, _show, check_sections
+from lib.config.parse import INT64_MAX, check_sections, coerce, field_error, show
 
 if TYPE_CHECKING:
     from lib.config import Config, DataConfig, GanConfig, ModelSpec, OptimizerConfig
@@ -26,7 +26,7 @@ MAX_MODEL_BYTES = 2**32  # 4 GiB of weights and buffers per network (Adam's mome
 
 def _check(ok: bool, source: str, where: str, msg: str) -> None:
     if not ok:
-        raise _err(source, where, msg)
+        raise field_error(source, where, msg)
 
 
 def _check_choice(value: str, choices, source: str, where: str) -> None:
@@ -50,13 +50,12 @@ ARG_RULES = {
 
 def check_model_args(spec: ModelSpec, data: DataConfig, source: str, where: str) -> None:
     """Model args must match the model's constructor: names, annotated types, sane values."""
-    from lib.families import MODEL_TYPES
+    from lib.models import FAMILY_MODELS, MODEL_TYPES  # heavy (torch): only to check models
 
     _check_choice(spec.type, MODEL_TYPES, source, f"{where}.type")
-    # the GAN's two sections each take their own network; `model` takes any other one
-    roles = {"generator": ["Generator"], "discriminator": ["Discriminator"]}
-    allowed = roles.get(where) or [t for t in MODEL_TYPES if t not in ("Generator",
-                                                                     "Discriminator")]
+    # a section takes the types that the families declare for it
+    allowed = [t for t in MODEL_TYPES if any(roles.get(where) == t
+                                             for roles in FAMILY_MODELS.values())]
     _check(spec.type in allowed, source, f"{where}.type",
            f"{spec.type!r} cannot be the {where}; it takes {' or '.join(allowed)}")
     cls = MODEL_TYPES[spec.type]
@@ -68,14 +67,14 @@ def check_model_args(spec: ModelSpec, data: DataConfig, source: str, where: str)
         _check(key in valid, source, dotted,
                f"{spec.type} takes no argument {key!r:.40}; valid: {', '.join(valid)}")
         if key in hints:
-            spec.args[key] = _coerce(hints[key], value, dotted, source)
+            spec.args[key] = coerce(hints[key], value, dotted, source)
         default = params[key].default
         if hints.get(key) is int and isinstance(default, int) and default >= 0:
             low = 1 if default > 0 else 0  # a size that defaults to 0 means "off"
             _check(spec.args[key] >= low, source, dotted, f"must be >= {low}, got {value}")
         if key in ARG_RULES:
             ok, rule = ARG_RULES[key]
-            _check(ok(spec.args[key]), source, dotted, f"{rule}, got {_show(value)}")
+            _check(ok(spec.args[key]), source, dotted, f"{rule}, got {show(value)}")
     if "image_size" in spec.args:  # the data is resized to data.image_size
         _check(spec.args["image_size"] == data.image_size, source, f"{where}.args.image_size",
                f"{spec.args['image_size']} but data.image_size is {data.image_size}; "
@@ -104,7 +103,7 @@ def _meta_build(type_name: str, args_json: str) -> tuple[int, str | None]:
     """(bytes of weights and buffers, None), or (0, the model's own complaint)."""
     import torch
 
-    from lib.families import MODEL_TYPES
+    from lib.models import MODEL_TYPES  # heavy (torch): only to check models
 
     try:
         with torch.device("meta"):
@@ -118,27 +117,24 @@ def _check_optimizer(opt: OptimizerConfig, source: str, name: str) -> None:
     _check(0 < opt.lr <= 1, source, f"{name}.lr",
            f"must be in (0, 1] (Adam's step size; typical: 1e-4 to 2e-3), got {opt.lr}")
     _check(len(opt.betas) == 2 and all(0 <= b < 1 for b in opt.betas), source,
-           f"{name}.betas", f"must be two numbers in [0, 1), got {_show(opt.betas)}")
+           f"{name}.betas", f"must be two numbers in [0, 1), got {show(opt.betas)}")
     _check(0 <= opt.weight_decay <= 1, source, f"{name}.weight_decay",
            f"must be in [0, 1], got {opt.weight_decay}")
 
 
 def _check_gan(gan: GanConfig, source: str) -> None:
-    from lib.models.augment import AUGMENT_POLICIES, parse_policy
-    from lib.models.losses import GAN_LOSSES
+    # heavy (torch): only to check a GAN's options
+    from lib.models.dcgan import AUGMENT_POLICIES, GAN_LOSSES, parse_policy
 
     _check_choice(gan.loss, GAN_LOSSES, source, "gan.loss")
     try:
         parse_policy(gan.augment)
     except ValueError:
-        raise _err(source, "gan.augment", f"{_show(gan.augment)} is not a comma-separated "
+        raise field_error(source, "gan.augment", f"{show(gan.augment)} is not a comma-separated "
                    f"subset of {list(AUGMENT_POLICIES)}, nor '' (none)") from None
     _check(0 <= gan.standing_stats <= MAX_STANDING_STATS, source, "gan.standing_stats",
            f"must be in [0, {MAX_STANDING_STATS}] (0: training's running averages), got "
            f"{gan.standing_stats}")
-
-
-COMPILE_MODES = {"default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"}
 
 
 def validate(cfg: Config, source: str = "<config>") -> None:
@@ -159,30 +155,24 @@ def validate(cfg: Config, source: str = "<config>") -> None:
     for name in ("eval_every", "max_minutes", "grad_clip", "seed", "max_rollbacks"):
         _check(getattr(t, name) >= 0, source, f"trainer.{name}", "must be >= 0")
     _check(cfg.total_steps <= INT64_MAX, source, "trainer.iterations_per_epoch",
-           f"epochs x iterations_per_epoch = {_show(cfg.total_steps)} steps is beyond the "
+           f"epochs x iterations_per_epoch = {show(cfg.total_steps)} steps is beyond the "
            "64-bit step counter")
     _check(t.eval_samples == 0 or 2 <= t.eval_samples <= MAX_EVAL_SAMPLES, source,
            "trainer.eval_samples", f"must be 0 (no evaluation) or in [2, {MAX_EVAL_SAMPLES}], "
            f"got {t.eval_samples}")
-    _check(t.spike_factor == 0 or t.spike_factor > 1, source, "trainer.spike_factor",
-           f"must be 0 (off) or > 1, got {t.spike_factor}")
-    _check(0 < t.rollback_lr_factor <= 1, source, "trainer.rollback_lr_factor",
-           f"must be in (0, 1], got {t.rollback_lr_factor}")
     _check(0 <= t.collapse_fraction < 1, source, "trainer.collapse_fraction",
            f"must be in [0, 1), got {t.collapse_fraction}")
     _check(t.label_sensitivity_min >= 0, source, "trainer.label_sensitivity_min",
            f"must be >= 0 (0: off), got {t.label_sensitivity_min}")
     _check(0 <= t.ema_decay < 1, source, "trainer.ema_decay", "must be in [0, 1)")
     _check(t.ema_power >= 0, source, "trainer.ema_power", "must be >= 0 (0: no warm-up)")
-    _check(t.ema_inv_gamma > 0, source, "trainer.ema_inv_gamma", "must be > 0")
     _check_choice(t.precision, {"auto", "fp32", "bf16", "fp16"}, source, "trainer.precision")
-    _check_choice(t.compile_mode, COMPILE_MODES, source, "trainer.compile_mode")
     _check_choice(t.features, {"auto", "classifier", "inception"}, source, "trainer.features")
     _check(re.fullmatch(r"auto|cpu|cuda(:\d{1,3})?", t.device) is not None, source,
-           "trainer.device", f"{_show(t.device)} is not auto, cpu, cuda or cuda:N")
+           "trainer.device", f"{show(t.device)} is not auto, cpu, cuda or cuda:N")
     _check_choice(cfg.wandb.mode, {"auto", "online", "offline", "disabled"}, source, "wandb.mode")
     _check(cfg.name == "" or re.fullmatch(r"[\w.-]+", cfg.name) is not None, source, "name",
-           f"{_show(cfg.name)}: use letters, digits, '_', '-' and '.' only (it names a folder)")
+           f"{show(cfg.name)}: use letters, digits, '_', '-' and '.' only (it names a folder)")
     d = cfg.data
     _check(8 <= d.image_size <= MAX_IMAGE_SIZE, source, "data.image_size",
            f"must be in [8, {MAX_IMAGE_SIZE}], got {d.image_size}")

@@ -17,18 +17,17 @@ class ConfigError(ValueError):
     """A configuration value is unknown, ill-typed or impossible."""
 
 
-
 # Numbers travel through float32 tensors and int64 counters: what neither can hold is refused.
 FLOAT32_MAX = 3.4028234663852886e38
 INT64_MAX = 2**63 - 1
 
 
-
-# The sections each kind of config reads; any other one would be silently ignored.
+# The config's two layouts (DESIGN.md's JSON contract): the sections each reads; any other
+# one would be silently ignored. Here, not read from lib.models.FAMILY_MODELS, so that a
+# stray section is named before torch is imported (a config error prints in a second).
 GAN_SECTIONS = ("generator", "discriminator", "generator_optimizer", "discriminator_optimizer",
                 "generator_lr_scheduler", "discriminator_lr_scheduler", "gan")
 MODEL_SECTIONS = ("model", "optimizer", "lr_scheduler")
-
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
@@ -44,7 +43,7 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
 MAX_DEPTH = 32  # no config nests deeper than a handful of levels
 
 
-def _too_deep(value) -> bool:
+def too_deep(value) -> bool:
     """Deeper than MAX_DEPTH, counted without recursion: how deep Python itself can go
     (asdict, deepcopy, json) depends on the stack already in use, so the bound is ours."""
     level = [value]
@@ -57,13 +56,13 @@ def _too_deep(value) -> bool:
 
 
 def _bounded(value):
-    if _too_deep(value):
+    if too_deep(value):
         raise ConfigError(f"not a config: arrays or objects nested too deeply (over {MAX_DEPTH} "
                           "levels)")
     return value
 
 
-def _parse_json(text: str):
+def parse_json(text: str):
     """JSON text -> value; a ConfigError (no file named) for what Python's parser cannot take."""
     try:
         return _bounded(json.loads(text, object_pairs_hook=_unique_keys))
@@ -89,11 +88,11 @@ def read_config(path) -> dict:
         raise ConfigError(f"{path}: not UTF-8 text (byte {data[e.start]:#04x} at offset "
                           f"{e.start}); save the file as UTF-8") from None
     try:
-        raw = _parse_json(text)
+        raw = parse_json(text)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a JSON object {{...}} at the top, got {_show(raw)}")
+        raise ConfigError(f"{path}: expected a JSON object {{...}} at the top, got {show(raw)}")
     return raw
 
 
@@ -104,14 +103,14 @@ def parse_value(text: str):
     except json.JSONDecodeError:
         return text
     except (RecursionError, ValueError):  # JSON, but too deep, too long or with a key twice
-        return _parse_json(text)
+        return parse_json(text)
 
 
 def apply_override(raw: dict, item: str, source: str = "<config>") -> None:
     """Apply one `a.b.c=value` override in place; value is JSON if it parses, else a string."""
     key, sep, text = item.partition("=")
     if not sep or not key.strip():
-        raise ConfigError(f"{source}: override {_show(item)} must look like section.field=value")
+        raise ConfigError(f"{source}: override {show(item)} must look like section.field=value")
     try:
         value = parse_value(text)
     except ConfigError as e:
@@ -130,12 +129,11 @@ def set_field(raw: dict, key: str, value, source: str = "<config>") -> None:
     node[last] = value
 
 
-
 # ---------------------------------------------------------------------------
 # Typed construction from plain JSON values
 
 
-def _err(source: str, where: str, msg: str) -> ConfigError:
+def field_error(source: str, where: str, msg: str) -> ConfigError:
     return ConfigError(f"{source}: {where or '<root>'}: {msg}")
 
 
@@ -144,7 +142,7 @@ _short.maxlevel, _short.maxlist, _short.maxdict = 3, 4, 4
 _short.maxstring = _short.maxother = _short.maxlong = 40
 
 
-def _show(value) -> str:
+def show(value) -> str:
     """A value as a message shows it: short, whatever its size or depth."""
     return _short.repr(value)
 
@@ -161,7 +159,7 @@ def _type_name(tp) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
-def _coerce(tp, value, where: str, source: str):
+def coerce(tp, value, where: str, source: str):
     """Check `value` against the annotation `tp`, converting only int -> float."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
@@ -173,69 +171,71 @@ def _coerce(tp, value, where: str, source: str):
             if option is type(None):
                 continue
             try:
-                return _coerce(option, value, where, source)
+                return coerce(option, value, where, source)
             except ConfigError as e:
                 errors.append(e)
-        raise errors[0] if len(errors) == 1 else _err(
-            source, where, f"expected {_type_name(tp)}, got {_show(value)}")
+        raise errors[0] if len(errors) == 1 else field_error(
+            source, where, f"expected {_type_name(tp)}, got {show(value)}")
     if dataclasses.is_dataclass(tp):
-        return _build(tp, value, where, source)
+        return build(tp, value, where, source)
     if origin in (list, tuple):
         if not isinstance(value, list | tuple):
-            raise _err(source, where, f"expected a list, got {_show(value)}")
+            raise field_error(source, where, f"expected a list, got {show(value)}")
         (item_tp, *_) = typing.get_args(tp) or (Any,)
-        return [_coerce(item_tp, v, f"{where}[{i}]", source) for i, v in enumerate(value)]
+        return [coerce(item_tp, v, f"{where}[{i}]", source) for i, v in enumerate(value)]
     if origin is dict or tp is dict:
         if not isinstance(value, dict):
-            raise _err(source, where, f"expected an object, got {_show(value)}")
+            raise field_error(source, where, f"expected an object, got {show(value)}")
         return dict(value)
     if tp is Any:
         return value
     if tp is bool:
         if not isinstance(value, bool):
-            raise _err(source, where, f"expected true or false, got {_show(value)}")
+            raise field_error(source, where, f"expected true or false, got {show(value)}")
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise _err(source, where, f"expected an integer, got {_show(value)}")
+            raise field_error(source, where, f"expected an integer, got {show(value)}")
         if abs(value) > INT64_MAX:
-            raise _err(source, where, f"{_show(value)} is beyond the 64-bit integer range")
+            raise field_error(source, where, f"{show(value)} is beyond the 64-bit integer range")
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise _err(source, where, f"expected a number, got {_show(value)}")
+            raise field_error(source, where, f"expected a number, got {show(value)}")
         if isinstance(value, float) and not math.isfinite(value):
-            raise _err(source, where, f"expected a finite number, got {value!r}")
+            raise field_error(source, where, f"expected a finite number, got {value!r}")
         if abs(value) > FLOAT32_MAX:  # compared exactly, so huge integers need no float
-            raise _err(source, where, f"{_show(value)} is beyond the float32 range "
+            raise field_error(source, where, f"{show(value)} is beyond the float32 range "
                                       f"(±{FLOAT32_MAX:.3g}) that tensors hold")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
-            raise _err(source, where, f"expected a string, got {_show(value)}")
+            raise field_error(source, where, f"expected a string, got {show(value)}")
         if "\0" in value or not _writable(value):  # a path cannot hold NUL; config.json is UTF-8
-            raise _err(source, where, f"{_show(value)} holds a NUL or a character that "
+            raise field_error(source, where, f"{show(value)} holds a NUL or a character that "
                                       "UTF-8 cannot write")
         return value
     raise TypeError(f"unsupported annotation {tp!r} at {where}")
 
 
-def _build(cls, raw, where: str, source: str):
+def build(cls, raw, where: str, source: str):
     if not isinstance(raw, dict):
-        raise _err(source, where, f"expected an object, got {raw!r}")
+        raise field_error(source, where, f"expected an object, got {raw!r}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     for key in raw:
         if key not in names:
             dotted = f"{where}.{key:.40}" if where else f"{key:.40}"
-            raise _err(source, dotted, f"unknown field; valid fields: {', '.join(sorted(names))}")
+            raise field_error(source, dotted,
+                              f"unknown field; valid fields: {', '.join(sorted(names))}")
     kwargs = {}
     for f in dataclasses.fields(cls):
         if f.name in raw:
             dotted = f"{where}.{f.name}" if where else f.name
-            kwargs[f.name] = _coerce(hints[f.name], raw[f.name], dotted, source)
+            kwargs[f.name] = coerce(hints[f.name], raw[f.name], dotted, source)
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise _err(source, f"{where}.{f.name}" if where else f.name, "missing required field")
+            raise field_error(source, f"{where}.{f.name}" if where else f.name,
+                              "missing required field")
     return cls(**kwargs)
 
 
@@ -263,6 +263,6 @@ def check_sections(raw: dict, source: str) -> None:
     for name in stray:
         if name in given:
             fields = ", ".join(_leaves(raw[name], name)[:3])
-            raise _err(source, name, f"{kind} would ignore {fields}: it reads "
+            raise field_error(source, name, f"{kind} would ignore {fields}: it reads "
                                      f"{', '.join(reads)} (and name, data, trainer, wandb); "
                                      "remove the section or move its fields there")

@@ -180,17 +180,6 @@ class Engine:
         device_ids = [self.device.index] if self.device.type == "cuda" else None
         return DistributedDataParallel(net, device_ids=device_ids)
 
-    def upload(self, host: torch.Tensor) -> torch.Tensor:
-        """A host tensor (e.g. an epoch's permutation) on the device, without stalling the host.
-
-        From ordinary (pageable) memory `.to("cuda")` makes the CPU wait until the GPU has
-        run everything queued before the copy, so the CPU stops queuing the next kernels; from
-        pinned memory with non_blocking=True the copy is queued like a kernel.
-        """
-        if self.device.type != "cuda" or host.device.type != "cpu":
-            return host.to(self.device)
-        return host.pin_memory().to(self.device, non_blocking=True)
-
     def batch(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (B, C, H, W) on the device -> [-1, 1] floats in the training layout."""
         x = to_float(images.to(self.device, non_blocking=True))
@@ -343,7 +332,7 @@ def setup_engine(cfg: TrainerConfig) -> Engine:
     configure_backends(device, cfg.deterministic)
     return Engine(device=device, amp_dtype=pick_amp_dtype(cfg.precision, device),
                   channels_last=cfg.channels_last, compile=cfg.compile,
-                  compile_mode=cfg.compile_mode, rank=rank, world_size=world_size,
+                  rank=rank, world_size=world_size,
                   in_group=dist.is_initialized(), sync_batchnorm=cfg.sync_batchnorm,
                   owns_process_group=started)
 

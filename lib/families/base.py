@@ -2,10 +2,12 @@
 
 A family (DCGAN, CVAE, DDPM) is one `Family`: a few plain functions - `build`
 makes the networks, optimizers and schedulers (`Parts`), `step` does one
-training iteration, `snapshot` renders the fixed-noise grids, `sample` draws
-images for evaluation, `finish` writes the family's final media - and what it
-declares: the config types it trains, which net samples, which nets EMA
-averages, its colour in the report. lib/families/__init__.py lists them.
+training iteration (forward, loss, backward, optimizer, scheduler and EMA steps),
+`snapshot` renders the fixed-noise grids, `sample` draws images for evaluation,
+`finish` writes the family's final media - and what it declares: its config
+sections and the model type each holds (lib.models.FAMILY_MODELS, which the
+config checks read too), which net samples, which nets EMA averages, its colour
+in the report. lib/families/__init__.py lists them.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from lib.config import (
 from lib.core.device import Engine, make_optimizer
 from lib.core.rundir import RunDir
 from lib.data import ImageData
+from lib.models import FAMILY_MODELS, MODEL_TYPES
 
 CHUNK = 256  # images per forward when many are drawn or scored: memory stays bounded
 
@@ -56,7 +59,7 @@ class Parts:
     _standing: dict[str, tuple[torch.Tensor, nn.Module]] = field(default_factory=dict,
                                                                  repr=False)
 
-    def sampler_net(self, name: str) -> nn.Module:
+    def sampling_weights(self, name: str) -> nn.Module:
         """The weights to sample `name` with: its EMA average when kept, never a DDP wrapper
         (its forward is a collective, and rank 0 samples alone). With standing statistics
         for `name`, a copy of them whose BatchNorm statistics were recomputed for these
@@ -77,20 +80,20 @@ class Parts:
         return self._standing[name][1]
 
     def sampled_with(self, name: str) -> str:
-        """"ema" or "raw": which weights `sampler_net(name)` samples with (grids, scores)."""
+        """"ema" or "raw": which weights `sampling_weights(name)` samples with (grids, scores)."""
         return "ema" if self.ema is not None and name in self.ema.averages else "raw"
 
 
 @dataclass(frozen=True)
 class Family:
-    name: str  # what Config.family says: "dcgan", "cvae", "ddpm"
-    models: dict[str, type[nn.Module]]  # config `type` -> class, for the types it trains
-    sampler: str  # the net that draws samples (its EMA copy when kept)
+    name: str  # what Config.family says, and its key in lib.models.FAMILY_MODELS
+    sampling_net: str  # the net that draws samples (its EMA copy when kept)
     averaged: tuple[str, ...]  # the nets EMA keeps a moving average of
     color: str  # the family's colour in the report's figures
     build: Callable[[Config, ImageData, Engine], Parts]
-    # (parts, x [-1, 1] (B, C, H, W), y (B,) or None, step, engine, cfg) -> the numbers to
-    # log, left on the device: the guard reads them back in one transfer
+    # (parts, x [-1, 1] (B, C, H, W), y (B,) or None, iteration (1 for the first), engine,
+    # cfg) -> the numbers to log, left on the device: the guard reads them back in one
+    # transfer
     step: Callable[[Parts, torch.Tensor, torch.Tensor | None, int, Engine, Config],
                    dict[str, torch.Tensor | float]]
     snapshot: Callable[[Parts], dict[str, torch.Tensor]]  # file prefix -> uint8 grid
@@ -105,6 +108,18 @@ class Family:
 
     # cfg -> {net name: a function that recomputes that net's BatchNorm statistics in place}
     standing: Callable[[Config], dict[str, Callable[[nn.Module], None]]] | None = None
+    # parts -> what else a score depends on, recorded beside it (DDPM: its sampler and steps)
+    sampling_notes: Callable[[Parts], dict] | None = None
+
+    @property
+    def roles(self) -> dict[str, str]:
+        """Config section -> the model type it holds: "generator" -> "Generator"."""
+        return FAMILY_MODELS[self.name]
+
+    @property
+    def models(self) -> dict[str, type[nn.Module]]:
+        """Config `type` -> class, for the types this family trains."""
+        return {type_name: MODEL_TYPES[type_name] for type_name in self.roles.values()}
 
     def prepare_sampling(self, parts: Parts, cfg: Config) -> None:
         """What sampling draws from besides the trained nets: EMA averages, standing
@@ -117,7 +132,7 @@ class Family:
         if t.ema_decay <= 0:
             return None
         return EMA({name: parts.nets[name] for name in self.averaged}, t.ema_decay,
-                   t.ema_power, t.ema_inv_gamma)
+                   t.ema_power)
 
 
 class EMA:
@@ -126,20 +141,19 @@ class EMA:
     avg <- avg + (1 - decay) (net - avg), by torch.optim.swa_utils' own EMA
     update; buffers (BatchNorm statistics) are copied, not averaged. With
     `power` > 0 the decay warms up as in ema-pytorch,
-    min(decay, 1 - (1 + step / inv_gamma) ** -power): early averages follow the
+    min(decay, 1 - (1 + step) ** -power): early averages follow the
     net instead of staying near its random initialisation.
     """
 
-    def __init__(self, nets: dict[str, nn.Module], decay: float, power: float = 0.0,
-                 inv_gamma: float = 1.0):
-        self.decay, self.power, self.inv_gamma = decay, power, inv_gamma
+    def __init__(self, nets: dict[str, nn.Module], decay: float, power: float = 0.0):
+        self.decay, self.power = decay, power
         self.averages = {name: copy.deepcopy(unwrap(net)).requires_grad_(False)
                          for name, net in nets.items()}
 
     def decay_at(self, step: int) -> float:
         if self.power <= 0:
             return self.decay
-        return min(self.decay, 1 - (1 + step / self.inv_gamma) ** -self.power)
+        return min(self.decay, 1 - (1 + step) ** -self.power)
 
     @torch.no_grad()
     def update(self, nets: dict[str, nn.Module], step: int) -> None:
@@ -165,8 +179,6 @@ class EMA:
 
 def build_model(type_name: str, args: dict) -> nn.Module:
     """A network from its config `type` and arguments: how checkpoints rebuild theirs."""
-    from lib.families import MODEL_TYPES  # the registry imports the families, hence here
-
     if type_name not in MODEL_TYPES:
         raise ConfigError(f"unknown model type {type_name!r}; known: {sorted(MODEL_TYPES)}")
     return MODEL_TYPES[type_name](**args)
@@ -174,8 +186,6 @@ def build_model(type_name: str, args: dict) -> nn.Module:
 
 def resolve_model(spec: ModelSpec, data: ImageData, where: str) -> dict:
     """Fill image_size / n_channels / num_classes from the data; refuse contradictions."""
-    from lib.families import MODEL_TYPES
-
     params = inspect.signature(MODEL_TYPES[spec.type].__init__).parameters
     args = dict(spec.args)
     from_data = {"image_size": data.image_size, "n_channels": data.channels,

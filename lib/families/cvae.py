@@ -19,7 +19,6 @@ from lib.families.base import (
     resolve_model,
     unwrap,
 )
-from lib.models.cvae import CVAE
 
 NOISE_PER_CLASS = 8  # columns of the generation grid: one fixed z each, for every class
 RECON_IMAGES = 16  # fixed real images whose reconstructions are snapshotted
@@ -43,14 +42,18 @@ def build(cfg: Config, data: ImageData, engine: Engine) -> Parts:
                  specs=specs, fixed={k: v.to(engine.device) for k, v in fixed.items()})
 
 
-def step(parts: Parts, x: torch.Tensor, y, step: int, engine: Engine,
+def step(parts: Parts, x: torch.Tensor, y, it: int, engine: Engine,
          cfg: Config) -> dict[str, torch.Tensor | float]:
-    """One ELBO step; the KL weight follows the model's warm-up."""
+    """One ELBO step (the KL weight follows the model's warm-up), then the scheduler and
+    the moving average."""
     net = parts.nets["model"]
-    kl_weight = unwrap(net).kl_weight_at(step)
+    kl_weight = unwrap(net).kl_weight_at(it)
     with engine.autocast():
         out = net(x, y, kl_weight=kl_weight)
     engine.backward_step("model", out["loss"], parts.optimizers["model"], cfg.trainer.grad_clip)
+    parts.schedulers["model"].step()
+    if parts.ema is not None:
+        parts.ema.update(parts.nets, it)
     return {"loss": out["loss"].detach(), "recon": out["recon"].detach(),
             "kl": out["kl"].detach(), "kl_weight": kl_weight}
 
@@ -58,7 +61,7 @@ def step(parts: Parts, x: torch.Tensor, y, step: int, engine: Engine,
 @torch.inference_mode()
 def sample(parts: Parts, n: int, labels=None, generator=None) -> torch.Tensor:
     """n images; classes cycle 0, 1, ..., K-1, 0, ... unless `labels` (n,) are given."""
-    model = unwrap(parts.sampler_net("model"))
+    model = unwrap(parts.sampling_weights("model"))
     if labels is None:
         labels = torch.arange(n) % model.num_classes
     z = torch.randn(n, model.latent_dim, generator=generator)
@@ -68,14 +71,14 @@ def sample(parts: Parts, n: int, labels=None, generator=None) -> torch.Tensor:
 @torch.inference_mode()
 def reconstruct(parts: Parts, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Reconstructions of x (B, C, H, W) in [-1, 1] by the sampling weights."""
-    model = unwrap(parts.sampler_net("model"))
+    model = unwrap(parts.sampling_weights("model"))
     return chunked(lambda xc, yc: model.reconstruct(xc, yc).float(), x, y)
 
 
 @torch.inference_mode()
 def label_grid(parts: Parts, generator: torch.Generator) -> torch.Tensor:
     """LABEL_NOISE noise vectors, each decoded under every class: (K, M, C, H, W) in [-1, 1]."""
-    model = unwrap(parts.sampler_net("model"))
+    model = unwrap(parts.sampling_weights("model"))
     k, m = model.num_classes, LABEL_NOISE
     z = torch.randn(m, model.latent_dim, generator=generator).repeat(k, 1)  # (K * M, latent)
     labels = torch.arange(k).repeat_interleave(m)  # (K * M,)
@@ -85,7 +88,7 @@ def label_grid(parts: Parts, generator: torch.Generator) -> torch.Tensor:
 
 def generation_grid(parts: Parts) -> torch.Tensor:
     """One row per class, one column per fixed noise vector: uint8 (3, H', W')."""
-    model = unwrap(parts.sampler_net("model"))
+    model = unwrap(parts.sampling_weights("model"))
     noise = parts.fixed["noise"]  # (M, latent)
     k, m = model.num_classes, noise.shape[0]
     labels = torch.arange(k, device=noise.device).repeat_interleave(m)  # (K * M,)
@@ -96,7 +99,7 @@ def generation_grid(parts: Parts) -> torch.Tensor:
 def snapshot(parts: Parts) -> dict[str, torch.Tensor]:
     """`step`: generations (fixed noise x every class); `recon`: reconstructions, each row of
     them above the row of the real images they came from."""
-    model = unwrap(parts.sampler_net("model"))
+    model = unwrap(parts.sampling_weights("model"))
     x, y = parts.fixed["recon_x"], parts.fixed["recon_y"]
     x_hat = model.reconstruct(x, y).float()
     half = len(x) // 2
@@ -107,7 +110,7 @@ def snapshot(parts: Parts) -> dict[str, torch.Tensor]:
 def finish(parts: Parts, run: RunDir) -> None:
     viz.save_gif(run.snapshots("recon"), run.media("reconstruction.gif"))
     viz.save_gif(run.snapshots("step"), run.media("generation.gif"))
-    model = unwrap(parts.sampler_net("model"))
+    model = unwrap(parts.sampling_weights("model"))
     names = parts.class_names or [str(k) for k in range(model.num_classes)]
     with torch.inference_mode():
         grid = generation_grid(parts)
@@ -115,6 +118,6 @@ def finish(parts: Parts, run: RunDir) -> None:
         run.media("final_grid.png"))
 
 
-FAMILY = Family(name="cvae", models={"CVAE": CVAE}, sampler="model", averaged=("model",),
+FAMILY = Family(name="cvae", sampling_net="model", averaged=("model",),
                 color="tab:green", build=build, step=step, snapshot=snapshot, sample=sample,
                 finish=finish, reconstruct=reconstruct, label_grid=label_grid)

@@ -1,7 +1,7 @@
 """DCGAN: the reference's iteration (D on real then fake, one D update; then one G update).
 
 Options of `cfg.gan` (off by default, the reference's step exactly): the loss ("bce" or
-"hinge", lib.models.losses) and DiffAugment of everything D sees (lib.models.augment).
+"hinge") and DiffAugment of everything D sees, both in lib/models/dcgan.py.
 """
 
 from __future__ import annotations
@@ -28,9 +28,7 @@ from lib.families.base import (
     standing_statistics,
     unwrap,
 )
-from lib.models.augment import diff_augment
-from lib.models.dcgan import Discriminator, Generator
-from lib.models.losses import d_loss, g_loss
+from lib.models.dcgan import d_loss, diff_augment, g_loss
 
 
 def build(cfg: Config, data: ImageData, engine: Engine) -> Parts:
@@ -48,16 +46,18 @@ def build(cfg: Config, data: ImageData, engine: Engine) -> Parts:
                  fixed={"noise": noise.to(engine.device)})
 
 
-def step(parts: Parts, x: torch.Tensor, y, step: int, engine: Engine,
+def step(parts: Parts, x: torch.Tensor, y, it: int, engine: Engine,
          cfg: Config) -> dict[str, torch.Tensor]:
+    """One iteration of the reference: (1) update D on a real and a fake batch, (2) update
+    G through D, (3) the schedulers and G's moving average."""
     G, D = parts.nets["generator"], parts.nets["discriminator"]
     gan = cfg.gan or GanConfig()  # DiffAugment's "" policy returns its input, drawing nothing
-    b = x.shape[0]
-    noise = torch.randn(b, parts.fixed["noise"].shape[1], device=x.device)
+    noise = torch.randn(x.shape[0], parts.fixed["noise"].shape[1], device=x.device)
     clip = cfg.trainer.grad_clip
 
-    # separate real and fake passes: BatchNorm sees one kind per batch. DiffAugment: the same
-    # policy on the real and the fake batch, in D's update and in G's (Zhao et al. 2020)
+    # (1) Update D: maximize log(D(x)) + log(1 - D(G(z))). Separate real and fake passes:
+    # BatchNorm sees one kind per batch. DiffAugment: the same policy on the real and the
+    # fake batch, in D's update and in G's (Zhao et al. 2020)
     with engine.autocast():
         out_real = D(diff_augment(x, gan.augment))
         fake = G(noise)
@@ -65,14 +65,21 @@ def step(parts: Parts, x: torch.Tensor, y, step: int, engine: Engine,
         loss_d = d_loss(gan.loss, out_real.float(), out_fake.float())
     engine.backward_step("discriminator", loss_d, parts.optimizers["discriminator"], clip)
 
-    # D's weight gradients are not needed for G's update: freezing them saves ~13%.
-    # Under DDP, D runs without its wrapper here: the wrapper would wait for D gradients.
+    # (2) Update G: maximize log(D(G(z))). D's weight gradients are not needed here:
+    # freezing them saves ~13%. Under DDP, D runs without its wrapper: the wrapper would
+    # wait for D gradients
     D.requires_grad_(False)
     with engine.autocast():
         out_g = local(D)(diff_augment(fake, gan.augment))
         loss_g = g_loss(gan.loss, out_g.float())
     engine.backward_step("generator", loss_g, parts.optimizers["generator"], clip)
     D.requires_grad_(True)
+
+    # (3) the learning rates' decay, and the moving average G samples with
+    for sched in parts.schedulers.values():
+        sched.step()
+    if parts.ema is not None:
+        parts.ema.update(parts.nets, it)
 
     return {"loss_d": loss_d.detach(), "loss_g": loss_g.detach(),
             "d_real": torch.sigmoid(out_real.detach().float()).mean(),
@@ -82,7 +89,7 @@ def step(parts: Parts, x: torch.Tensor, y, step: int, engine: Engine,
 
 @torch.inference_mode()
 def sample(parts: Parts, n: int, labels=None, generator=None) -> torch.Tensor:
-    G = parts.sampler_net("generator")
+    G = parts.sampling_weights("generator")
     z = torch.randn(n, unwrap(G).latent_dim, generator=generator).to(device_of(G))
     with eval_mode(G):
         return chunked(G, z).float()
@@ -90,7 +97,7 @@ def sample(parts: Parts, n: int, labels=None, generator=None) -> torch.Tensor:
 
 @torch.inference_mode()
 def snapshot(parts: Parts) -> dict[str, torch.Tensor]:
-    G = parts.sampler_net("generator")
+    G = parts.sampling_weights("generator")
     with eval_mode(G):
         images = G(parts.fixed["noise"]).float()  # (64, C, H, W)
     return {"step": viz.make_grid(images, nrow=8)}
@@ -120,7 +127,6 @@ def standing(cfg: Config) -> dict:
     return {"generator": recompute}
 
 
-FAMILY = Family(name="dcgan", models={"Generator": Generator, "Discriminator": Discriminator},
-                sampler="generator", averaged=("generator",), color="tab:blue",
+FAMILY = Family(name="dcgan", sampling_net="generator", averaged=("generator",), color="tab:blue",
                 build=build, step=step, snapshot=snapshot, sample=sample, finish=finish,
                 standing=standing)

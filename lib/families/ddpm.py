@@ -23,7 +23,6 @@ from lib.families.base import (
     resolve_model,
     unwrap,
 )
-from lib.models.ddpm import DDPM
 
 SNAPSHOT_SEED = 2  # the noise a stochastic sampler adds during snapshots, the same every time
 
@@ -45,12 +44,16 @@ def build(cfg: Config, data: ImageData, engine: Engine) -> Parts:
                  specs=specs, fixed=fixed)
 
 
-def step(parts: Parts, x: torch.Tensor, y, step: int, engine: Engine,
+def step(parts: Parts, x: torch.Tensor, y, it: int, engine: Engine,
          cfg: Config) -> dict[str, torch.Tensor]:
-    """One denoising step: a random t per image, predict the added noise, MSE."""
+    """One denoising step (a random t per image, predict the added noise, MSE), then the
+    scheduler and the moving average."""
     with engine.autocast():
         loss = parts.nets["model"](x, y)
     engine.backward_step("model", loss, parts.optimizers["model"], cfg.trainer.grad_clip)
+    parts.schedulers["model"].step()
+    if parts.ema is not None:
+        parts.ema.update(parts.nets, it)
     return {"loss": loss.detach()}
 
 
@@ -60,13 +63,13 @@ def draw(parts: Parts, **kwargs):
     Snapshots pass their own generator: a stochastic sampler (eta > 0) then
     redraws the same noise each time and never touches the training RNG.
     """
-    model = parts.sampler_net("model")
+    model = parts.sampling_weights("model")
     with eval_mode(model):
         return unwrap(model).sample(**kwargs)
 
 
 def sample(parts: Parts, n: int, labels=None, generator=None) -> torch.Tensor:
-    num_classes = unwrap(parts.sampler_net("model")).num_classes
+    num_classes = unwrap(parts.sampling_weights("model")).num_classes
     if labels is None and num_classes > 0:
         labels = torch.arange(n) % num_classes  # classes in equal shares
     return chunked(lambda idx, y: draw(parts, n=len(idx), labels=y, generator=generator).float(),
@@ -92,7 +95,7 @@ def finish(parts: Parts, run: RunDir) -> None:
 
 def save_denoising_gif(parts: Parts, path: Path, max_frames: int = 40) -> None:
     """One row of images (one per class when conditional) from x_T to x_0, frame by frame."""
-    model = unwrap(parts.sampler_net("model"))
+    model = unwrap(parts.sampling_weights("model"))
     labels = parts.fixed.get("labels")
     labels = labels[::8][:10] if labels is not None else None  # one image per class
     n = len(labels) if labels is not None else 8
@@ -110,6 +113,14 @@ def save_denoising_gif(parts: Parts, path: Path, max_frames: int = 40) -> None:
         viz.save_gif(frames, path, captions, duration_ms=150, final_hold_ms=2000)
 
 
-FAMILY = Family(name="ddpm", models={"DDPM": DDPM}, sampler="model", averaged=("model",),
-                color="tab:red", build=build, step=step, snapshot=snapshot, sample=sample,
-                finish=finish)
+def sampling_notes(parts: Parts) -> dict:
+    """{"sampler": "dpm++2m 20 steps"}: a diffusion model's score depends on the sampler
+    that drew its images and how many network calls it took."""
+    model = unwrap(parts.sampling_weights("model"))
+    steps = len(model.timestep_sequence(model.sampler, None)) - 1
+    return {"sampler": f"{model.sampler} {steps} steps"}
+
+
+FAMILY = Family(name="ddpm", sampling_net="model", averaged=("model",), color="tab:red",
+                build=build, step=step, snapshot=snapshot, sample=sample, finish=finish,
+                sampling_notes=sampling_notes)

@@ -61,13 +61,8 @@ class CVAE(nn.Module):
         self.image_size, self.n_channels, self.num_classes = image_size, n_channels, num_classes
         self.latent_dim, self.recon_loss = latent_dim, recon_loss
         self.label_every_stage = label_every_stage
-        # Default kl_weight 1.0, because both terms are per-image sums: for BCE that is the
-        # exact ELBO of a Bernoulli decoder; for MSE on [-1, 1] pixels a weight w is the ELBO
-        # of a Gaussian decoder with variance w / 2 (sigma 0.7 at w = 1), which on digits at
-        # 32 px gives samples a classifier labels 97% correctly after 500 steps, where 0.1
-        # gave 48% (the prior no longer matches the codes). Lower it for sharper images of
-        # richer data. The course project's 0.00025 multiplied a recon loss summed over the
-        # batch, so its meaning changed with the batch size; here it does not.
+        # kl_weight 1.0: both terms are per-image sums, so 1 is the exact ELBO (BCE) or a
+        # Gaussian decoder's of variance 1/2 (MSE); why and what was measured: docs/quality.md
         self.kl_weight, self.kl_warmup_steps = kl_weight, kl_warmup_steps
 
         stages = _num_stages(image_size)

@@ -185,11 +185,6 @@ class DDPM(nn.Module):
         return (extract(self.sqrt_alphas_cumprod, t, x_t.ndim) * x_t
                 - extract(self.sqrt_one_minus_alphas_cumprod, t, x_t.ndim) * v)
 
-    def predict_eps_from_v(self, x_t, t, v):
-        """eps = sigma_t x_t + alpha_t v."""
-        return (extract(self.sqrt_one_minus_alphas_cumprod, t, x_t.ndim) * x_t
-                + extract(self.sqrt_alphas_cumprod, t, x_t.ndim) * v)
-
     def loss_weight(self, t: torch.Tensor) -> torch.Tensor:
         """min-SNR-gamma weight per image, (B,): min(SNR, gamma) / SNR for eps, / (SNR + 1) for v.
 

@@ -137,4 +137,4 @@ def trained_model(run_dir: str | Path,
     render there), else the CPU; plain fp32 modules either way."""
 
     rebuilt = rebuild(run_dir, device=str(pick_device(device)))
-    return rebuilt.sampler, rebuilt.parts.class_names
+    return rebuilt.net, rebuilt.parts.class_names

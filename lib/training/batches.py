@@ -9,7 +9,7 @@ from lib.core.device import Engine
 from lib.data import ImageData
 
 
-class BatchSampler:
+class Batches:
     """Random batches drawn by index from the device-resident uint8 dataset.
 
     Each epoch is a fresh permutation; its state (permutation, position, RNG)

@@ -20,14 +20,14 @@ from lib.core.device import Engine
 from lib.core.rundir import RunDir
 from lib.families import Parts
 from lib.families.base import unwrap
-from lib.training.batches import BatchSampler
+from lib.training.batches import Batches
 from lib.training.guard import Guard
 
 # ---------------------------------------------------------------------------
 # Random streams
 
 
-def rng_state(sampler: BatchSampler) -> dict:
+def rng_state(sampler: Batches) -> dict:
     state = {"torch": torch.get_rng_state(), "python": random.getstate(),
              "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
              "numpy_pos": int(np.random.get_state()[2]), "sampler": sampler.state_dict()}
@@ -36,7 +36,7 @@ def rng_state(sampler: BatchSampler) -> dict:
     return state
 
 
-def set_rng_state(state: dict, sampler: BatchSampler) -> None:
+def set_rng_state(state: dict, sampler: Batches) -> None:
     torch.set_rng_state(state["torch"])
     random.setstate(as_tuple(state["python"]))
     np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32),
@@ -50,7 +50,7 @@ def set_rng_state(state: dict, sampler: BatchSampler) -> None:
 # Checkpoints: save and restore, side by side
 
 
-def make_checkpoint(cfg: Config, parts: Parts, sampler: BatchSampler, engine: Engine,
+def make_checkpoint(cfg: Config, parts: Parts, sampler: Batches, engine: Engine,
                     guard: Guard, step: int, counters: dict) -> dict:
     """Every state of the run at `step`. A collective under DDP (every rank's RNG)."""
     return {
@@ -73,7 +73,7 @@ def make_checkpoint(cfg: Config, parts: Parts, sampler: BatchSampler, engine: En
     }
 
 
-def restore_checkpoint(ckpt: dict, parts: Parts, sampler: BatchSampler, engine: Engine,
+def restore_checkpoint(ckpt: dict, parts: Parts, sampler: Batches, engine: Engine,
                        guard: Guard | None, source: str | Path = "checkpoint") -> None:
     """Load every state of `ckpt`. A rollback passes guard=None: its counts and lowered
     learning rate carry on, and so do the random streams, so that new batches follow.

@@ -46,9 +46,9 @@ class Rebuilt:
     step: int  # the checkpoint's step
 
     @property
-    def sampler(self) -> nn.Module:
+    def net(self) -> nn.Module:
         """The network that draws samples (EMA weights when kept): plain, in eval mode."""
-        return unwrap(self.parts.sampler_net(self.family.sampler)).eval()
+        return unwrap(self.parts.sampling_weights(self.family.sampling_net)).eval()
 
 
 def rebuild(run_dir: str | Path, checkpoint: str = "last.pt",
@@ -144,24 +144,15 @@ def evaluate_parts(family: Family, parts: Parts, evaluator: Evaluator, engine: E
         if family.label_grid is not None:
             grid = to_uint8(family.label_grid(parts, fixed_generator(seed + 3)))
         result = evaluator.evaluate(fake, labels, recon, grid)
-    return {**result, **diffusion_sampler(parts, family.sampler),
-            **batchnorm_stats(parts, family.sampler),
-            "sampled_with": parts.sampled_with(family.sampler)}
+    notes = family.sampling_notes(parts) if family.sampling_notes else {}
+    return {**result, **notes, **batchnorm_stats(parts, family.sampling_net),
+            "sampled_with": parts.sampled_with(family.sampling_net)}
 
 
 def batchnorm_stats(parts: Parts, name: str) -> dict:
     """{"batchnorm": "standing"} when the sampler's BatchNorm statistics were measured on
     the weights that sampled (gan.standing_stats); {} for running averages or no BatchNorm."""
     return {"batchnorm": "standing"} if name in parts.standing else {}
-
-
-def diffusion_sampler(parts: Parts, name: str) -> dict:
-    """{"sampler": "dpm++2m 20 steps"} for a diffusion model, whose score depends on the
-    sampler that drew its images (and how many network calls it took); {} otherwise."""
-    net = unwrap(parts.sampler_net(name)) if name in parts.nets else None
-    if not hasattr(net, "timestep_sequence"):
-        return {}
-    return {"sampler": f"{net.sampler} {len(net.timestep_sequence(net.sampler, None)) - 1} steps"}
 
 
 def best_fid(run: RunDir, features: str, step: int) -> float:

@@ -3,32 +3,27 @@
 The loop hands every step's logged numbers to `Guard.watch` (no GPU sync:
 the values stay on the device) and calls `Guard.check` where it would log or
 save anyway, so the cost is one small transfer per log interval. A
-non-finite value or a loss spike (> `spike_factor` x the running median of
-that loss) is a divergence; so, optionally, is a collapse seen by evaluation:
+non-finite value is a divergence; so, optionally, is a collapse seen by evaluation:
 a diversity score below `collapse_fraction` of the real data's (a GAN's mode
 collapse), or a label sensitivity below `label_sensitivity_min` (a conditional
 generator that ignores its label). The loop then restores the last
-checkpoint and calls `Guard.rolled_back`, which lowers the learning rate and
+checkpoint and calls `Guard.rolled_back`, which halves the learning rate and
 counts; past `max_rollbacks` it raises `DivergenceError`.
 
-The guard's own state (rollbacks so far, the learning-rate scale, the loss
-windows) goes into every checkpoint, so a resumed run judges spikes and
-counts rollbacks exactly as the uninterrupted one would.
+The guard's own state (rollbacks so far, the learning-rate scale) goes into
+every checkpoint, so a resumed run counts rollbacks as the uninterrupted one would.
 """
 
 from __future__ import annotations
 
 import math
-import statistics
-from collections import deque
 
 import torch
 from torch import nn
 
 from lib.config import TrainerConfig
 
-SPIKE_WINDOW = 100  # steps in the running median a loss is compared with
-SPIKE_MIN_HISTORY = 10  # no spike verdicts before this many steps of a loss were seen
+ROLLBACK_LR_FACTOR = 0.5  # the learning rates after each rollback, relative to before
 
 
 class DivergenceError(RuntimeError):
@@ -41,7 +36,6 @@ class Guard:
         self.rollbacks = 0
         self.lr_scale = 1.0  # product of every rollback's lr factor so far
         self.pending: list[tuple[int, dict]] = []  # (step, logs) not yet checked
-        self.recent: dict[str, deque] = {}  # loss name -> last SPIKE_WINDOW finite values
 
     # -- losses ------------------------------------------------------------
 
@@ -65,15 +59,6 @@ class Guard:
                 value = next(values)
                 if not math.isfinite(value):
                     return f"non-finite {key}={value} at step {step}"
-                if not key.startswith("loss"):
-                    continue
-                window = self.recent.setdefault(key, deque(maxlen=SPIKE_WINDOW))
-                if self.cfg.spike_factor > 0 and len(window) >= SPIKE_MIN_HISTORY:
-                    median = statistics.median(window)
-                    if median > 0 and value > self.cfg.spike_factor * median:
-                        return (f"{key}={value:.4g} at step {step} is over "
-                                f"{self.cfg.spike_factor:g} x its running median {median:.4g}")
-                window.append(value)
         return None
 
     @staticmethod
@@ -124,7 +109,7 @@ class Guard:
                 f"trainer.max_rollbacks")
             error.event = {**event, "event": "stopped", "message": str(error)}
             raise error
-        self.lr_scale *= self.cfg.rollback_lr_factor
+        self.lr_scale *= ROLLBACK_LR_FACTOR
         event["lr_scale"] = self.lr_scale
         return event
 
@@ -136,13 +121,11 @@ class Guard:
                 group["lr"] *= relative
 
     def state_dict(self) -> dict:
-        return {"rollbacks": self.rollbacks, "lr_scale": self.lr_scale,
-                "recent": {k: list(v) for k, v in self.recent.items()}}
+        return {"rollbacks": self.rollbacks, "lr_scale": self.lr_scale}
 
     def load_state_dict(self, state: dict) -> None:
         self.rollbacks = state.get("rollbacks", 0)
-        self.lr_scale = state.get("lr_scale", 1.0)
-        self.recent = {k: deque(v, maxlen=SPIKE_WINDOW) for k, v in state.get("recent", {}).items()}
+        self.lr_scale = state.get("lr_scale", 1.0)  # older checkpoints' loss windows: unused
         self.pending = []
 
 

@@ -1,13 +1,13 @@
 """The training loop: one skeleton for every model family.
 
 `train()` reads top to bottom in the order the work happens - set up, resume,
-then each step: the family's update, schedulers and EMA; the time budget and
-Ctrl-C; the divergence check, evaluation; rollback, log, checkpoint - and at the
-end the media and summary. What to do after a step is one pure function,
-`decide()`, of the cadences and those verdicts. What the stanzas share (folder,
-guard, tracker, counters, clock) is one small `Session` (lib/training/session.py),
-whose methods are the longer stanzas. What a family does lives in lib/families;
-what is saved, in lib/training/checkpoints.py.
+then each step: the family's update (with its schedulers and EMA); the time budget
+and Ctrl-C; the divergence check, evaluation; rollback, log, checkpoint - and at the
+end the media and summary. What to do after a step is one pure function, `decide()`,
+of the cadences and those verdicts. What the stanzas share (folder, guard, tracker,
+counters, clock) is one small `Session` (lib/training/session.py), whose methods are
+the longer stanzas. What a family does lives in lib/families; what is saved, in
+lib/training/checkpoints.py.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from lib.core.device import Engine, seed_everything, setup_engine
 from lib.core.rundir import RunDir, check_name, claim_exact, claim_new, lock
 from lib.data import load_dataset
 from lib.families import FAMILIES
-from lib.training.batches import BatchSampler
+from lib.training.batches import Batches
 from lib.training.checkpoints import restore_checkpoint
 from lib.training.evaluation import make_evaluator
 from lib.training.guard import Guard
@@ -126,7 +126,7 @@ def train(cfg: Config, out_root: str | Path = "outputs", run_dir: str | Path | N
     parts.nets = {name: engine.wrap(net) for name, net in parts.nets.items()}
     if engine.rank:  # each rank its own noise and batches; rank 0 as a single process
         seed_everything(t.seed + engine.rank)
-    sampler = BatchSampler(data, t.batch_size, engine, t.seed + engine.rank)
+    sampler = Batches(data, t.batch_size, engine, t.seed + engine.rank)
 
     # the run folder, claimed and locked by rank 0: a new one or the resumed one
     run = claim_run(cfg, engine, out_root, run_dir, resume)
@@ -160,14 +160,10 @@ def train(cfg: Config, out_root: str | Path = "outputs", run_dir: str | Path | N
     step, stop = start, False
     with s:  # Ctrl-C asks the loop to stop (Session.interrupted); the lock is released
         while step < cadence.total and not stop:
-            # one update of the family's recipe, then its schedulers and the EMA
+            # one iteration of the family's recipe (lib/families: update, schedulers, EMA)
             step += 1
             x, y = sampler.next()
             logs = family.step(parts, x, y, step, engine, cfg)
-            for sched in parts.schedulers.values():
-                sched.step()
-            if parts.ema is not None:
-                parts.ema.update(parts.nets, step)
             s.count(x.shape[0] * engine.world_size)
             guard.watch(step, logs)
 

@@ -23,7 +23,7 @@ from lib.core.rundir import RunDir, unlock
 from lib.families import Family, Parts
 from lib.families.base import fixed_generator
 from lib.metrics import Evaluator
-from lib.training.batches import BatchSampler
+from lib.training.batches import Batches
 from lib.training.checkpoints import make_checkpoint, prune_checkpoints, restore_checkpoint
 from lib.training.evaluation import best_fid, evaluate_parts, rng_untouched, sampling_cost
 from lib.training.guard import DivergenceError, Guard
@@ -113,7 +113,7 @@ class Session:
     family: Family
     engine: Engine
     parts: Parts
-    sampler: BatchSampler
+    sampler: Batches
     guard: Guard
     run: RunDir
     tracker: Tracker
@@ -363,7 +363,7 @@ class Session:
                 self.snapshot(step)
             viz.save_gif(run.snapshots("step"), run.media("evolution.gif"))
             self.family.finish(self.parts, run)
-            sampled_with = self.parts.sampled_with(self.family.sampler)
+            sampled_with = self.parts.sampled_with(self.family.sampling_net)
             grid = run.media("final_grid.png")
             viz.with_caption(Image.open(grid), f"step {step}, {sampled_with} weights",
                              min_width=0).save(grid)
