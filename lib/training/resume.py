@@ -20,7 +20,7 @@ from lib.config import Config, ConfigError, apply_override
 from lib.core.checkpoint import CheckpointError, load_checkpoint
 from lib.core.rundir import RunDir, _pid_alive, claim_new
 from lib.core.viz import step_of
-from lib.families import FAMILY_OF_TYPE
+from lib.models import FAMILY_MODELS
 from lib.training.tracking import truncate_history
 
 # What a resume may change: how the run trains, logs and finds its data. The rest
@@ -90,9 +90,13 @@ def check_resume(run_dir: Path, requested: Config) -> None:
 
 
 def family_of(raw: dict) -> str | None:
-    """The family of a plain config dict (None when it names no known network type)."""
-    spec = raw.get("generator") or raw.get("model")
-    return FAMILY_OF_TYPE.get(spec.get("type")) if isinstance(spec, dict) else None
+    """The family of a plain config dict: the one whose sections hold its model types (None
+    when none does)."""
+    for family, roles in FAMILY_MODELS.items():
+        if all(isinstance(raw.get(section), dict) and raw[section].get("type") == type_name
+               for section, type_name in roles.items()):
+            return family
+    return None
 
 
 def refuse_changes(saved: dict, now: dict, source: str | Path) -> None:
