@@ -52,7 +52,7 @@ __all__ = ["Explorer", "latent_explorer", "class_explorer", "ddpm_explorer",
            "latent_traversal_grid", "interpolation_grid", "class_grid", "class_traversal_grid",
            "ddpm_grid", "guidance_grid"]
 
-# 100 seeds on a 400 px slider: about 3 px a seed, so a drag lands where it aims (10,000 on
+# 100 seeds on a 400 px slider: 2-3 px of track a seed, so a drag lands where it aims (10,000 on
 # the default ~100 px track jumped thousands at a time); the arrow keys step one by one
 MAX_SEED = 99
 SEED_LAYOUT = {"width": "400px"}  # a dict: each slider gets a Layout of its own
