@@ -397,10 +397,9 @@ class Session:
             print(f"time budget of {self.cfg.trainer.max_minutes:g} min reached at step "
                   f"{step}/{total}; resume with: {launcher} -m lib train --resume {run.root}")
 
-
     def sampling_cost(self) -> float:
-        """Seconds per sampled image for summary.json: measured on 64 images, or the few
-        that begin() timed when the budget has no room left for 64."""
+        """Seconds per sampled image for summary.json: measured on 64 images, or estimated
+        from what begin() timed when the budget has no room left for 64."""
         left = self.budget - (time.monotonic() - self.entered) if self.budget else math.inf
         if self.sample_cost and left < self.draw_seconds(66) + MARGIN_S:
             return self.draw_seconds(64) / 64
