@@ -416,7 +416,8 @@ def stub_evaluation(monkeypatch, scores: dict[int, float], key: str = "diversity
     import lib.training.session
 
     evaluator = type("StubEvaluator", (), {"features": "stub", "num_samples": 8, "complete": True,
-                                           "seconds_per_image": None, "cache_files": []})()
+                                           "seconds_per_image": None, "cache_files": [],
+                                           "cache_dir": None})()
     monkeypatch.setattr(lib.training.loop, "make_evaluator", lambda *a, **k: evaluator)
     calls = []
 

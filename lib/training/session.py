@@ -21,7 +21,7 @@ from lib.core.device import Engine
 from lib.core.progress import progress_bar
 from lib.core.rundir import RunDir, unlock
 from lib.families import Family, Parts
-from lib.families.base import fixed_generator
+from lib.families.base import CHUNK, fixed_generator
 from lib.metrics import Evaluator
 from lib.training.batches import Batches
 from lib.training.checkpoints import make_checkpoint, prune_checkpoints, restore_checkpoint
@@ -34,10 +34,10 @@ from lib.training.tracking import Tracker, read_history
 # final scores, the first snapshot. What does not fit is deferred or skipped, and said so.
 BUDGET_SHARE = 0.25
 CHEAP_S = 2.0  # work that costs less is done whatever the budget: a share is never smaller
-# Images the end of a session samples: a snapshot, the final grid, the summary's sampling
-# cost (2 + 64) and DDPM's denoising row; times the measured seconds per image
-FINISH_IMAGES = 200
-PROBE_IMAGES = 16  # sampled to time sampling: a batch, not one image (CPUs gain ~10x)
+# Draws of a snapshot's size the end of a session makes: a snapshot, the final grid, the
+# summary's sampling cost, DDPM's denoising row
+FINISH_DRAWS = 4
+PROBE_IMAGES = 16  # sampled to time sampling: a CPU draws 16 images in ~1.3x the time of 2
 MARGIN_S = 10.0  # kept free for the evolution GIF and the metrics figure (~10 s, busy CPU)
 # A history line at least every this many steps, whatever log_every_step (the snapshots'
 # cadence) says: a session of a few dozen steps draws a loss curve. One device sync each.
@@ -127,6 +127,7 @@ class Session:
     save_cost: float = 0.0  # seconds the last save took: the budget keeps room for one
     eval_cost: float = 0.0  # seconds the last evaluation took (or will): one runs at a stop
     sample_cost: float = 0.0  # seconds per sampled image: what the final media will cost
+    sample_call: float = 0.0  # seconds per sampling call besides its images
     sample_setup: float = 0.0  # seconds a first draw with new weights adds (BatchNorm stats)
     clock: Clock = field(default_factory=Clock)
     interrupt: Interrupt = field(default_factory=Interrupt)
@@ -158,8 +159,8 @@ class Session:
         if self.budget and self.engine.is_main:
             self.time_sampling()
             share, n = budget_share(self.cfg), self.cfg.trainer.eval_samples
-            scores = n * (self.sample_cost + (self.evaluator.seconds_per_image or 0.0)
-                          if self.scoring else 0.0)
+            scores = (self.draw_seconds(n) + n * (self.evaluator.seconds_per_image or 0.0)
+                      if self.scoring else 0.0)
             if scores > share:
                 self.scoring = False
                 print(f"scores: none this session (~{scores:.0f} s for {n} images would take "
@@ -174,9 +175,10 @@ class Session:
         self.clock.reset()
 
     def time_sampling(self) -> None:
-        """sample_setup and sample_cost, from a first draw of 2 images with these weights
-        (set-up included), a second, and a batch of PROBE_IMAGES when that surely costs less
-        than half a budget's share (a small batch costs a CPU nearly what a large one does)."""
+        """sample_setup, sample_call and sample_cost, from a first draw of 2 images with
+        these weights (set-up included), a second, and a batch of PROBE_IMAGES when the second
+        took under a second or that surely costs less than half a budget's share (else all
+        is counted per image: a slow draw, as DDPM's on a CPU, grows with its images)."""
         def draw(n: int) -> float:
             t0 = time.monotonic()
             self.family.sample(self.parts, n, None, fixed_generator(0))
@@ -187,14 +189,20 @@ class Session:
         with rng_untouched(self.engine):
             first, second = draw(2), draw(2)
             self.sample_cost = second / 2
-            if self.sample_cost * PROBE_IMAGES < budget_share(self.cfg) / 2:
-                self.sample_cost = draw(PROBE_IMAGES) / PROBE_IMAGES
+            if second < 1 or self.sample_cost * PROBE_IMAGES < budget_share(self.cfg) / 2:
+                more = max(0.0, draw(PROBE_IMAGES) - second)
+                self.sample_cost = more / (PROBE_IMAGES - 2)
+                self.sample_call = max(0.0, second - 2 * self.sample_cost)
         self.sample_setup = max(0.0, first - second)
+
+    def draw_seconds(self, n: int) -> float:
+        """What sampling `n` images will take, as time_sampling measured it."""
+        return self.sample_call * math.ceil(n / CHUNK) + n * self.sample_cost
 
     def affords_snapshot(self) -> bool:
         """No budget, or a snapshot's sampling fits in its share (else: one line says so).
         The weights are those time_sampling drew with: no set-up left."""
-        seconds = len(self.parts.fixed.get("noise", ())) * self.sample_cost
+        seconds = self.draw_seconds(len(self.parts.fixed.get("noise", ())))
         if not self.budget or seconds <= budget_share(self.cfg):
             return True
         print(f"snapshot at step 0 skipped: ~{seconds:.0f} s of sampling would take over a "
@@ -257,7 +265,7 @@ class Session:
         now = time.monotonic()
         per_step = (self.trained + now - self.clock.counted) / self.steps_done
         ending = (self.eval_cost + self.save_cost + self.sample_setup
-                  + FINISH_IMAGES * self.sample_cost + MARGIN_S)
+                  + FINISH_DRAWS * self.draw_seconds(64) + MARGIN_S)
         return self.engine.agree(now - self.entered + per_step + ending > self.budget)
 
     def tally(self) -> None:
@@ -383,13 +391,12 @@ class Session:
             print(f"time budget of {self.cfg.trainer.max_minutes:g} min reached at step "
                   f"{step}/{total}; resume with: {launcher} -m lib train --resume {run.root}")
 
-
     def sampling_cost(self) -> float:
-        """Seconds per sampled image for summary.json: measured on 64 images, or the few
-        that begin() timed when the budget has no room left for 64."""
+        """Seconds per sampled image for summary.json: measured on 64 images, or estimated
+        from what begin() timed when the budget has no room left for 64."""
         left = self.budget - (time.monotonic() - self.entered) if self.budget else math.inf
-        if self.sample_cost and left < 70 * self.sample_cost + MARGIN_S:
-            return self.sample_cost
+        if self.sample_cost and left < self.draw_seconds(66) + MARGIN_S:
+            return self.draw_seconds(64) / 64
         return sampling_cost(self.family, self.parts, self.engine)
 
 
