@@ -305,9 +305,7 @@ def one_step(cfg: Config) -> str:
         return f"refused at build: {e}"
     x = engine.batch(data.images[:2])
     y = data.labels[:2] if data.labels is not None else None
-    logs = family.step(parts, x, y, 1, engine, cfg)
-    for sched in parts.schedulers.values():
-        sched.step()
+    logs = family.step(parts, x, y, 1, engine, cfg)  # its schedulers' step included
     bad = {k: v for k, v in logs.items() if not math.isfinite(float(v))}
     return f"WRONG: non-finite {bad}" if bad else "trains"
 
