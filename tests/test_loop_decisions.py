@@ -4,6 +4,7 @@ import pytest
 
 from lib.config import load_config
 from lib.training.loop import Cadence, Decision, decide
+from lib.training.session import HISTORY_EVERY
 
 # 12 steps; a history line every 2, a checkpoint every 4, scores every 6
 C = Cadence(total=12, log_every=2, save_every=4, eval_every=6)
@@ -55,5 +56,6 @@ def test_the_cadence_of_a_config():
                                                   "trainer.eval_every=50",
                                                   "trainer.eval_samples=0"])
     t = cfg.trainer
-    assert Cadence.of(cfg) == Cadence(3 * t.iterations_per_epoch, t.log_every_step,
+    assert Cadence.of(cfg) == Cadence(3 * t.iterations_per_epoch, HISTORY_EVERY,
                                       2 * t.iterations_per_epoch, 50, scores=False)
+    assert t.log_every_step > HISTORY_EVERY  # history lines come more often than snapshots

@@ -27,21 +27,21 @@ from lib.training.guard import Guard
 # Random streams
 
 
-def rng_state(sampler: Batches) -> dict:
+def rng_state(batches: Batches) -> dict:
     state = {"torch": torch.get_rng_state(), "python": random.getstate(),
              "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
-             "numpy_pos": int(np.random.get_state()[2]), "sampler": sampler.state_dict()}
+             "numpy_pos": int(np.random.get_state()[2]), "sampler": batches.state_dict()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
-def set_rng_state(state: dict, sampler: Batches) -> None:
+def set_rng_state(state: dict, batches: Batches) -> None:
     torch.set_rng_state(state["torch"])
     random.setstate(as_tuple(state["python"]))
     np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32),
                          state["numpy_pos"], 0, 0.0))
-    sampler.load_state_dict(state["sampler"])
+    batches.load_state_dict(state["sampler"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
@@ -50,7 +50,7 @@ def set_rng_state(state: dict, sampler: Batches) -> None:
 # Checkpoints: save and restore, side by side
 
 
-def make_checkpoint(cfg: Config, parts: Parts, sampler: Batches, engine: Engine,
+def make_checkpoint(cfg: Config, parts: Parts, batches: Batches, engine: Engine,
                     guard: Guard, step: int, counters: dict) -> dict:
     """Every state of the run at `step`. A collective under DDP (every rank's RNG)."""
     return {
@@ -66,14 +66,14 @@ def make_checkpoint(cfg: Config, parts: Parts, sampler: Batches, engine: Engine,
         "optimizers": {k: v.state_dict() for k, v in parts.optimizers.items()},
         "schedulers": {k: v.state_dict() for k, v in parts.schedulers.items()},
         "scalers": {k: v.state_dict() for k, v in engine.scalers.items()},
-        "rng": rng_state(sampler),
+        "rng": rng_state(batches),
         # under DDP each rank draws its own batches: keep every rank's RNG (a collective)
-        "rank_rng": engine.gather_object(rng_state(sampler)) if engine.distributed else [],
+        "rank_rng": engine.gather_object(rng_state(batches)) if engine.distributed else [],
         "guard": guard.state_dict(),
     }
 
 
-def restore_checkpoint(ckpt: dict, parts: Parts, sampler: Batches, engine: Engine,
+def restore_checkpoint(ckpt: dict, parts: Parts, batches: Batches, engine: Engine,
                        guard: Guard | None, source: str | Path = "checkpoint") -> None:
     """Load every state of `ckpt`. A rollback passes guard=None: its counts and lowered
     learning rate carry on, and so do the random streams, so that new batches follow.
@@ -97,7 +97,7 @@ def restore_checkpoint(ckpt: dict, parts: Parts, sampler: Batches, engine: Engin
         guard.load_state_dict(ckpt.get("guard", {}))
         rank_rng = ckpt.get("rank_rng") or [ckpt["rng"]]
         if engine.rank < len(rank_rng):  # other ranks of a resume on more GPUs keep fresh seeds
-            set_rng_state(rank_rng[engine.rank], sampler)
+            set_rng_state(rank_rng[engine.rank], batches)
 
 
 def load_weights(ckpt: dict, parts: Parts, source: str | Path = "checkpoint") -> None:

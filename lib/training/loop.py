@@ -126,7 +126,7 @@ def train(cfg: Config, out_root: str | Path = "outputs", run_dir: str | Path | N
     parts.nets = {name: engine.wrap(net) for name, net in parts.nets.items()}
     if engine.rank:  # each rank its own noise and batches; rank 0 as a single process
         seed_everything(t.seed + engine.rank)
-    sampler = Batches(data, t.batch_size, engine, t.seed + engine.rank)
+    batches = Batches(data, t.batch_size, engine, t.seed + engine.rank)
 
     # the run folder, claimed and locked by rank 0: a new one or the resumed one
     run = claim_run(cfg, engine, out_root, run_dir, resume)
@@ -135,7 +135,7 @@ def train(cfg: Config, out_root: str | Path = "outputs", run_dir: str | Path | N
     cadence = Cadence.of(cfg)
     guard, start, counters = Guard(t), 0, {"images_seen": 0, "train_seconds": 0.0}
     if resume is not None:
-        restore_checkpoint(resume.ckpt, parts, sampler, engine, guard, resume.run.last)
+        restore_checkpoint(resume.ckpt, parts, batches, engine, guard, resume.run.last)
         start, counters = resume.ckpt["step"], resume.ckpt["counters"]
         if engine.is_main:
             forget_after(run, start)
@@ -153,7 +153,7 @@ def train(cfg: Config, out_root: str | Path = "outputs", run_dir: str | Path | N
         keep_caches(run, cache_dir, sorted(cache_dir.glob(decoded)))
         if evaluator is not None:
             keep_caches(run, evaluator.cache_dir, evaluator.cache_files)
-    s = Session(cfg, family, engine, parts, sampler, guard, run, tracker, evaluator, counters,
+    s = Session(cfg, family, engine, parts, batches, guard, run, tracker, evaluator, counters,
                 entered, start, progress)
     s.begin()  # what the budget affords; a new run's first snapshot and last.pt
 
@@ -162,7 +162,7 @@ def train(cfg: Config, out_root: str | Path = "outputs", run_dir: str | Path | N
         while step < cadence.total and not stop:
             # one iteration of the family's recipe (lib/families: update, schedulers, EMA)
             step += 1
-            x, y = sampler.next()
+            x, y = batches.next()
             logs = family.step(parts, x, y, step, engine, cfg)
             s.count(x.shape[0] * engine.world_size)
             guard.watch(step, logs)

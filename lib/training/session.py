@@ -113,7 +113,7 @@ class Session:
     family: Family
     engine: Engine
     parts: Parts
-    sampler: Batches
+    batches: Batches
     guard: Guard
     run: RunDir
     tracker: Tracker
@@ -247,7 +247,7 @@ class Session:
         # every rank joins the checkpoint (it gathers their RNG); rank 0 writes it
         if self.engine.broadcast_object(metrics.get("fid", math.inf) < self.best_fid):
             self.best_fid = metrics.get("fid", self.best_fid)
-            ckpt = make_checkpoint(self.cfg, self.parts, self.sampler, self.engine,
+            ckpt = make_checkpoint(self.cfg, self.parts, self.batches, self.engine,
                                    self.guard, step, self.counters)
             if self.engine.is_main:
                 atomic_save(ckpt, self.run.best)
@@ -295,7 +295,7 @@ class Session:
             self.tracker.finish()
             self.bar.close()
             raise
-        restore_checkpoint(ckpt, self.parts, self.sampler, self.engine, None, self.run.last)
+        restore_checkpoint(ckpt, self.parts, self.batches, self.engine, None, self.run.last)
         self.guard.scale_lr(self.parts.optimizers, ckpt.get("guard", {}))
         self.counters.update(ckpt["counters"])
         if self.engine.is_main:
@@ -341,7 +341,7 @@ class Session:
         gathers their RNG states); rank 0 writes."""
         t0 = time.monotonic()
         self.tally()
-        ckpt = make_checkpoint(self.cfg, self.parts, self.sampler, self.engine, self.guard,
+        ckpt = make_checkpoint(self.cfg, self.parts, self.batches, self.engine, self.guard,
                                step, self.counters)
         if not self.engine.is_main:
             return
