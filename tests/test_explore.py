@@ -119,7 +119,7 @@ def test_trained_model_picks_the_sessions_gpu_unless_told(monkeypatch):
     asked = []
 
     class Rebuilt:
-        sampler, parts = "net", type("Parts", (), {"class_names": ["a"]})
+        net, parts = "net", type("Parts", (), {"class_names": ["a"]})
 
     monkeypatch.setattr(runs, "rebuild", lambda run_dir, device: asked.append(device) or Rebuilt)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)

@@ -216,7 +216,8 @@ def test_the_config_cell_shows_only_what_the_parameters_change(tmp_path, name, c
     notebook_config(name, tmp_path)  # the preset as it is: nothing shown
     assert capsys.readouterr().out == ""
     notebook_config(name, tmp_path, epochs=7)
-    assert "Markdown" in capsys.readouterr().out  # nb.table, outside a kernel
+    shown = capsys.readouterr().out  # nb.table's bundle, printed outside a kernel
+    assert "| trainer.epochs |" in shown and "| 7 |" in shown and "data.root" not in shown
 
 
 def test_the_parameters_the_docs_name_exist_in_the_notebooks():
