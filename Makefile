@@ -33,4 +33,5 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check lib tests benchmarks
 
 clean:
-	rm -rf outputs/* data/cache
+	find outputs -mindepth 1 -maxdepth 1 ! -name README.md -exec rm -rf {} +
+	rm -rf data/cache
