@@ -25,6 +25,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from lib.data.artbench32 import load_artbench32
+from lib.data.cache import cached_files
 from lib.data.embedded import SHAPE_NAMES, load_digits, make_shapes
 from lib.data.folders import (
     ARTBENCH_STYLES,
@@ -55,6 +56,7 @@ __all__ = [
     "SHAPE_NAMES",
     "DatasetError",
     "ImageData",
+    "cached_files",
     "distinct_indices",
     "duplicate_groups",
     "load_artbench",

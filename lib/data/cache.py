@@ -38,6 +38,11 @@ def _fingerprint(where: Path, files: list[Path], verify_cache: bool = False, **e
     return digest.hexdigest()
 
 
+def cached_files(cache_dir: Path, name: str, image_size: int) -> list[Path]:
+    """The cache files of dataset `name` at `image_size` under `cache_dir` (one per folder
+    read): what a run folder keeps copies of for its next session."""
+    return sorted(cache_dir.glob(f"{name}_{image_size}px_*.pt"))
+
 
 def _cached(cache_dir: Path | None, name: str, image_size: int, where: Path,
             files: list[Path], make, verify_cache: bool = False, **extra) -> ImageData:

@@ -21,7 +21,7 @@ from pathlib import Path
 from lib.config import Config, load_config
 from lib.core.device import Engine, seed_everything, setup_engine
 from lib.core.rundir import RunDir, check_name, claim_exact, claim_new, lock
-from lib.data import load_dataset
+from lib.data import cached_files, load_dataset
 from lib.families import FAMILIES
 from lib.training.batches import Batches
 from lib.training.checkpoints import restore_checkpoint
@@ -149,8 +149,7 @@ def train(cfg: Config, out_root: str | Path = "outputs", run_dir: str | Path | N
     evaluator = (make_evaluator(cfg, data, engine, seconds=budget_share(cfg))
                  if engine.is_main and t.eval_samples else None)
     if engine.is_main:  # the caches travel with the run: the next session starts at once
-        decoded = f"{cfg.data.dataset}_{cfg.data.image_size}px_*.pt"  # lib.data.cache's names
-        keep_caches(run, cache_dir, sorted(cache_dir.glob(decoded)))
+        keep_caches(run, cache_dir, cached_files(cache_dir, cfg.data.dataset, cfg.data.image_size))
         if evaluator is not None:
             keep_caches(run, evaluator.cache_dir, evaluator.cache_files)
     s = Session(cfg, family, engine, parts, batches, guard, run, tracker, evaluator, counters,
