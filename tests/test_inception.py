@@ -16,6 +16,7 @@ from inception_standin import (
     save_torchscript,
     torch_fidelity_state_dict,
 )
+from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
 from torchmetrics.image.fid import NoTrainInceptionV3
 
 import lib.data.find
@@ -113,7 +114,7 @@ def test_torchscript_contracts(tmp_path):
     nvidia = InceptionFeatures(find_inception_weights(save_nvidia_torchscript(tmp_path / "b.pt")))
     images = noise_images(3)
     with torch.inference_mode():
-        pixels = inception.interpolate_bilinear_2d_like_tensorflow1x(
+        pixels = interpolate_bilinear_2d_like_tensorflow1x(
             images.float(), size=(299, 299), align_corners=False, method="fast")
         want = scaled.trunk.net((pixels - 128) / 128)
         assert torch.allclose(scaled(images), want, atol=1e-6)

@@ -28,6 +28,7 @@ from lib.metrics import (
     scores,
     ssim_pairs,
 )
+from lib.metrics.scores import kid, ssim
 from lib.notebook import report
 from lib.training.evaluation import evaluate_checkpoint, evaluate_parts
 from lib.training.loop import train
@@ -163,6 +164,43 @@ def test_ssim_of_identical_images_is_one(evaluator):
     assert (noisy < 0.95).all()
     result = evaluator.evaluate(x, recon_pairs=(x, x))
     assert result["ssim_recon"] == pytest.approx(1.0)
+
+
+def test_ssim_matches_torchmetrics():
+    """Our SSIM (written out: torchmetrics' import cost ~5 s a process) is theirs."""
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(6, 3, 24, 24, generator=g)
+    y = (x + 0.2 * torch.randn(6, 3, 24, 24, generator=g)).clamp(0, 1)
+    theirs = structural_similarity_index_measure(x, y, data_range=1.0, reduction="none")
+    assert torch.allclose(ssim(x, y), theirs, atol=1e-6)
+    small = x[:, :, :8, :8], y[:, :, :8, :8]  # 8 px digits: the window is wider than half
+    theirs = structural_similarity_index_measure(*small, data_range=1.0, reduction="none")
+    assert torch.allclose(ssim(*small), theirs, atol=1e-6)
+
+
+def test_kid_matches_torchmetrics_and_does_not_touch_the_global_rng():
+    """Subsets of the whole set are permutations of it: the unbiased MMD^2 is then exact,
+    and ours must equal torchmetrics' (whose subsets come from the global RNG)."""
+    from torchmetrics.image.kid import KernelInceptionDistance
+
+    class Given(torch.nn.Module):  # hands the features straight to their KID
+        num_features = 8
+
+        def forward(self, f):
+            return f
+
+    g = torch.Generator().manual_seed(0)
+    real, fake = torch.randn(40, 8, generator=g), torch.randn(40, 8, generator=g) + 0.5
+    theirs = KernelInceptionDistance(feature=Given(), subsets=2, subset_size=40)
+    theirs.update(real, real=True)
+    theirs.update(fake, real=False)
+    state = torch.random.get_rng_state()
+    mean, std = kid(real, fake, subsets=3, subset_size=40)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert mean == pytest.approx(theirs.compute()[0].item(), rel=1e-5) and std < 1e-9
+    assert kid(real, real[torch.randperm(40, generator=g)], subset_size=40)[0] < 1e-9
 
 
 def test_per_class_fid(evaluator, digits):

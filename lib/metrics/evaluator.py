@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
 from pathlib import Path
 
 import torch
-from torch import nn
-from torchmetrics.image.kid import KernelInceptionDistance
 
 from lib.data import ImageData, distinct_indices
 from lib.metrics.cache import _cache_path, _fingerprint, _load, _save
@@ -26,6 +23,7 @@ from lib.metrics.scores import (
     MetricsError,
     ReferenceStats,
     _fid_with_interval,
+    kid,
     label_sensitivity,
     mean_pairwise_distance,
     nearest_real,
@@ -36,21 +34,6 @@ FEATURES = ("auto", "classifier", "inception")
 # Every batch the feature network sees has this many images (the last one padded): fp32
 # features depend on the batch shape (torchmetrics #1620), so they never depend on the caller's
 FEATURE_BATCH = 50
-
-
-class _Precomputed(nn.Module):
-    """Hands features already extracted straight to torchmetrics' KID.
-
-    Features are extracted once per batch, so the bootstrap, the per-class
-    scores and the cached real statistics never re-run the network.
-    """
-
-    def __init__(self, dim: int):
-        super().__init__()
-        self.num_features = dim
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return features
 
 
 def default_features(real: ImageData, device: str | torch.device = "cpu") -> str:
@@ -207,14 +190,8 @@ class Evaluator:
         subset = min(1000, len(self.real_features) // 2, len(fake_features) // 2)
         if subset < 2:
             return float("nan"), float("nan")
-        with warnings.catch_warnings():  # its memory warning: we hold only n_real + n_fake rows
-            warnings.filterwarnings("ignore", message=".*will save all extracted features")
-            kid = KernelInceptionDistance(feature=_Precomputed(self.dim), subsets=50,
-                                          subset_size=subset, sync_on_compute=False)
-        kid.update(self.real_features, real=True)
-        kid.update(fake_features, real=False)
-        mean, std = kid.compute()
-        return float(mean), float(std)
+        return kid(self.real_features, fake_features, subsets=50, subset_size=subset,
+                   seed=self.seed)
 
     def _per_class(self, fake_features: torch.Tensor, fake_labels: torch.Tensor,
                    result: dict, notes: list[str]) -> None:
@@ -261,7 +238,6 @@ class Evaluator:
             raise MetricsError(f"{len(fake_labels)} fake_labels for {len(fake)} generated images")
         notes = list(self.notes)
         with torch.random.fork_rng(devices=[]), torch.inference_mode():
-            torch.manual_seed(self.seed)  # KID's subsets: reproducible, caller's RNG untouched
             fake_features = self.extract(fake)
             fid, fid_std = _fid_with_interval(self._reference, fake_features, self.bootstrap,
                                                self.seed)

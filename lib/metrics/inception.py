@@ -16,8 +16,6 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
-from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
 
 import lib.data.find
 from lib.metrics.scores import MetricsError
@@ -252,6 +250,9 @@ class _TorchFidelityTrunk(nn.Module):
         buffer = io.BytesIO()
         torch.save(state_dict, buffer)
         buffer.seek(0)
+        # heavy (torchvision, ~3 s): only when the network is built
+        from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
         self.net = FeatureExtractorInceptionV3("inception-v3-compat", [str(INCEPTION_DIM)],
                                                feature_extractor_weights_path=buffer)
 
@@ -325,6 +326,11 @@ class InceptionFeatures(nn.Module):
         self.num_features = _probe_dim(self.trunk, weights)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # heavy (torchvision, ~3 s): an evaluator without Inception never pays for it
+        from torch_fidelity.interpolate_compat_tensorflow import (
+            interpolate_bilinear_2d_like_tensorflow1x,
+        )
+
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)  # Inception wants RGB: repeat grayscale
         # "fast" (grid_sample) is within 2e-3 of the bit-exact "slow" on the 0-255 scale and
