@@ -6,6 +6,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from PIL import Image
 
 from lib.config import Config
 from lib.core import viz
@@ -83,13 +84,14 @@ def snapshot(parts: Parts) -> dict[str, torch.Tensor]:
 
 
 def finish(parts: Parts, run: RunDir) -> None:
-    grid = snapshot(parts)["step"]
+    # the session's snapshot of this very step: a grid costs a full sampling run, drawn once
+    grid = Image.open(run.snapshots("step")[-1]).convert("RGB")
     labels = parts.fixed.get("labels")
     if labels is not None and parts.class_names:
         names = [parts.class_names[i] for i in labels[::8].tolist()]
         viz.label_rows(grid, names).save(run.media("final_grid.png"))
     else:
-        viz.save_png(grid, run.media("final_grid.png"), scale=max(1, 512 // grid.shape[-1]))
+        viz.upscaled(grid, 512).save(run.media("final_grid.png"))
     save_denoising_gif(parts, run.media("denoising.gif"))
 
 
