@@ -117,7 +117,7 @@ def _echo(line: str) -> None:
 def cmd_notebooks(args: argparse.Namespace) -> None:
     from lib.runner import run_notebooks
 
-    run_notebooks(args.only, args.preset, args.param, args.out, echo=_echo)
+    run_notebooks(args.only, args.preset, args.param, args.out, echo=_echo, jobs=args.jobs)
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -125,7 +125,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     from lib.runner import run_notebooks
 
     t0 = time.monotonic()
-    results = run_notebooks(None, "demo", args.param, args.out, echo=_echo)
+    results = run_notebooks(None, "demo", args.param, args.out, echo=_echo, jobs=args.jobs)
     print("\ndemo timings")
     for r in results:
         print(f"  {r.notebook:<20} {r.seconds:6.1f} s")
@@ -175,12 +175,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a notebook parameter (repeatable), e.g. -p epochs=1")
     p.add_argument("--out", default="outputs",
                    help="outputs folder: run folders, notebooks/ (executed copies), report/")
+    _jobs_flag(p)
     p.set_defaults(func=cmd_notebooks)
     p = sub.add_parser("demo", help="run the notebook suite on embedded data (demo preset)")
     p.add_argument("-p", "--param", action="append", metavar="[NOTEBOOK.]KEY=VALUE")
     p.add_argument("--out", default="outputs")
+    _jobs_flag(p)
     p.set_defaults(func=cmd_demo)
     return parser
+
+
+def _jobs_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--jobs", type=int, metavar="N",
+                   help="notebooks run at once before the report (default: all of them "
+                        "without a GPU, 1 beside one)")
 
 
 def errors() -> tuple[tuple[type[Exception], ...], tuple[type[Exception], ...]]:

@@ -1,11 +1,17 @@
-"""Execute the notebook suite with papermill, in order, one progress line per notebook.
+"""Execute the notebook suite with papermill, one progress line per notebook.
+
+On a machine without a GPU the notebooks before the report run side by side, one
+torch thread each (small models use a second core poorly: one notebook per core
+ends the suite about twice as soon); beside a GPU, which they would share, one at
+a time. The report runs last: it reads the others' runs.
 
 Parameters come from a preset (configs/notebooks_<name>.json: notebook -> its
 parameters, "*" -> parameters for every notebook that declares them) and from
 `key=value` overrides: `epochs=1` goes to every notebook with an `epochs`
 parameter, `02_dcgan.epochs=1` to that notebook alone. A name no notebook
 declares is an error, not a silently ignored typo. A failing cell stops the run
-with a `NotebookFailed` naming the notebook and the cell; the partly executed
+(the report does not run) with a `NotebookFailed` naming the notebook and the cell,
+once the notebooks already running have ended; the partly executed
 copy is kept for reading as `<name>.failed.ipynb`, beside the last good
 `<name>.ipynb`, which a failure never overwrites.
 """
@@ -15,8 +21,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +33,7 @@ from lib.core.progress import HEADLESS_ENV
 from lib.notebook.paths import project_root
 
 NOTEBOOKS = ("01_data_exploration", "02_dcgan", "03_cvae", "04_ddpm", "05_report")
+REPORT = "05_report"  # reads the other notebooks' runs: it runs after them
 PRESETS = {"demo": "configs/notebooks_demo.json", "gpu": "configs/notebooks_gpu.json"}
 ALL = "*"  # preset key whose parameters go to every notebook that declares them
 # the kernel's start-up warnings (e.g. about TCP transport) would drown the progress lines
@@ -140,8 +149,9 @@ def plan(names: list[str], layers: list[dict[str, dict]], folder: Path) -> dict[
 
 def run_notebooks(only: list[str] | None = None, preset: str | Path | None = "demo",
                   overrides: list[str] | None = None, out_root: str | Path = "outputs",
-                  echo: Callable[[str], None] = print) -> list[Result]:
-    """Execute notebooks in suite order into out_root/notebooks/; raise NotebookFailed on error.
+                  echo: Callable[[str], None] = print, jobs: int | None = None) -> list[Result]:
+    """Execute notebooks into out_root/notebooks/ (results in suite order), `jobs` at a time
+    before the report (None: see side_by_side); raise NotebookFailed on error.
 
     `out_root` reaches every notebook with an `out_root` parameter, so the run folders,
     the report and the executed copies all land under it.
@@ -158,23 +168,66 @@ def run_notebooks(only: list[str] | None = None, preset: str | Path | None = "de
               parse_overrides(overrides or [])]
     params = plan(names, layers, folder)
 
-    with headless():
-        return [execute(name, f"[{i}/{len(names)}]", folder, executed, params[name], echo)
-                for i, name in enumerate(names, 1)]
+    tags = {name: f"[{i}/{len(names)}]" for i, name in enumerate(names, 1)}
+    first = [n for n in names if n != REPORT]
+    jobs = jobs or side_by_side(len(first))
+
+    def run(name: str) -> Result:
+        return execute(name, tags[name], folder, executed, params[name], echo)
+
+    with kernel_env(jobs):
+        return together(run, first, jobs) + [run(n) for n in names if n == REPORT]
+
+
+def side_by_side(n: int) -> int:
+    """Notebooks at once: all n without a GPU, one at a time beside one."""
+    import torch  # heavy: only to ask for a GPU
+
+    return 1 if torch.cuda.is_available() else max(1, n)
+
+
+def together(run: Callable[[str], Result], names: list[str], jobs: int) -> list[Result]:
+    """run(name) for each name, `jobs` at a time; the first failure (in suite order) is
+    raised once the notebooks already running have ended, and none starts after it."""
+    if jobs <= 1:  # in this thread: Ctrl-C stops the notebook at once
+        return [run(n) for n in names]
+    failed = threading.Event()
+
+    def guarded(name: str) -> Result | None:
+        if failed.is_set():
+            return None  # not started: an earlier notebook failed
+        try:
+            return run(name)
+        except BaseException:
+            failed.set()
+            raise
+
+    with ThreadPoolExecutor(jobs) as pool:
+        futures = [pool.submit(guarded, n) for n in names]
+    errors = [f.exception() for f in futures if f.exception()]
+    if errors:
+        raise errors[0]
+    return [f.result() for f in futures]
 
 
 @contextlib.contextmanager
-def headless():
-    """Kernels started inside inherit HEADLESS_ENV: they draw static grids instead of sliders."""
-    previous = os.environ.get(HEADLESS_ENV)
-    os.environ[HEADLESS_ENV] = "1"
+def kernel_env(jobs: int):
+    """Kernels started inside inherit HEADLESS_ENV (they draw static grids instead of
+    sliders) and, when several run at once, their share of the cores as torch threads."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    env = {HEADLESS_ENV: "1"}
+    if jobs > 1 and "OMP_NUM_THREADS" not in os.environ:
+        env["OMP_NUM_THREADS"] = str(max(1, (cores or 1) // jobs))
+    previous = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
     try:
         yield
     finally:
-        if previous is None:
-            os.environ.pop(HEADLESS_ENV, None)
-        else:
-            os.environ[HEADLESS_ENV] = previous
+        for k, v in previous.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def execute(name: str, tag: str, folder: Path, executed: Path, params: dict,

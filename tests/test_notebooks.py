@@ -26,6 +26,7 @@ from lib.runner import (
     parse_overrides,
     plan,
     run_notebooks,
+    together,
 )
 
 NOTEBOOK_DIR = Path("notebooks")
@@ -394,6 +395,35 @@ def test_every_notebook_runs_through_the_runner(executed_suite):
     page = (out / "report" / "report.html").read_text()
     assert all(run.name in page for run in runs)
     assert page.count("data:image/gif;base64") >= len(runs)
+
+
+def test_notebooks_side_by_side_keep_suite_order_and_the_first_failure():
+    """Several at once: results in suite order; a failure is raised once the others that
+    were running have ended, and nothing starts after it."""
+    import threading
+    import time as clock
+
+    ended, both_running = [], threading.Barrier(2, timeout=10)
+
+    def run(name):
+        if name in ("a", "b"):
+            both_running.wait()  # a and b are truly side by side, or this times out
+        clock.sleep(0.05 if name == "a" else 0)
+        if name == "c":
+            raise RuntimeError("c failed")
+        ended.append(name)
+        return name
+
+    assert together(run, ["a", "b"], jobs=2) == ["a", "b"]
+    ended.clear()
+    both_running.reset()
+    with pytest.raises(RuntimeError, match="c failed"):
+        together(run, ["c", "a", "b", "d"], jobs=1)
+    assert ended == []  # one at a time: nothing after the failure
+    with pytest.raises(RuntimeError, match="c failed"):
+        together(lambda n: run(n) if n != "a" else clock.sleep(0.2) or ended.append(n),
+                 ["a", "c", "d"], jobs=2)
+    assert "a" in ended and "d" not in ended  # a, running, ended; d never started
 
 
 def test_a_failing_notebook_stops_the_run_naming_notebook_and_cell(tmp_path):
