@@ -385,3 +385,26 @@ def test_report_shows_the_protocol(evaluated_run, tmp_path):
     run = report.RunInfo(tmp_path, "r", "dcgan", "digits", 16, 8, 8, True, 1.0, 128,
                          metrics={"fid": 3.0, "protocol": protocol})
     assert report.table_rows([run])[0]["FID protocol"] == protocol_summary(protocol)
+
+
+def test_processes_side_by_side_train_one_classifier(tmp_path):
+    """Two notebooks at once on the same data: the second waits and loads the first's
+    classifier instead of training its own."""
+    script = (f"import sys; sys.path.insert(0, {str(Path.cwd())!r})\n"
+              "from lib.data import load_dataset\n"
+              "from lib.metrics import classifier\n"
+              "trained = []\n"
+              "real = classifier.train_classifier\n"
+              "import time\n"
+              "def slow(*a, **k):  # long enough that the other process would start one too\n"
+              "    trained.append(1)\n"
+              "    time.sleep(3)\n"
+              "    return real(*a, **k)\n"
+              "classifier.train_classifier = slow\n"
+              "classifier.CLASSIFIER_STEPS = 5\n"
+              f"classifier.load_classifier(load_dataset('digits', 8), {str(tmp_path)!r})\n"
+              "print('trained' if trained else 'loaded')\n")
+    procs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outcomes = sorted(p.communicate(timeout=120)[0].strip() for p in procs)
+    assert outcomes == ["loaded", "trained"]

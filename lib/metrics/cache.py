@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # Windows: no lock; two processes may then compute the same file
+    fcntl = None
 
 import torch
 
@@ -14,7 +20,7 @@ from lib.data import ImageData
 CACHE_VERSION = 2  # 2: real statistics of distinct images, fixed-size feature batches
 
 
-def _fingerprint(data: ImageData) -> str:
+def data_fingerprint(data: ImageData) -> str:
     """Content hash of the images and labels: the cache follows the data, not its name."""
     digest = hashlib.sha1()
     digest.update(str(tuple(data.images.shape)).encode())
@@ -24,16 +30,16 @@ def _fingerprint(data: ImageData) -> str:
     return digest.hexdigest()
 
 
-def _cache_path(cache_dir: Path, prefix: str, key: dict) -> Path:
+def cache_path(cache_dir: Path, prefix: str, key: dict) -> Path:
     digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
     return cache_dir / "metrics" / f"{prefix}_{digest}.pt"
 
 
-def _save(path: Path, blob: dict) -> None:
+def save_cached(path: Path, blob: dict) -> None:
     atomic_save({"version": CACHE_VERSION, **blob}, path)  # a killed run leaves no half file
 
 
-def _load(path: Path) -> dict | None:
+def load_cached(path: Path) -> dict | None:
     if not path.is_file():
         return None
     try:
@@ -41,3 +47,18 @@ def _load(path: Path) -> dict | None:
     except (OSError, RuntimeError, EOFError):
         return None
     return blob if isinstance(blob, dict) and blob.get("version") == CACHE_VERSION else None
+
+
+@contextlib.contextmanager
+def one_at_a_time(path: Path):
+    """Processes about to compute the same cache file take turns (notebooks side by side,
+    DDP ranks): the second finds the first's file instead of computing it again."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(path.with_suffix(".lock"), "w")  # noqa: SIM115 - closed below
+    except OSError:  # a read-only cache folder: no file to write, no turn to take
+        lock = None
+    with lock or contextlib.nullcontext():
+        if lock is not None and fcntl is not None:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        yield

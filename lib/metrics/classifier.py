@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lib.data import ImageData, to_float
-from lib.metrics.cache import _cache_path, _fingerprint, _load, _save
+from lib.metrics.cache import cache_path, data_fingerprint, load_cached, one_at_a_time, save_cached
 from lib.metrics.scores import MetricsError
 
 CLASSIFIER_DIM = 64  # small, so CPU-sized sample counts still give a full-rank covariance
@@ -116,15 +116,16 @@ def train_classifier(real: ImageData, steps: int = CLASSIFIER_STEPS, batch_size:
 def load_classifier(real: ImageData, cache_dir: str | Path, device: str | torch.device = "cpu",
                     fingerprint: str | None = None) -> tuple[ClassifierFeatures, float, Path]:
     """The classifier for `real`, trained once and cached under `cache_dir/metrics/`."""
-    key = {"net": "classifier", "data": fingerprint or _fingerprint(real),
+    key = {"net": "classifier", "data": fingerprint or data_fingerprint(real),
            "image_size": real.image_size, "steps": CLASSIFIER_STEPS, "dim": CLASSIFIER_DIM}
-    path = _cache_path(Path(cache_dir), f"classifier_{real.name}_{real.image_size}px", key)
-    blob = _load(path)
-    if blob is None:
-        net, accuracy = train_classifier(real, device=device)
-        _save(path, {"state_dict": {k: v.cpu() for k, v in net.state_dict().items()},
-                     "accuracy": accuracy})
-    else:
+    path = cache_path(Path(cache_dir), f"classifier_{real.name}_{real.image_size}px", key)
+    with one_at_a_time(path):
+        blob = load_cached(path)
+        if blob is None:
+            net, accuracy = train_classifier(real, device=device)
+            save_cached(path, {"state_dict": {k: v.cpu() for k, v in net.state_dict().items()},
+                               "accuracy": accuracy})
+    if blob is not None:
         net = ClassifierFeatures(real.channels, real.num_classes, real.image_size)
         net.load_state_dict(blob["state_dict"])
         accuracy = float(blob["accuracy"])

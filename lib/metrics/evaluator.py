@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from lib.data import ImageData, distinct_indices
-from lib.metrics.cache import _cache_path, _fingerprint, _load, _save
+from lib.metrics.cache import cache_path, data_fingerprint, load_cached, save_cached
 from lib.metrics.classifier import ClassifierFeatures, load_classifier
 from lib.metrics.inception import (
     INCEPTION_SIZE,
@@ -107,7 +107,7 @@ class Evaluator:
         self.meta: dict = {}
         self.notes: list[str] = []  # warnings that hold for every score of this evaluator
         self.cache_files: list[Path] = []  # what it cached: a run folder keeps copies
-        fingerprint = _fingerprint(real)
+        fingerprint = data_fingerprint(real)
         if features == "classifier":
             self.net, accuracy, net_path = load_classifier(real, self.cache_dir, self.device,
                                                            fingerprint)
@@ -139,12 +139,12 @@ class Evaluator:
                          "feature_batch": FEATURE_BATCH}
         key = {"data": fingerprint, "protocol": self.protocol, "seed": seed}
         prefix = f"real_{real.name}_{features}_{real.image_size}px_n{n_real}"
-        self.cache_path = _cache_path(self.cache_dir, prefix, key)
+        self.cache_path = cache_path(self.cache_dir, prefix, key)
         self.cache_files.append(self.cache_path)
-        blob = _load(self.cache_path) or {"features": torch.empty(0, self.dim)}
+        blob = load_cached(self.cache_path) or {"features": torch.empty(0, self.dim)}
         if len(blob["features"]) < n_real:
             blob = self._extract_reference(blob, seconds)
-            _save(self.cache_path, blob)
+            save_cached(self.cache_path, blob)
         self.real_features = blob["features"]  # (n_real, D) float32, CPU; fewer while partial
         self.seconds_per_image = blob.get("seconds_per_image")  # feature cost; None: unknown
         self.complete = len(self.real_features) == n_real
