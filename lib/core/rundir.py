@@ -181,7 +181,7 @@ def claim_exact(root: str | Path) -> RunDir:
     return RunDir(root)
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -209,7 +209,7 @@ def lock(run: RunDir) -> None:
                 continue
             pid, _, host = held.partition(" ")
             if (host.strip() == socket.gethostname() and pid.isdigit()
-                    and int(pid) != os.getpid() and _pid_alive(int(pid))):
+                    and int(pid) != os.getpid() and pid_alive(int(pid))):
                 raise RunFolderError(
                     f"{run.root}: in use by process {pid} (a run still training or "
                     f"resuming there); wait for it, or remove {run.lock_file} if no run "

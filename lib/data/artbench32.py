@@ -9,8 +9,8 @@ import numpy as np
 import torch
 
 from lib.data import find
-from lib.data.cache import _cached
-from lib.data.find import _missing, _search_dirs
+from lib.data.cache import cached
+from lib.data.find import not_found, search_dirs
 from lib.data.folders import ARTBENCH_STYLES, ARTBENCH_URL
 from lib.data.images import DatasetError, ImageData, resize_images
 
@@ -37,7 +37,7 @@ def load_artbench32(image_size: int, root: str | Path = "data", path: str | None
         candidates = [Path(path), Path(path) / ARTBENCH32_FOLDER]
     else:
         candidates = [Path(root) / ARTBENCH32_FOLDER,
-                      *_search_dirs(find.KAGGLE_INPUT, ARTBENCH32_FOLDER)]
+                      *search_dirs(find.KAGGLE_INPUT, ARTBENCH32_FOLDER)]
     folder = next((c for c in candidates if (c / "data_batch_1").is_file()), None)
     if folder is None:
         archive = Path(root) / ARTBENCH32_ARCHIVE
@@ -48,11 +48,11 @@ def load_artbench32(image_size: int, root: str | Path = "data", path: str | None
                    "as path=...")
         looked_at = candidates if path is not None else [
             candidates[0], find.KAGGLE_INPUT / "**" / ARTBENCH32_FOLDER]
-        raise _missing("artbench32", looked_at, "Expected data_batch_1..5 there. " + extract)
+        raise not_found("artbench32", looked_at, "Expected data_batch_1..5 there. " + extract)
     batches = sorted(folder.glob("data_batch_*"), key=lambda f: f.name.rsplit("_", 1)[-1].zfill(3))
     meta = [folder / "meta"] if (folder / "meta").is_file() else []
-    return _cached(cache_dir, "artbench32", image_size, folder, batches + meta,
-                   lambda: _read_artbench32(folder, batches, image_size),
+    return cached(cache_dir, "artbench32", image_size, folder, batches + meta,
+                  lambda: _read_artbench32(folder, batches, image_size),
                    verify_cache=verify_cache)
 
 

@@ -44,8 +44,8 @@ def cached_files(cache_dir: Path, name: str, image_size: int) -> list[Path]:
     return sorted(cache_dir.glob(f"{name}_{image_size}px_*.pt"))
 
 
-def _cached(cache_dir: Path | None, name: str, image_size: int, where: Path,
-            files: list[Path], make, verify_cache: bool = False, **extra) -> ImageData:
+def cached(cache_dir: Path | None, name: str, image_size: int, where: Path,
+           files: list[Path], make, verify_cache: bool = False, **extra) -> ImageData:
     """`make()`, or its cached result while `files` (and `extra`) are what they were.
 
     One cache file per dataset, size and folder; a stale one is replaced in place

@@ -17,12 +17,12 @@ KAGGLE_INPUT = Path(os.environ.get("GENLAB_KAGGLE_INPUT", "/kaggle/input"))
 # Finding data on disk
 
 
-def _missing(name: str, looked_at: list[Path | str], how: str) -> DatasetError:
+def not_found(name: str, looked_at: list[Path | str], how: str) -> DatasetError:
     places = "\n".join(f"  - {p}" for p in looked_at)
     return DatasetError(f"{name}: no data found. Looked at:\n{places}\n{how}")
 
 
-def _search_dirs(base: Path, pattern: str, max_depth: int = 5) -> Iterator[Path]:
+def search_dirs(base: Path, pattern: str, max_depth: int = 5) -> Iterator[Path]:
     """Folders under `base` whose name matches `pattern`, shallowest first.
 
     Kaggle mounts a dataset at /kaggle/input/<slug>/ or, on newer images,
@@ -34,27 +34,27 @@ def _search_dirs(base: Path, pattern: str, max_depth: int = 5) -> Iterator[Path]
         yield from sorted(p for p in base.glob("*/" * depth + pattern) if p.is_dir())
 
 
-def _hidden(name: str) -> bool:
+def is_hidden(name: str) -> bool:
     return name.startswith(".") or name == "__MACOSX"  # .ipynb_checkpoints, macOS zip debris
 
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
 
 
-def _iter_images(folder: Path) -> Iterator[Path]:
+def iter_images(folder: Path) -> Iterator[Path]:
     """Image files under `folder`, recursively, in a stable (sorted) order."""
     for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if not _hidden(d))
+        dirnames[:] = sorted(d for d in dirnames if not is_hidden(d))
         for f in sorted(filenames):
-            if not _hidden(f) and Path(f).suffix.lower() in IMAGE_SUFFIXES:
+            if not is_hidden(f) and Path(f).suffix.lower() in IMAGE_SUFFIXES:
                 yield Path(dirpath) / f
 
 
-def _has_images(folder: Path) -> bool:
-    return next(_iter_images(folder), None) is not None
+def has_images(folder: Path) -> bool:
+    return next(iter_images(folder), None) is not None
 
 
-def _subdirs(folder: Path) -> list[Path]:
+def subdirs(folder: Path) -> list[Path]:
     if not folder.is_dir():
         return []
-    return sorted(d for d in folder.iterdir() if d.is_dir() and not _hidden(d.name))
+    return sorted(d for d in folder.iterdir() if d.is_dir() and not is_hidden(d.name))

@@ -12,15 +12,15 @@ from PIL import Image, ImageOps
 
 from lib.core.progress import progress_bar
 from lib.data import find
-from lib.data.cache import _cached
+from lib.data.cache import cached
 from lib.data.find import (
     IMAGE_SUFFIXES,
-    _has_images,
-    _hidden,
-    _iter_images,
-    _missing,
-    _search_dirs,
-    _subdirs,
+    has_images,
+    is_hidden,
+    iter_images,
+    not_found,
+    search_dirs,
+    subdirs,
 )
 from lib.data.images import DatasetError, ImageData
 
@@ -88,8 +88,8 @@ def read_images(files: list[Path], image_size: int, name: str, where: Path,
     if not files:
         raise DatasetError(f"{name}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) "
                            f"under {where}")
-    return _cached(cache_dir, name, image_size, where, files,
-                   lambda: _decode_all(files, image_size, name, where, labels, class_names),
+    return cached(cache_dir, name, image_size, where, files,
+                  lambda: _decode_all(files, image_size, name, where, labels, class_names),
                    verify_cache=verify_cache, labels=labels, class_names=class_names)
 
 
@@ -124,17 +124,17 @@ def read_image_folder(folder: Path, image_size: int, name: str,
     A class folder none of whose files can be read is dropped, with a message.
     """
     loose = [f for f in folder.iterdir()
-             if f.is_file() and not _hidden(f.name) and f.suffix.lower() in IMAGE_SUFFIXES]
-    classes = [d for d in _subdirs(folder) if _has_images(d)]
+             if f.is_file() and not is_hidden(f.name) and f.suffix.lower() in IMAGE_SUFFIXES]
+    classes = [d for d in subdirs(folder) if has_images(d)]
     if loose and classes:
         raise DatasetError(
             f"{name}: {folder} holds both loose images ({len(loose)}) and class subfolders "
             f"({', '.join(d.name for d in classes)}); move the loose images into a class "
             "folder for labelled data, or point path at a folder of one kind")
     if not classes:
-        return read_images(list(_iter_images(folder)), image_size, name, folder,
+        return read_images(list(iter_images(folder)), image_size, name, folder,
                            cache_dir=cache_dir, verify_cache=verify_cache)
-    groups = [list(_iter_images(d)) for d in classes]
+    groups = [list(iter_images(d)) for d in classes]
     files, labels = _interleave(groups)
     data = read_images(files, image_size, name, folder, labels, [d.name for d in classes],
                        cache_dir, verify_cache)
@@ -171,7 +171,7 @@ def load_folder(image_size: int, path: str | None = None, cache_dir: Path | None
                            "config); class subfolders, if any, become the labels")
     folder = Path(path)
     if not folder.is_dir():
-        raise _missing("folder", [folder], "path must be an existing folder of images.")
+        raise not_found("folder", [folder], "path must be an existing folder of images.")
     return read_image_folder(folder, image_size, "folder", cache_dir, verify_cache)
 
 
@@ -193,15 +193,15 @@ def load_cats(image_size: int, root: str | Path = "data", path: str | None = Non
     else:
         # lazily: the search stops at the first folder with images
         candidates = itertools.chain([Path(root) / "cats"],
-                                     _search_dirs(find.KAGGLE_INPUT, "cats*", max_depth=7))
+                                     search_dirs(find.KAGGLE_INPUT, "cats*", max_depth=7))
         looked_at = [Path(root) / "cats", find.KAGGLE_INPUT / "**" / "cats*"]
-    folder = next((c for c in candidates if c.is_dir() and _has_images(c)), None)
+    folder = next((c for c in candidates if c.is_dir() and has_images(c)), None)
     if folder is None:
-        raise _missing("cats", looked_at, (
+        raise not_found("cats", looked_at, (
             f"Get the Kaggle dataset {CATS_KAGGLE} (on Kaggle: Add Input; elsewhere: "
             f"`kaggle datasets download -d {CATS_KAGGLE}` and unzip) into "
             f"{Path(root) / 'cats'}, or pass its folder as path=..."))
-    return read_images(list(_iter_images(folder)), image_size, "cats", folder,
+    return read_images(list(iter_images(folder)), image_size, "cats", folder,
                        cache_dir=cache_dir, verify_cache=verify_cache)
 
 
@@ -221,10 +221,10 @@ def _find_style_root(top: Path, max_depth: int = 3) -> Path | None:
     for _ in range(max_depth + 1):
         below = []
         for d in level:
-            subdirs = _subdirs(d)
-            if any(s.name.lower() in ARTBENCH_STYLES for s in subdirs):
+            children = subdirs(d)
+            if any(s.name.lower() in ARTBENCH_STYLES for s in children):
                 return d
-            below += sorted(subdirs, key=lambda s: s.name.lower() != "train")
+            below += sorted(children, key=lambda s: s.name.lower() != "train")
         level = below
     return None
 
@@ -237,18 +237,18 @@ def load_artbench(image_size: int, root: str | Path = "data", path: str | None =
         candidates = [Path(path)]
         looked_at: list[Path | str] = candidates
     else:
-        candidates = [Path(root) / "artbench", *_search_dirs(find.KAGGLE_INPUT, "*artbench*")]
+        candidates = [Path(root) / "artbench", *search_dirs(find.KAGGLE_INPUT, "*artbench*")]
         looked_at = [Path(root) / "artbench", find.KAGGLE_INPUT / "**" / "*artbench*"]
     style_root = next((r for c in candidates if (r := _find_style_root(c)) is not None), None)
     if style_root is None:
-        raise _missing("artbench", looked_at, (
+        raise not_found("artbench", looked_at, (
             "Expected style folders (" + ", ".join(ARTBENCH_STYLES) + ") holding JPEGs, "
             f"possibly under train/. Get the '256x256 a-la-ImageFolder' archive listed at "
             f"{ARTBENCH_URL} or the Kaggle dataset {ARTBENCH_KAGGLE}, "
             f"and extract it into {Path(root) / 'artbench'} or pass its folder as path=..."))
     # labels index the fixed style list, so they agree with artbench32 even if a style is absent
-    dirs = {d.name.lower(): d for d in _subdirs(style_root)}
-    groups = [list(_iter_images(dirs[s])) if s in dirs else [] for s in ARTBENCH_STYLES]
+    dirs = {d.name.lower(): d for d in subdirs(style_root)}
+    groups = [list(iter_images(dirs[s])) if s in dirs else [] for s in ARTBENCH_STYLES]
     files, labels = _interleave(groups)
     return read_images(files, image_size, "artbench", style_root, labels, list(ARTBENCH_STYLES),
                        cache_dir, verify_cache)

@@ -13,8 +13,8 @@ import numpy as np
 import torch
 
 from lib.data import find
-from lib.data.cache import _cached
-from lib.data.find import _missing, _search_dirs
+from lib.data.cache import cached
+from lib.data.find import not_found, search_dirs
 from lib.data.images import DatasetError, ImageData, resize_images
 
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte")
@@ -102,7 +102,7 @@ def load_mnist(image_size: int, root: str | Path = "data", path: str | None = No
     candidates = [base, base / "raw", base / "MNIST" / "raw"] if path is not None else [
         base / "MNIST" / "raw"]
     if path is None:
-        candidates += [d / sub for d in _search_dirs(find.KAGGLE_INPUT, "*mnist*")
+        candidates += [d / sub for d in search_dirs(find.KAGGLE_INPUT, "*mnist*")
                        for sub in ("", "raw", "MNIST/raw")]
     folder = _find_mnist(candidates)
     if folder is None and download:
@@ -117,13 +117,13 @@ def load_mnist(image_size: int, root: str | Path = "data", path: str | None = No
     if folder is None:
         looked_at = (candidates[:3] if path is not None
                      else [candidates[0], find.KAGGLE_INPUT / "**" / "*mnist*"])
-        raise _missing("mnist", looked_at, (
+        raise not_found("mnist", looked_at, (
             f"Expected {' and '.join(MNIST_FILES)} (.gz or not). Fetch them with "
             "load_dataset('mnist', ..., download=True) (data.download=true in a config; uses "
             f"torchvision.datasets.MNIST), or copy the raw files into {base / 'MNIST' / 'raw'}."))
     files = [_idx_file(folder, stem) for stem in MNIST_FILES]
-    return _cached(cache_dir, "mnist", image_size, folder, files,
-                   lambda: _read_mnist(folder, files, image_size, verify),
+    return cached(cache_dir, "mnist", image_size, folder, files,
+                  lambda: _read_mnist(folder, files, image_size, verify),
                    verify_cache=verify_cache, verify=verify)
 
 

@@ -83,9 +83,12 @@ def snapshot(parts: Parts) -> dict[str, torch.Tensor]:
     return {"step": viz.make_grid(images.float(), nrow=8)}
 
 
-def finish(parts: Parts, run: RunDir) -> None:
-    # the session's snapshot of this very step: a grid costs a full sampling run, drawn once
-    grid = Image.open(run.snapshots("step")[-1]).convert("RGB")
+def finish(parts: Parts, run: RunDir, step: int) -> None:
+    last = run.snapshots("step")[-1:]
+    if last and viz.step_of(last[0]) == step:  # a grid costs a full sampling run: reuse it
+        grid = Image.open(last[0]).convert("RGB")
+    else:
+        grid = viz.to_pil(snapshot(parts)["step"])
     labels = parts.fixed.get("labels")
     if labels is not None and parts.class_names:
         names = [parts.class_names[i] for i in labels[::8].tolist()]

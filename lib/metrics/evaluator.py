@@ -22,7 +22,7 @@ from lib.metrics.inception import (
 from lib.metrics.scores import (
     MetricsError,
     ReferenceStats,
-    _fid_with_interval,
+    fid_with_interval,
     kid,
     label_sensitivity,
     mean_pairwise_distance,
@@ -203,8 +203,8 @@ class Evaluator:
             smallest = n if smallest is None else min(smallest, n)
             if n < 2:
                 continue
-            fid, std = _fid_with_interval(ReferenceStats(real_k), fake_k, self.bootstrap,
-                                          self.seed + 1 + k)
+            fid, std = fid_with_interval(ReferenceStats(real_k), fake_k, self.bootstrap,
+                                         self.seed + 1 + k)
             result[f"fid_class_{k}"] = fid
             if self.bootstrap > 1:
                 result[f"fid_class_{k}_std"] = std
@@ -239,8 +239,8 @@ class Evaluator:
         notes = list(self.notes)
         with torch.random.fork_rng(devices=[]), torch.inference_mode():
             fake_features = self.extract(fake)
-            fid, fid_std = _fid_with_interval(self._reference, fake_features, self.bootstrap,
-                                               self.seed)
+            fid, fid_std = fid_with_interval(self._reference, fake_features, self.bootstrap,
+                                              self.seed)
             kid, kid_std = self._kid(fake_features)
             result = {"fid": fid}
             if self.bootstrap > 1:  # a normal 95% interval from the bootstrap spread

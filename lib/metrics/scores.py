@@ -60,8 +60,8 @@ class ReferenceStats:
                      - 2 * torch.linalg.svdvals(cross).sum())
 
 
-def _fid_with_interval(reference: ReferenceStats, fake: torch.Tensor, bootstrap: int,
-                       seed: int) -> tuple[float, float]:
+def fid_with_interval(reference: ReferenceStats, fake: torch.Tensor, bootstrap: int,
+                      seed: int) -> tuple[float, float]:
     """FID of `fake` against `reference`, and its bootstrap std.
 
     Resampling with replacement biases FID upward, so only the spread of the

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from lib.config import Config, ConfigError, apply_override
 from lib.core.checkpoint import CheckpointError, load_checkpoint
-from lib.core.rundir import RunDir, _pid_alive, claim_new
+from lib.core.rundir import RunDir, claim_new, pid_alive
 from lib.core.viz import step_of
 from lib.models import FAMILY_MODELS
 from lib.training.tracking import truncate_history
@@ -157,7 +157,7 @@ def _copy_run(src: RunDir, target: Path) -> RunDir:
     target.parent.mkdir(parents=True, exist_ok=True)
     for stale in target.parent.glob(f".{target.name}.copy-*"):
         pid = stale.name.rpartition(".copy-")[2].partition("-")[0]
-        if pid.isdigit() and not _pid_alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(stale, ignore_errors=True)
             if target.is_dir() and not any(target.iterdir()):
                 target.rmdir()  # the claim that copy was to fill

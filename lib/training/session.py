@@ -367,10 +367,10 @@ class Session:
                 print(message, file=sys.stderr)
             raise Interrupted(message)
         if engine.is_main:
-            if not run.snapshot("step", step).exists():  # a stop between snapshots: the GIF
-                self.snapshot(step)                          # ends where training did
+            if not run.snapshots("step"):  # a budget stop before any: the GIF gets this one
+                self.snapshot(step)
             viz.save_gif(run.snapshots("step"), run.media("evolution.gif"))
-            self.family.finish(self.parts, run)
+            self.family.finish(self.parts, run, step)
             sampled_with = self.parts.sampled_with(self.family.sampling_net)
             grid = run.media("final_grid.png")
             viz.with_caption(Image.open(grid), f"step {step}, {sampled_with} weights",
