@@ -3,6 +3,8 @@ import os
 import pytest
 import torch
 
+from lib.runner import NOTEBOOKS, run_notebooks
+
 # Tests never talk to wandb; tracking.py is tested on its mode decision alone.
 os.environ["WANDB_MODE"] = "disabled"
 
@@ -32,3 +34,24 @@ def one_thread():
         mp.setenv("OMP_NUM_THREADS", "1")  # so that training keeps it (lib.core.device)
         yield
     torch.set_num_threads(threads)
+
+
+def smoke_params(tmp_path) -> list[str]:
+    """Overrides that make every notebook run in seconds: tiny images, a few steps."""
+    return [f"data_root={tmp_path / 'data'}", "image_size=16", "epochs=1",
+            "iterations_per_epoch=4", "log_every_step=2", "batch_size=16",
+            "wandb_mode=offline", "04_ddpm.sample_steps=2", "04_ddpm.explore_steps=2",
+            "05_report.sampling_images=2"]
+
+
+@pytest.fixture(scope="session")
+def executed_suite(tmp_path_factory):
+    """The suite run once through the runner with smoke parameters and wandb offline (what
+    a student gets without a key): (names, out, results, echoed lines). The tests that read
+    it share an xdist group, so one worker runs it once for all of them."""
+    tmp_path = tmp_path_factory.mktemp("suite")
+    names, out, lines = list(NOTEBOOKS), tmp_path / "outputs", []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("WANDB_MODE", "offline")
+        results = run_notebooks(names, "demo", smoke_params(tmp_path), out, echo=lines.append)
+    return names, out, results, lines

@@ -34,14 +34,6 @@ RUN_FILES = ["config.json", "history.jsonl", "summary.json", "checkpoints/last.p
              "evolution.gif", "final_grid.png"]
 
 
-def smoke_params(tmp_path) -> list[str]:
-    """Overrides that make every notebook run in seconds: tiny images, a few steps."""
-    return [f"data_root={tmp_path / 'data'}", "image_size=16", "epochs=1",
-            "iterations_per_epoch=4", "log_every_step=2", "batch_size=16",
-            "wandb_mode=disabled", "04_ddpm.sample_steps=2", "04_ddpm.explore_steps=2",
-            "05_report.sampling_images=2"]
-
-
 def error_outputs(path: Path) -> list[str]:
     book = nbformat.read(path, as_version=4)
     return [f"{o.ename}: {o.evalue}" for c in book.cells if c.cell_type == "code"
@@ -359,25 +351,7 @@ def test_report_shows_the_uncertainty_of_fid_and_kid(tmp_path):
 # The suite, executed
 
 
-def runnable_notebooks() -> list[str]:
-    """Notebooks whose model family has landed (its demo preset exists), in suite order."""
-    presets = {"02_dcgan": "dcgan", "03_cvae": "cvae", "04_ddpm": "ddpm"}
-    return [n for n in NOTEBOOKS
-            if n not in presets or Path(f"configs/{presets[n]}_demo.json").is_file()]
-
-
-@pytest.fixture(scope="module")
-def executed_suite(tmp_path_factory):
-    """The suite run once through the runner with smoke parameters: (names, out, results,
-    echoed lines), shared by the tests that read the executed copies."""
-    tmp_path = tmp_path_factory.mktemp("suite")
-    names = runnable_notebooks()
-    out = tmp_path / "outputs"
-    lines = []
-    results = run_notebooks(names, "demo", smoke_params(tmp_path), out, echo=lines.append)
-    return names, out, results, lines
-
-
+@pytest.mark.xdist_group("suite")
 def test_every_notebook_runs_through_the_runner(executed_suite):
     names, out, results, lines = executed_suite
     assert [r.notebook for r in results] == names
@@ -449,6 +423,7 @@ def test_a_failing_notebook_stops_the_run_naming_notebook_and_cell(tmp_path):
     assert f"last good executed copy (an earlier run), kept: {good}" in proc.stderr
 
 
+@pytest.mark.xdist_group("suite")
 def test_every_executed_notebook_exports_to_a_clean_page(executed_suite):
     from nbconvert import HTMLExporter
 
