@@ -5,15 +5,18 @@ An update is what a slider move costs: render the grid from the controls' values
 and encode it as the PNG the Image widget receives. Prints the median (and the
 slowest) over --updates moves of each control kind, with the split between the
 model and the PNG encoding, and the machine's load: on a shared CPU the figures
-depend on it. Every move goes to a new setting: the DDPM explorer's cache of past
-renders is never what is timed. The explorers set their own torch threads on CPU
-(`explore.interactive_threads`); --threads sets the session's count around them.
+depend on it. "cpu" is the median CPU time of the updating thread (the explorers render
+on one thread on a CPU): what an update costs when it has a core, as it does beside one
+other busy process on 2 cores, whatever else loads the machine. Every move goes to a new
+setting: the DDPM explorer's cache of past renders is never what is timed. The explorers
+set their own torch threads on CPU (`explore.interactive_threads`); --threads sets the
+session's count around them.
 
 Targets (issue 29): DCGAN-64 and CVAE <= 50 ms an update on 2 CPU cores, the 32 px
 ddpm_cats UNet <= 500 ms on CPU, any explorer built in <= 2 s on CPU.
 
     python benchmarks/widgets.py [--updates 20] [--device auto] [--threads N]
-                                 [--dcgan-samples 4] [--ddpm-steps 10]
+                                 [--dcgan-samples 4] [--cvae-samples N] [--ddpm-steps N]
                                  [--ddpm-sampler dpm++2m] [--ddpm-samples N]
 """
 
@@ -39,9 +42,11 @@ from lib.notebook.widgets import class_explorer, ddpm_explorer, latent_explorer,
 
 def time_updates(explorer, moves: list[tuple[str, object]]) -> dict[str, float]:
     """Set each (control, value) in turn; time the update it triggers and its PNG part."""
-    totals, pngs = [], []
+    totals, cpus, pngs = [], [], []
     for name, value in moves:
+        t0 = time.thread_time()
         explorer.controls[name].value = value  # fires the observer: the real update path
+        cpus.append(1000 * (time.thread_time() - t0))
         totals.append(explorer.last_ms)
         grid = explorer.render()  # the DDPM explorer answers this one from its cache
         t0 = time.perf_counter()
@@ -49,7 +54,8 @@ def time_updates(explorer, moves: list[tuple[str, object]]) -> dict[str, float]:
         pngs.append(1000 * (time.perf_counter() - t0))
     png = statistics.median(pngs)
     return {"median_ms": statistics.median(totals), "min_ms": min(totals), "max_ms": max(totals),
-            "render_ms": statistics.median(totals) - png, "png_ms": png}
+            "render_ms": statistics.median(totals) - png, "png_ms": png,
+            "cpu_ms": statistics.median(cpus)}
 
 
 def built(name: str, make):
@@ -66,7 +72,7 @@ def report(name: str, stats: dict[str, float]) -> None:
     # the minimum is the cost on an idle machine; median and max show what contention adds
     print(f"{name:<34} {stats['median_ms']:8.1f} ms/update (min {stats['min_ms']:6.1f}, "
           f"max {stats['max_ms']:6.1f}; model {stats['render_ms']:6.1f}, "
-          f"png {stats['png_ms']:5.1f})")
+          f"png {stats['png_ms']:5.1f}; cpu {stats['cpu_ms']:6.1f})")
 
 
 def main() -> None:
@@ -76,7 +82,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0,
                         help="the session's torch threads (0: torch's default)")
     parser.add_argument("--dcgan-samples", type=int, default=4, help="images in the DCGAN grid")
-    parser.add_argument("--ddpm-steps", type=int, default=10)
+    parser.add_argument("--cvae-samples", type=int, default=None,
+                        help="images in the CVAE grid (default: the explorer's, 4 on CPU)")
+    parser.add_argument("--ddpm-steps", type=int, default=None,
+                        help="sampler steps (default: the explorer's, 5 on CPU, 10 on a GPU)")
     parser.add_argument("--ddpm-sampler", default="dpm++2m")
     parser.add_argument("--ddpm-samples", type=int, default=None,
                         help="images per DDPM update (default: the explorer's, 1 on CPU)")
@@ -106,10 +115,11 @@ def main() -> None:
     images = torch.randint(0, 256, (500, 3, 64, 64), dtype=torch.uint8)
     labels = torch.arange(500) % 10
     explorer = built("class_explorer (CVAE-64, 500 images encoded)",
-                     lambda: class_explorer(cvae, images, labels, n_samples=8))
-    report("  CVAE-64 class (8 images)", time_updates(
+                     lambda: class_explorer(cvae, images, labels, n_samples=args.cvae_samples))
+    k = args.cvae_samples or (8 if device.type == "cuda" else 4)
+    report(f"  CVAE-64 class ({k} images)", time_updates(
         explorer, [("label", (i + 1) % 10) for i in range(n)]))
-    report("  CVAE-64 PC slider (8 images)", time_updates(
+    report(f"  CVAE-64 PC slider ({k} images)", time_updates(
         explorer, [("pc0", -3 + 6 * i / max(n - 1, 1)) for i in range(n)]))
 
     # the ddpm_cats preset's UNet (configs/ddpm_cats.json), at 32 px

@@ -384,7 +384,7 @@ def test_report_shows_the_protocol(evaluated_run, tmp_path):
     assert protocol["n_fake"] == 80 and protocol["features"] == "classifier"
     run = report.RunInfo(tmp_path, "r", "dcgan", "digits", 16, 8, 8, True, 1.0, 128,
                          metrics={"fid": 3.0, "protocol": protocol})
-    assert report.table_rows([run])[0]["FID protocol"] == protocol_summary(protocol)
+    assert report.protocol_rows([run]) == [{"run": "r", "FID protocol": protocol_summary(protocol)}]
 
 
 def test_processes_side_by_side_train_one_classifier(tmp_path):

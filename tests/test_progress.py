@@ -50,3 +50,28 @@ def test_outside_a_kernel_the_bar_stays_on_stderr(monkeypatch):
     assert list(bar) == [0, 1, 2]
     assert bar.mininterval == progress.LOG_INTERVAL_S  # a pipe, not a terminal
     assert "3/3" in err.getvalue()
+
+
+def test_a_line_beside_the_bar_in_an_executed_notebook_draws_the_bar_once(in_a_kernel,
+                                                                           monkeypatch):
+    monkeypatch.setenv(progress.HEADLESS_ENV, "1")
+    out, err = io.StringIO(), io.StringIO()
+    monkeypatch.setattr(sys, "stdout", out)
+    monkeypatch.setattr(sys, "stderr", err)
+    bar = progress.progress_bar(4, desc="dcgan demo")
+    bar.update(4)
+    progress.write_beside(bar, "step 4: diversity 0.09 is below 0.3")
+    bar.close()
+    assert err.getvalue() == "step 4: diversity 0.09 is below 0.3\n"
+    # tqdm.write would clear the bar and draw it again: a second "4/4" line in the notebook
+    assert out.getvalue().count("4/4") == 1
+
+
+def test_a_line_beside_a_bar_on_stderr_goes_through_tqdm(monkeypatch):
+    monkeypatch.delitem(sys.modules, "IPython", raising=False)
+    err = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", err)
+    bar = progress.progress_bar(4, desc="decoding")
+    progress.write_beside(bar, "a note")
+    bar.close()
+    assert "a note\n" in err.getvalue()

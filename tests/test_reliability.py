@@ -404,8 +404,8 @@ def test_collapse_event_below_the_fraction():
     cfg = load_config(ROOT / "configs" / "dcgan_demo.json",
                       ["trainer.collapse_fraction=0.4"]).trainer
     guard = Guard(cfg)
-    assert guard.collapse(10, 0.9) is None and guard.collapse(10, float("nan")) is None
-    event = guard.collapse(20, 0.1)
+    assert guard.collapse(0.9) is None and guard.collapse(float("nan")) is None
+    event = guard.collapse(0.1)
     assert event["event"] == "collapse" and event["threshold"] == 0.4
     assert "diversity 0.1 is below" in event["message"]
 
@@ -457,14 +457,14 @@ def test_label_collapse_event_below_the_minimum():
     cfg = load_config(ROOT / "configs" / "cvae_demo.json",
                       ["trainer.label_sensitivity_min=0.2"]).trainer
     guard = Guard(cfg)
-    assert guard.label_collapse(10, 0.9) is None and guard.label_collapse(10, float("nan")) is None
-    event = guard.label_collapse(20, 0.02)
+    assert guard.label_collapse(0.9) is None and guard.label_collapse(float("nan")) is None
+    event = guard.label_collapse(0.02)
     assert event["event"] == "label_collapse" and event["threshold"] == 0.2
     assert "label sensitivity 0.02 is below 0.2" in event["message"]
-    assert guard.collapses(20, {"diversity": 0.9, "label_sensitivity": 0.02}) == [event]
-    assert guard.collapses(20, {"fid": 3.0}) == []  # an unconditional model: nothing to judge
+    assert guard.collapses({"diversity": 0.9, "label_sensitivity": 0.02}) == [event]
+    assert guard.collapses({"fid": 3.0}) == []  # an unconditional model: nothing to judge
     off = Guard(dataclasses.replace(cfg, label_sensitivity_min=0.0))
-    assert off.label_collapse(20, 0.0) is None
+    assert off.label_collapse(0.0) is None
 
 
 def test_label_collapse_during_training_is_logged_as_an_event(tmp_path, monkeypatch):

@@ -273,3 +273,23 @@ def test_without_a_gpu_the_notebook_names_the_settings_that_fit_a_cpu(monkeypatc
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     nb.device_note(gpu_preset)
     assert capsys.readouterr().out == ""  # a GPU session hears nothing
+
+
+def test_the_report_table_keeps_to_short_cells_and_scrolls_when_wider_than_the_page(tmp_path):
+    protocol = {"features": "inception", "weights_sha256": "7ff4a85c3a63", "n_fake": 500,
+                "n_real": 500, "reference": "train", "resize": "tf1-bilinear 64->299",
+                "duplicates_removed": 6447}
+    fake_run(tmp_path, "dcgan_train_long_name", "dcgan",
+             [{"step": 200, "fid": 41.234, "fid_low": 38.02, "fid_high": 44.91, "kid": 0.0123,
+               "kid_std": 0.0011, "diversity": 0.91, "features": "inception",
+               "protocol": protocol}])
+    runs = report.load_runs(tmp_path)
+    row = report.table_rows(runs)[0]
+    # the protocol (~100 characters) has a table of its own; every other cell is short
+    assert "FID protocol" not in row and max(len(v) for v in row.values()) <= 24
+    assert report.protocol_rows(runs)[0]["FID protocol"].startswith("inception 7ff4a85c3a63;")
+    page = nb.html_table(report.table_rows(runs))
+    assert page.startswith('<div style="overflow-x:auto') and page.endswith("</table></div>")
+    assert '<td style="white-space:nowrap">41.2 [38, 44.9]</td>' in page
+    html_page = report.export_html(runs, tmp_path / "report.html").read_text()
+    assert "FID protocol" in html_page and "6447 dups removed" in html_page

@@ -15,6 +15,9 @@ from lib.models.dcgan import Generator
 from lib.models.ddpm import DDPM
 from lib.notebook.explore import (
     ALL_CLASSES,
+    CPU_STEPS,
+    FAST_SAMPLER,
+    FAST_STEPS,
     class_grid,
     ganspace_directions,
     generate,
@@ -165,9 +168,9 @@ def test_class_explorer_shows_the_chosen_class(trained_cvae, digits, digit_class
 
 
 def test_class_explorer_sliders_resample_and_size(trained_cvae, digits):
-    explorer = class_explorer(trained_cvae, digits.images, digits.labels, n_samples=8,
-                              n_components=3, class_names=digits.class_names)
-    assert shown(explorer).shape == (2 * 10 + 2, 4 * 10 + 2, 3)  # 2 rows of 4, 8 px + padding
+    explorer = class_explorer(trained_cvae, digits.images, digits.labels, n_components=3,
+                              class_names=digits.class_names)
+    assert shown(explorer).shape == (10 + 2, 4 * 10 + 2, 3)  # on the CPU one row of 4, 8 px
     assert changes(explorer, "pc0", 2.0)
     assert changes(explorer, "label", 5)
     before = shown(explorer)
@@ -285,6 +288,13 @@ def test_seed_sliders_step_through_seeds_a_drag_can_land_on(generator, ddpm):
             assert (slider.max - slider.min) / slider.step <= track_px / 2, slider.description
 
 
-def test_ddpm_explorer_on_the_cpu_draws_one_image_per_update(ddpm):
-    explorer = ddpm_explorer(ddpm, steps=2)
+def test_ddpm_explorer_on_the_cpu_draws_one_image_at_few_steps(ddpm, monkeypatch):
+    calls = []
+    sample = ddpm.sample
+    monkeypatch.setattr(ddpm, "sample", lambda *a, **k: calls.append((a, k)) or sample(*a, **k))
+    explorer = ddpm_explorer(ddpm)
     assert shown(explorer).shape == (8, 8, 3)  # one 8 px image, no grid padding around it
+    assert explorer.controls["steps"].value == CPU_STEPS < FAST_STEPS
+    (n,), options = calls[0]
+    assert n == 1 and options["steps"] == CPU_STEPS and options["sampler"] == FAST_SAMPLER
+    assert changes(explorer, "steps", FAST_STEPS)  # the slider still reaches the full count

@@ -60,3 +60,16 @@ def progress_bar(total: int | None = None, initial: int = 0, desc: str = "",
     return tqdm(iterable, total=total, initial=initial, desc=desc, disable=disable, unit=unit,
                 file=stream, dynamic_ncols=terminal, ncols=None if terminal else LOG_COLUMNS,
                 mininterval=TERMINAL_INTERVAL_S if terminal else LOG_INTERVAL_S)
+
+
+def write_beside(bar, text: str) -> None:
+    """A line on stderr beside a bar, the bar's own text left as it is.
+
+    Where the bar shares stderr (a terminal, a log) tqdm clears it and draws it again below
+    the line. In an executed notebook the bar is on stdout, another output of the cell:
+    that redraw would stay there as a second copy of the bar's line.
+    """
+    if in_kernel() and not live_notebook():
+        print(text, file=sys.stderr, flush=True)
+    else:
+        bar.write(text, file=sys.stderr)

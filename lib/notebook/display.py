@@ -124,7 +124,8 @@ def markdown_table(rows: list[dict] | dict) -> str:
 
 def html_table(rows: list[dict] | dict) -> str:
     """Rows as an HTML table, numbers by `fmt`; a cell that starts as a number never wraps
-    ("400 [390, 410]", "8.97e-5" broke at the space or the hyphen in narrow columns)."""
+    ("400 [390, 410]", "8.97e-5" broke at the space or the hyphen in narrow columns), and a
+    table wider than the page scrolls inside its own box instead of running off the page."""
     if isinstance(rows, dict):
         rows = [{"": k, "value": fmt(v, k)} for k, v in rows.items()]
     if not rows:
@@ -138,7 +139,8 @@ def html_table(rows: list[dict] | dict) -> str:
     head = "".join(f"<th>{html.escape(str(k))}</th>" for k in rows[0])
     body = "".join("<tr>" + "".join(cell(r.get(k), k) for k in rows[0]) + "</tr>"
                    for r in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return (f'<div style="overflow-x:auto;max-width:100%"><table><thead><tr>{head}</tr></thead>'
+            f"<tbody>{body}</tbody></table></div>")
 
 
 def table(rows: list[dict] | dict) -> None:

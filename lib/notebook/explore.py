@@ -315,6 +315,10 @@ ALL_CLASSES = -1  # a label that cycles over the classes (0, 1, 2, ...)
 # The explorers' sampler: DPM-Solver++(2M) at 10 steps scored within 6% of DDIM-50's
 # Inception FID on the real cats (docs/quality.md), at a fifth of the network calls.
 FAST_SAMPLER, FAST_STEPS = "dpm++2m", 10
+# A slider on a CPU starts at 5: a step of the 32 px ddpm_cats UNet takes 75-90 ms of one core,
+# so 10 (0.9 s) missed the 0.5 s an update may take. Five solve the same ODE from the same
+# noise in coarser steps: the same image, softer; the steps slider adds the detail.
+CPU_STEPS = 5
 
 
 def ddpm_images(model: nn.Module, seed: int = 0, n: int = 4, steps: int | None = FAST_STEPS,

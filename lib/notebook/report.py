@@ -183,7 +183,8 @@ def with_uncertainty(metrics: dict, key: str) -> str:
 
 
 def table_rows(runs: list[RunInfo], sampling: dict[str, float | None] | None = None) -> list[dict]:
-    """One dict per run, every value already formatted ('-' when absent)."""
+    """One dict per run, every value already formatted ('-' when absent). Short cells only:
+    the FID protocol, a line of its own per run, is `protocol_rows`."""
     sampling = sampling or {}
     rows = []
     for run in runs:
@@ -196,12 +197,18 @@ def table_rows(runs: list[RunInfo], sampling: dict[str, float | None] | None = N
             "features": fmt(m.get("features")),
             "FID": with_uncertainty(m, "fid"), "KID": with_uncertainty(m, "kid"),
             "SSIM": ssim_of(m), "diversity": fmt(m.get("diversity")),
-            "FID protocol": protocol_summary(m.get("protocol")),
             "wall time (s)": fmt(run.train_seconds),
             "images/s": fmt(run.images_per_sec),
             "sampling ms/image": fmt(per_image * 1000 if per_image is not None else None),
         })
     return rows
+
+
+def protocol_rows(runs: list[RunInfo]) -> list[dict]:
+    """One dict per run: the protocol its FID/KID come from, in one line (`protocol_summary`);
+    a column of the main table, it pushed the numbers off the page."""
+    return [{"run": run.name, "FID protocol": protocol_summary(run.metrics.get("protocol"))}
+            for run in runs]
 
 
 # ---------------------------------------------------------------------------
@@ -329,7 +336,9 @@ def export_html(runs: list[RunInfo], path: str | Path,
              f"networks, image sizes or sample counts are not comparable. FID is shown with "
              f"its 95% bootstrap interval, KID with its std over subsets. Sampling time is "
              f"the run's own record where it kept one, else measured on the machine that made "
-             f"this report.</p>", html_table(rows) if rows else "<p><em>no runs found</em></p>",
+             f"this report.</p>",
+             html_table(rows) + html_table(protocol_rows(runs)) if rows
+             else "<p><em>no runs found</em></p>",
              f'<p class="note">{html.escape(KID_NOTE)}</p>']
     quality = quality_compute_figure(runs)
     quality.savefig(path.parent / "quality_vs_compute.png", dpi=100)

@@ -28,6 +28,7 @@ from lib.core import viz
 from lib.families.base import device_of
 from lib.notebook.explore import (
     ALL_CLASSES,
+    CPU_STEPS,
     FAST_SAMPLER,
     FAST_STEPS,
     Directions,
@@ -188,14 +189,19 @@ def latent_explorer(generator: nn.Module, n_components: int = 5,
 
 def class_explorer(cvae: nn.Module, images: torch.Tensor, labels: torch.Tensor,
                    class_names: list[str] | None = None, n_components: int = 5,
-                   n_samples: int = 8, directions: Directions | None = None,
+                   n_samples: int | None = None, directions: Directions | None = None,
                    max_sigma: float = 3.0, display_size: int = 128) -> Explorer:
     """A CVAE's classes: pick one, move along the principal directions of its posterior.
 
     images, labels: the data the directions come from (uint8 or [-1, 1]). Shows
-    n_samples prior draws of the chosen class; "resample" moves to the next seed.
+    n_samples prior draws of the chosen class in rows of 4; "resample" moves to the next seed.
+    n_samples: None draws 8 on a GPU and 4 on the CPU, where decoding and encoding the PNG
+    grow with the images (64 px: 8 cost 55-60 ms of a core an update, over the 50 ms an update
+    may take; 4 half that).
     controls: "label", "seed", "pc0".."pc{k-1}" (in data sigmas) and the "resample" button.
     """
+    if n_samples is None:
+        n_samples = 8 if device_of(cvae).type == "cuda" else 4
     with interactive_threads(cvae):
         directions = directions or posterior_directions(cvae, images, labels, n_components)
     names = class_names or [str(k) for k in range(cvae.num_classes)]
@@ -222,7 +228,7 @@ def class_explorer(cvae: nn.Module, images: torch.Tensor, labels: torch.Tensor,
                      buttons={"resample": resample})
 
 
-def ddpm_explorer(model: nn.Module, n_samples: int | None = None, steps: int = FAST_STEPS,
+def ddpm_explorer(model: nn.Module, n_samples: int | None = None, steps: int | None = None,
                   max_steps: int = 100, sampler: str = FAST_SAMPLER, eta: float | None = None,
                   class_names: list[str] | None = None, display_size: int = 128,
                   cache_size: int = 64) -> Explorer:
@@ -231,16 +237,20 @@ def ddpm_explorer(model: nn.Module, n_samples: int | None = None, steps: int = F
 
     Each update runs `steps` UNet passes, so sliders update on release, not while dragging;
     the last `cache_size` renders are kept, so going back to a setting is instant.
-    sampler: any of the model's samplers, by default DPM-Solver++(2M) at 10 steps; one that
+    sampler: any of the model's samplers, by default DPM-Solver++(2M); one that
     takes every timestep ("ddpm") fixes the steps slider. eta: the sampler's noise (None:
     the model's; "dpm++2m" has none).
     controls: "seed", "steps", "guidance_scale", and "label" for a conditional model
     (ALL_CLASSES = cycle over the classes).
-    n_samples: None draws 4 on a GPU and 1 on the CPU, where each image costs a whole
-    sampler run (benchmarks/widgets.py measures both).
+    n_samples, steps: None draws 4 images at 10 steps on a GPU, and 1 image at 5 steps on the
+    CPU, where each image costs a whole sampler run and each step a UNet pass (`CPU_STEPS`;
+    benchmarks/widgets.py measures both).
     """
+    on_gpu = device_of(model).type == "cuda"
     if n_samples is None:
-        n_samples = 4 if device_of(model).type == "cuda" else 1
+        n_samples = 4 if on_gpu else 1
+    if steps is None:
+        steps = FAST_STEPS if on_gpu else CPU_STEPS
     every_step = sampler == "ddpm"
     max_steps = model.timesteps if every_step else min(max_steps, model.timesteps)
     guided = model.num_classes > 0 and getattr(model, "cond_drop_prob", 0) > 0

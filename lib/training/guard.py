@@ -70,24 +70,24 @@ class Guard:
 
     # -- collapse ----------------------------------------------------------
 
-    def collapse(self, step: int, diversity: float) -> dict | None:
+    def collapse(self, diversity: float) -> dict | None:
         """A `collapse` event record when diversity fell below the configured fraction."""
         return _below("collapse", "diversity", diversity, self.cfg.collapse_fraction,
                       "of the real data's (mode collapse?)")
 
-    def label_collapse(self, step: int, sensitivity: float) -> dict | None:
+    def label_collapse(self, sensitivity: float) -> dict | None:
         """A `label_collapse` event record when label sensitivity fell below the minimum."""
         return _below("label_collapse", "label_sensitivity", sensitivity,
                       self.cfg.label_sensitivity_min,
                       "(the generator ignores its class label?)")
 
-    def collapses(self, step: int, metrics: dict) -> list[dict]:
+    def collapses(self, metrics: dict) -> list[dict]:
         """The collapse events an evaluation's scores show (none when they are absent)."""
         events = []
         if metrics.get("diversity") is not None:
-            events.append(self.collapse(step, metrics["diversity"]))
+            events.append(self.collapse(metrics["diversity"]))
         if metrics.get("label_sensitivity") is not None:
-            events.append(self.label_collapse(step, metrics["label_sensitivity"]))
+            events.append(self.label_collapse(metrics["label_sensitivity"]))
         return [e for e in events if e is not None]
 
     # -- rollback ----------------------------------------------------------

@@ -18,7 +18,7 @@ from lib.config import Config
 from lib.core import viz
 from lib.core.checkpoint import atomic_save, load_checkpoint
 from lib.core.device import Engine
-from lib.core.progress import progress_bar
+from lib.core.progress import progress_bar, write_beside
 from lib.core.rundir import RunDir, unlock
 from lib.families import Family, Parts
 from lib.families.base import CHUNK, fixed_generator
@@ -238,10 +238,10 @@ class Session:
                                   self.cfg.trainer.seed) if self.scoring else {})
         self.eval_cost = time.monotonic() - t0 if self.scoring else 0.0
         self.clock.pause(time.monotonic() - t0)  # evaluation is not training time
-        collapses = self.guard.collapses(step, metrics)
+        collapses = self.guard.collapses(metrics)
         for event in collapses:
             self.tracker.log(event, step)
-            self.bar.write(f"step {step}: {event['message']}", file=sys.stderr)
+            write_beside(self.bar, f"step {step}: {event['message']}")
         if self.engine.agree(bool(collapses) and self.cfg.trainer.collapse_rollback):
             return metrics, collapses[0]["message"] if collapses else "collapse seen by rank 0"
         # every rank joins the checkpoint (it gathers their RNG); rank 0 writes it
@@ -303,10 +303,10 @@ class Session:
             self.tracker.log(event, ckpt["step"])
         self.clock.reset()  # the steps rolled back count no training time
         self.save(ckpt["step"], periodic=False)  # last.pt now carries the rollback and its lr
-        self.bar.write(f"step {at_step}: {reason}; rolled back to step {ckpt['step']} "
-                       f"(rollback {self.guard.rollbacks}/{self.cfg.trainer.max_rollbacks}, "
-                       f"lr x{self.guard.lr_scale:g})",
-                       file=sys.stderr)  # stdout stays the CLI's answer: the run folder
+        # on stderr: stdout stays the CLI's answer, the run folder
+        write_beside(self.bar, f"step {at_step}: {reason}; rolled back to step {ckpt['step']} "
+                     f"(rollback {self.guard.rollbacks}/{self.cfg.trainer.max_rollbacks}, "
+                     f"lr x{self.guard.lr_scale:g})")
         self.bar.n = ckpt["step"]
         return ckpt["step"]
 
