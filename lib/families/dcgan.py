@@ -85,8 +85,8 @@ def step(parts: Parts, x: torch.Tensor, y, it: int, engine: Engine,
 
     # (2) Update G: maximize log(D(G(z))). D's weight gradients are not needed here:
     # freezing them saves ~13%. Under DDP, D runs without its wrapper: the wrapper would
-    # wait for D gradients
-    # A relativistic loss judges the fakes against a real batch, seen by the updated D
+    # wait for D gradients. A relativistic loss judges the fakes against a real batch, seen
+    # by the updated D
     D.requires_grad_(False)
     with engine.autocast():
         out_g = local(D)(diff_augment(fake, gan.augment))
