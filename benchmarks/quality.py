@@ -97,6 +97,13 @@ ABLATION = {
     # shows whether it keeps FID and diversity improving where the preset alone stalls
     "dcgan + the strong preset's options + DiffAugment": ("dcgan",
                                                           [*STRONG, *GAN_OPTIONS["augment"]]),
+    # issue 27: the relativistic losses in place of the preset's hinge, its EMA kept. R3GAN's
+    # recipe (RpGAN + R1 + R2) at its CIFAR-10 gamma (32 px), lazy every 16 steps as StyleGAN2
+    "dcgan + the strong preset's options, RpGAN + R1/R2 (gamma 0.05, every 16) for hinge": (
+        "dcgan", [*STRONG, "gan.loss=rpgan", "gan.r1_gamma=0.05", "gan.r2_gamma=0.05",
+                  "gan.penalty_every=16"]),
+    "dcgan + the strong preset's options, RaLSGAN for hinge": ("dcgan",
+                                                                [*STRONG, "gan.loss=ralsgan"]),
     "ddpm eps-prediction": ("ddpm", []),
     "ddpm v-prediction": ("ddpm", ["model.args.prediction=v"]),
     "ddpm eps + min-SNR weighting (gamma 5)": ("ddpm", ["model.args.loss_weighting=min_snr"]),

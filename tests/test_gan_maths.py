@@ -1,5 +1,6 @@
-"""The GAN's options and their maths on tiny shapes: losses, DiffAugment, the
-discriminator's normalisations, the gan config section, standing statistics."""
+"""The GAN's options and their maths on tiny shapes: losses (relativistic ones included),
+R1/R2 gradient penalties and their lazy schedule, DiffAugment, the discriminator's
+normalisations, the gan config section, standing statistics."""
 
 import copy
 import math
@@ -11,11 +12,14 @@ from torch import nn
 
 from lib.models.dcgan import (
     AUGMENT_POLICIES,
+    RELATIVISTIC,
     Discriminator,
     d_loss,
     diff_augment,
     g_loss,
+    gradient_penalty,
     init_weights,
+    penalty_weight,
     saturation,
 )
 
@@ -66,11 +70,95 @@ def test_bce_is_bit_for_bit_the_reference_steps_expression():
     assert torch.equal(g_loss("bce", fake), F.binary_cross_entropy_with_logits(fake, ones))
 
 
+CHOICES = r"\['bce', 'hinge', 'rasgan', 'ralsgan', 'rpgan'\]"
+
+
 def test_unknown_loss_names_the_choices():
-    with pytest.raises(ValueError, match=r"'wasserstein'.*\['bce', 'hinge'\]"):
+    with pytest.raises(ValueError, match=r"'wasserstein'.*" + CHOICES):
         d_loss("wasserstein", REAL, FAKE)
-    with pytest.raises(ValueError, match=r"\['bce', 'hinge'\]"):
+    with pytest.raises(ValueError, match=CHOICES):
         g_loss("lsgan", FAKE)
+
+
+# relativistic losses: REAL's mean is 0.5, FAKE's -1.25, so real - mean(fake) = [3.25, 0.25]
+# and fake - mean(real) = [0, -3.5]; the pairs' differences real - fake are [1.5, 2]
+
+
+def test_rasgan_losses_by_hand():
+    # D: BCE(real - mean(fake), 1) and BCE(fake - mean(real), 0), the mean of the two
+    expected_d = ((softplus(-3.25) + softplus(-0.25)) / 2 + (softplus(0) + softplus(-3.5)) / 2) / 2
+    # G: the labels swapped, BCE(real - mean(fake), 0) and BCE(fake - mean(real), 1)
+    expected_g = ((softplus(3.25) + softplus(0.25)) / 2 + (softplus(0) + softplus(3.5)) / 2) / 2
+    assert d_loss("rasgan", REAL, FAKE).item() == pytest.approx(expected_d, rel=1e-6)
+    assert g_loss("rasgan", FAKE, REAL).item() == pytest.approx(expected_g, rel=1e-6)
+
+
+def test_ralsgan_losses_by_hand():
+    # D: mean((real - mean(fake) - 1)^2) = (2.25^2 + 0.75^2) / 2 = 2.8125 and
+    # mean((fake - mean(real) + 1)^2) = (1 + 2.5^2) / 2 = 3.625: their mean
+    assert d_loss("ralsgan", REAL, FAKE).item() == pytest.approx((2.8125 + 3.625) / 2)
+    # G: targets swapped: (4.25^2 + 1.25^2) / 2 = 9.8125 and (1 + 4.5^2) / 2 = 10.625
+    assert g_loss("ralsgan", FAKE, REAL).item() == pytest.approx((9.8125 + 10.625) / 2)
+
+
+def test_rpgan_losses_by_hand():
+    # D: softplus(-(real_i - fake_i)), G: softplus(-(fake_i - real_i)), means over the pairs
+    expected_d = (softplus(-1.5) + softplus(-2)) / 2
+    expected_g = (softplus(1.5) + softplus(2)) / 2
+    assert d_loss("rpgan", REAL, FAKE).item() == pytest.approx(expected_d, rel=1e-6)
+    assert g_loss("rpgan", FAKE, REAL).item() == pytest.approx(expected_g, rel=1e-6)
+
+
+def test_rpgan_pairs_and_the_average_losses_do_not():
+    """RpGAN compares real i with fake i; RaGAN compares each with the other batch's mean."""
+    real, fake = torch.tensor([2.0, -1.0, 0.5]), torch.tensor([0.5, -3.0, 1.0])
+    shuffled = fake[[2, 0, 1]]
+    assert d_loss("rpgan", real, shuffled).item() != pytest.approx(d_loss("rpgan", real, fake))
+    for kind in ("rasgan", "ralsgan"):
+        assert d_loss(kind, real, shuffled).item() == pytest.approx(d_loss(kind, real, fake))
+
+
+@pytest.mark.parametrize("kind", RELATIVISTIC)
+def test_relativistic_losses_see_only_differences_and_need_real_logits(kind):
+    shift = 7.0  # D's logits judged relative to each other: a common offset changes nothing
+    assert d_loss(kind, REAL + shift, FAKE + shift).item() == pytest.approx(
+        d_loss(kind, REAL, FAKE).item())
+    assert g_loss(kind, FAKE + shift, REAL + shift).item() == pytest.approx(
+        g_loss(kind, FAKE, REAL).item())
+    with pytest.raises(ValueError, match="relativistic"):
+        g_loss(kind, FAKE)
+
+
+# ---------------------------------------------------------------------------
+# R1/R2: zero-centred gradient penalties, applied lazily
+
+
+def test_gradient_penalty_against_a_known_gradient():
+    """D(x) = sum(a x^2) per image: grad = 2 a x, so E ||grad||^2 = 4 a^2 E ||x||^2 and its
+    derivative in a is 8 a E ||x||^2 (the penalty must be differentiable for D's update)."""
+    a = torch.tensor(0.3, requires_grad=True)
+    x = images(n=4, c=2, size=3).requires_grad_(True)
+    logits = (a * x.square()).flatten(1).sum(1)  # (B,)
+    penalty = gradient_penalty(logits, x)
+    sq_norms = x.detach().square().flatten(1).sum(1)  # (B,)
+    assert penalty.item() == pytest.approx(4 * 0.3**2 * sq_norms.mean().item(), rel=1e-6)
+    (d_a,) = torch.autograd.grad(penalty, a)
+    assert d_a.item() == pytest.approx(8 * 0.3 * sq_norms.mean().item(), rel=1e-6)
+
+
+def test_gradient_penalty_is_per_image_and_zero_where_d_is_flat():
+    x = images(n=3, c=1, size=2).requires_grad_(True)
+    w = torch.tensor([1.0, 0.0, 2.0])  # image 1 does not move its logit
+    logits = w * x.flatten(1).sum(1)  # grad of image i: w_i everywhere, ||.||^2 = 4 w_i^2
+    assert gradient_penalty(logits, x).item() == pytest.approx(4 * (1 + 0 + 4) / 3)
+
+
+def test_lazy_schedule_applies_every_kth_step_scaled_by_k():
+    weights = [penalty_weight(2.0, 4, it) for it in range(1, 13)]
+    assert weights == [0, 0, 0, 4.0, 0, 0, 0, 4.0, 0, 0, 0, 4.0]  # gamma / 2 * k on 4, 8, 12
+    assert sum(weights) / len(weights) == pytest.approx(2.0 / 2)  # on average gamma / 2
+    assert [penalty_weight(0.5, 1, it) for it in (1, 2)] == [0.25, 0.25]
+    assert penalty_weight(0.0, 4, 4) == 0.0
 
 
 # ---------------------------------------------------------------------------
@@ -310,6 +398,87 @@ def test_hinge_reaches_the_step_and_changes_the_losses():
     assert all(math.isfinite(v) for v in hinge.values())
 
 
+def reference_step(parts, x):
+    """The family's step as it stood before the options: what dcgan_train.json must still do."""
+    G, D = parts.nets["generator"], parts.nets["discriminator"]
+    noise = torch.randn(x.shape[0], parts.fixed["noise"].shape[1])
+    ones, zeros = torch.ones(x.shape[0]), torch.zeros(x.shape[0])
+    out_real = D(x)
+    fake = G(noise)
+    out_fake = D(fake.detach())
+    loss_d = (F.binary_cross_entropy_with_logits(out_real, ones)
+              + F.binary_cross_entropy_with_logits(out_fake, zeros))
+    loss_d.backward()
+    parts.optimizers["discriminator"].step()
+    parts.optimizers["discriminator"].zero_grad()
+    D.requires_grad_(False)
+    loss_g = F.binary_cross_entropy_with_logits(D(fake), ones)
+    loss_g.backward()
+    parts.optimizers["generator"].step()
+    parts.optimizers["generator"].zero_grad()
+    D.requires_grad_(True)
+    for sched in parts.schedulers.values():
+        sched.step()
+    return loss_d, loss_g
+
+
+def test_dcgan_train_json_steps_bit_for_bit_as_before_the_options():
+    cfg, engine, parts, x = tiny_gan()
+    _, _, twin, _ = tiny_gan()
+    torch.manual_seed(1)
+    ours = [FAMILIES["dcgan"].step(parts, x, None, it, engine, cfg) for it in range(1, 4)]
+    torch.manual_seed(1)
+    theirs = [reference_step(twin, x) for _ in range(3)]
+    for logs, (loss_d, loss_g) in zip(ours, theirs, strict=True):
+        assert torch.equal(logs["loss_d"], loss_d.detach())
+        assert torch.equal(logs["loss_g"], loss_g.detach())
+    for name, net in parts.nets.items():
+        theirs_state = twin.nets[name].state_dict()
+        assert all(torch.equal(v, theirs_state[k]) for k, v in net.state_dict().items()), name
+
+
+def one_step_at(it: int, *overrides: str) -> dict[str, torch.Tensor]:
+    """D's weights after one step numbered `it` (the lazy schedule reads the number)."""
+    cfg, engine, parts, x = tiny_gan(*overrides)
+    torch.manual_seed(1)
+    FAMILIES["dcgan"].step(parts, x, None, it, engine, cfg)
+    return parts.nets["discriminator"].state_dict()
+
+
+def same(a: dict, b: dict) -> bool:
+    return all(torch.equal(v, b[k]) for k, v in a.items())
+
+
+@pytest.mark.parametrize("penalty", ["r1_gamma", "r2_gamma"])
+def test_the_step_penalises_on_every_kth_step_only_and_scaled_by_k(penalty):
+    plain = one_step_at(3)
+    lazy = [f"gan.{penalty}=0.5", "gan.penalty_every=4"]
+    assert same(one_step_at(3, *lazy), plain)  # step 3: no penalty, the plain step exactly
+    on_due_step = one_step_at(4, *lazy)
+    assert not same(on_due_step, plain)
+    # step 4 of every 4 at gamma 0.5 weighs the penalty as every step at gamma 2 does
+    eager = one_step_at(4, f"gan.{penalty}=2.0", "gan.penalty_every=1")
+    assert same(on_due_step, eager)
+    assert not same(on_due_step, one_step_at(4, f"gan.{penalty}=0.5", "gan.penalty_every=1"))
+
+
+@pytest.mark.parametrize("loss", RELATIVISTIC)
+def test_relativistic_g_judges_its_fakes_against_a_fresh_real_batch(loss):
+    cfg, engine, parts, x = tiny_gan(f"gan.loss={loss}", "gan.r1_gamma=1", "gan.r2_gamma=1",
+                                     "gan.penalty_every=1")
+    seen = []
+    D = parts.nets["discriminator"]
+    D.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach().clone()))
+    before = {name: copy.deepcopy(net.state_dict()) for name, net in parts.nets.items()}
+    for it in range(1, 4):
+        logs = FAMILIES["dcgan"].step(parts, x, None, it, engine, cfg)
+        assert all(math.isfinite(float(v)) for v in logs.values())
+    assert len(seen) == 12  # per step: real and fake in D's update; fake and real in G's
+    assert torch.equal(seen[3], x)
+    for name, net in parts.nets.items():
+        assert not same(net.state_dict(), before[name]), name
+
+
 @pytest.mark.parametrize("augment", ["", "color,translation,cutout"])
 def test_augment_changes_what_d_sees_in_both_steps(augment):
     cfg, engine, parts, x = tiny_gan(f"gan.augment={augment}" if augment else 'gan.augment=""')
@@ -340,7 +509,12 @@ def test_all_options_together_train_finite_steps_and_move_both_nets():
 
 
 @pytest.mark.parametrize("override, message", [
-    ("gan.loss=wgan", r"gan\.loss: 'wgan' is not one of \['bce', 'hinge'\]"),
+    ("gan.loss=wgan", r"gan\.loss: 'wgan' is not one of \['bce', 'hinge', 'ralsgan', "
+                      r"'rasgan', 'rpgan'\]"),
+    ("gan.r1_gamma=-1", r"gan\.r1_gamma: must be in \[0, 10000\] \(0: off.*got -1"),
+    ("gan.r2_gamma=1e9", r"gan\.r2_gamma: must be in \[0, 10000\]"),
+    ("gan.penalty_every=0", r"gan\.penalty_every: must be in \[1, 10000\].*got 0"),
+    ("gan.penalty_every=1.5", r"gan\.penalty_every"),
     ("gan.augment=colour", r"gan\.augment: 'colour' is not a comma-separated subset"),
     ("gan.augmentation=color", r"gan\.augmentation: unknown field"),
 ])

@@ -73,7 +73,12 @@ class SchedulerConfig:
 class GanConfig:
     """The GAN family's training options; the defaults are the reference DCGAN's step."""
 
-    loss: str = "bce"  # bce (the reference, non-saturating) | hinge (SN-GAN, BigGAN)
+    # bce (the reference, non-saturating) | hinge (SN-GAN, BigGAN) | rasgan | ralsgan
+    # (relativistic average, Jolicoeur-Martineau 2018) | rpgan (relativistic pairing, R3GAN)
+    loss: str = "bce"
+    r1_gamma: float = 0.0  # zero-centred penalty gamma/2 E|grad D|^2 at real images; 0 = off
+    r2_gamma: float = 0.0  # the same on fakes (R3GAN takes both with rpgan); 0 = off
+    penalty_every: int = 16  # lazy R1/R2: every k-th step, weighted by k (StyleGAN2's 16)
     augment: str = ""  # DiffAugment of D's inputs, e.g. "color,translation,cutout"; "" = none
     # G's BatchNorm statistics for sampling: recomputed on this many noise draws through the
     # weights that sample (EMA or raw); 0 = the running averages training kept
@@ -151,7 +156,7 @@ class Config:
     generator_lr_scheduler: SchedulerConfig | None = None
     discriminator_lr_scheduler: SchedulerConfig | None = None
     lr_scheduler: SchedulerConfig | None = None
-    gan: GanConfig | None = None  # GAN options (loss, DiffAugment); absent = the reference's
+    gan: GanConfig | None = None  # GAN options (loss, R1/R2, DiffAugment); absent = the reference
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
 

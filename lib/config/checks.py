@@ -17,6 +17,8 @@ if TYPE_CHECKING:
 MAX_IMAGE_SIZE = 1024  # pixels per side; the largest native size of a built-in dataset is 256
 MAX_EVAL_SAMPLES = 100_000  # twice the standard FID@50k
 MAX_STANDING_STATS = 100_000  # noise draws for BatchNorm statistics; the default is 1024
+MAX_GAMMA = 1e4  # R1/R2 weights; R3GAN's range 0.05-10, StyleGAN2's up to ~100
+MAX_PENALTY_EVERY = 10_000  # steps between lazy penalties
 MAX_MODEL_BYTES = 2**32  # 4 GiB of weights and buffers per network (Adam's moments triple it)
 
 
@@ -132,6 +134,13 @@ def _check_gan(gan: GanConfig, source: str) -> None:
     except ValueError:
         raise field_error(source, "gan.augment", f"{show(gan.augment)} is not a comma-separated "
                    f"subset of {list(AUGMENT_POLICIES)}, nor '' (none)") from None
+    for name in ("r1_gamma", "r2_gamma"):
+        gamma = getattr(gan, name)
+        _check(0 <= gamma <= MAX_GAMMA, source, f"gan.{name}",
+               f"must be in [0, {MAX_GAMMA:g}] (0: off; R3GAN uses 0.05 to 10), got {gamma}")
+    _check(1 <= gan.penalty_every <= MAX_PENALTY_EVERY, source, "gan.penalty_every",
+           f"must be in [1, {MAX_PENALTY_EVERY}] (steps between R1/R2 penalties; 1: every "
+           f"step, StyleGAN2: 16), got {gan.penalty_every}")
     _check(0 <= gan.standing_stats <= MAX_STANDING_STATS, source, "gan.standing_stats",
            f"must be in [0, {MAX_STANDING_STATS}] (0: training's running averages), got "
            f"{gan.standing_stats}")

@@ -1,7 +1,8 @@
 """DCGAN: the reference's iteration (D on real then fake, one D update; then one G update).
 
-Options of `cfg.gan` (off by default, the reference's step exactly): the loss ("bce" or
-"hinge") and DiffAugment of everything D sees, both in lib/models/dcgan.py.
+Options of `cfg.gan` (off by default, the reference's step exactly): the loss ("bce",
+"hinge", or the relativistic "rasgan", "ralsgan", "rpgan"), lazy R1/R2 gradient penalties
+and DiffAugment of everything D sees, all in lib/models/dcgan.py.
 """
 
 from __future__ import annotations
@@ -28,7 +29,14 @@ from lib.families.base import (
     standing_statistics,
     unwrap,
 )
-from lib.models.dcgan import d_loss, diff_augment, g_loss
+from lib.models.dcgan import (
+    RELATIVISTIC,
+    d_loss,
+    diff_augment,
+    g_loss,
+    gradient_penalty,
+    penalty_weight,
+)
 
 
 def build(cfg: Config, data: ImageData, engine: Engine) -> Parts:
@@ -57,21 +65,34 @@ def step(parts: Parts, x: torch.Tensor, y, it: int, engine: Engine,
 
     # (1) Update D: maximize log(D(x)) + log(1 - D(G(z))). Separate real and fake passes:
     # BatchNorm sees one kind per batch. DiffAugment: the same policy on the real and the
-    # fake batch, in D's update and in G's (Zhao et al. 2020)
+    # fake batch, in D's update and in G's (Zhao et al. 2020). On an R1/R2 step the
+    # penalties' gradients are taken at D's inputs before augmentation (as StyleGAN2-ADA)
+    r1 = penalty_weight(gan.r1_gamma, gan.penalty_every, it)
+    r2 = penalty_weight(gan.r2_gamma, gan.penalty_every, it)
+    real_in = x.detach().requires_grad_(True) if r1 else x
     with engine.autocast():
-        out_real = D(diff_augment(x, gan.augment))
+        out_real = D(diff_augment(real_in, gan.augment))
         fake = G(noise)
-        out_fake = D(diff_augment(fake.detach(), gan.augment))
+        fake_in = fake.detach().requires_grad_(bool(r2))
+        out_fake = D(diff_augment(fake_in, gan.augment))
         loss_d = d_loss(gan.loss, out_real.float(), out_fake.float())
-    engine.backward_step("discriminator", loss_d, parts.optimizers["discriminator"], clip)
+        penalised = loss_d
+        if r1:
+            penalised = penalised + r1 * gradient_penalty(out_real.float(), real_in)
+        if r2:
+            penalised = penalised + r2 * gradient_penalty(out_fake.float(), fake_in)
+    engine.backward_step("discriminator", penalised, parts.optimizers["discriminator"], clip)
 
     # (2) Update G: maximize log(D(G(z))). D's weight gradients are not needed here:
     # freezing them saves ~13%. Under DDP, D runs without its wrapper: the wrapper would
-    # wait for D gradients
+    # wait for D gradients. A relativistic loss judges the fakes against a real batch, seen
+    # by the updated D
     D.requires_grad_(False)
     with engine.autocast():
         out_g = local(D)(diff_augment(fake, gan.augment))
-        loss_g = g_loss(gan.loss, out_g.float())
+        real_g = (local(D)(diff_augment(x, gan.augment)).float()
+                  if gan.loss in RELATIVISTIC else None)
+        loss_g = g_loss(gan.loss, out_g.float(), real_g)
     engine.backward_step("generator", loss_g, parts.optimizers["generator"], clip)
     D.requires_grad_(True)
 

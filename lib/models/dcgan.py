@@ -11,8 +11,9 @@ At 64x64 the layer widths are the reference's (ngf*8 -> ngf*4 -> ngf*2 -> ngf);
 smaller images drop the widest stage, so 32x32 starts at ngf*4.
 
 Options beyond the reference (off by default): spectral normalisation in D and
-a D without BatchNorm (see `Discriminator`), the hinge loss and DiffAugment of
-everything D sees (`gan.loss`, `gan.augment`; below the networks).
+a D without BatchNorm (see `Discriminator`), the hinge and relativistic losses, R1/R2
+gradient penalties and DiffAugment of everything D sees (`gan.loss`, `gan.r1_gamma`,
+`gan.r2_gamma`, `gan.augment`; below the networks).
 """
 
 from __future__ import annotations
@@ -114,32 +115,101 @@ class Discriminator(nn.Module):
 # D = sigmoid(logits) folded into BCE-with-logits (no saturating log(sigmoid)).
 # "hinge": the SN-GAN / BigGAN loss (Lim & Ye 2017, Miyato et al. 2018):
 # D minimises relu(1 - D(x)) + relu(1 + D(G(z))), G minimises -D(G(z)) on raw logits.
-# Each term is a mean over the batch.
+# The relativistic losses judge a real image against fakes, not alone, so G's loss reads
+# D's logits on real data too:
+# "rasgan" / "ralsgan": relativistic average (Jolicoeur-Martineau 2018; the RaLSGAN record
+# on these cats): real logits minus the fake batch's mean logit and vice versa, in BCE or
+# least squares with targets +-1, each loss the mean of its two terms as in the paper's code.
+# "rpgan": relativistic pairing (R3GAN, Huang et al. 2024): softplus(-(D(x_i) - D(G(z_i))))
+# for pair i, and the same with real and fake swapped for G.
+# Each term is a mean over the batch; every function takes (real, fake) logits, (B,) each.
 
-GAN_LOSSES = ("bce", "hinge")
+
+def _d_bce(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    return (F.binary_cross_entropy_with_logits(real, torch.ones_like(real))
+            + F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake)))
 
 
-def _unknown(kind: str) -> ValueError:
-    return ValueError(f"unknown GAN loss {kind!r}; choose one of {list(GAN_LOSSES)}")
+def _g_bce(real, fake: torch.Tensor) -> torch.Tensor:
+    return F.binary_cross_entropy_with_logits(fake, torch.ones_like(fake))
+
+
+def _d_hinge(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    return F.relu(1.0 - real).mean() + F.relu(1.0 + fake).mean()
+
+
+def _g_hinge(real, fake: torch.Tensor) -> torch.Tensor:
+    return -fake.mean()
+
+
+def _rasgan(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    """-log sigmoid(real - mean(fake)) - log(1 - sigmoid(fake - mean(real))), halved."""
+    return (F.binary_cross_entropy_with_logits(real - fake.mean(), torch.ones_like(real))
+            + F.binary_cross_entropy_with_logits(fake - real.mean(), torch.zeros_like(fake))) / 2
+
+
+def _ralsgan(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    """(real - mean(fake) - 1)^2 + (fake - mean(real) + 1)^2, each a mean, halved."""
+    return ((real - fake.mean() - 1).square().mean()
+            + (fake - real.mean() + 1).square().mean()) / 2
+
+
+def _rpgan(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    """softplus(-(real_i - fake_i)), the mean over pairs."""
+    return F.softplus(fake - real).mean()
+
+
+# name -> (D's loss, G's loss); a relativistic G minimises D's loss with real and fake swapped
+GAN_LOSSES = {
+    "bce": (_d_bce, _g_bce),
+    "hinge": (_d_hinge, _g_hinge),
+    "rasgan": (_rasgan, lambda real, fake: _rasgan(fake, real)),
+    "ralsgan": (_ralsgan, lambda real, fake: _ralsgan(fake, real)),
+    "rpgan": (_rpgan, lambda real, fake: _rpgan(fake, real)),
+}
+RELATIVISTIC = ("rasgan", "ralsgan", "rpgan")  # G's loss needs D's logits on a real batch
+
+
+def _losses(kind: str):
+    if kind not in GAN_LOSSES:
+        raise ValueError(f"unknown GAN loss {kind!r}; choose one of {list(GAN_LOSSES)}")
+    return GAN_LOSSES[kind]
 
 
 def d_loss(kind: str, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
     """D's loss from its logits on a real and a fake batch, (B,) each -> a scalar."""
-    if kind == "bce":
-        return (F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
-                + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits)))
-    if kind == "hinge":
-        return F.relu(1.0 - real_logits).mean() + F.relu(1.0 + fake_logits).mean()
-    raise _unknown(kind)
+    return _losses(kind)[0](real_logits, fake_logits)
 
 
-def g_loss(kind: str, fake_logits: torch.Tensor) -> torch.Tensor:
-    """G's loss from D's logits on its fakes, (B,) -> a scalar."""
-    if kind == "bce":
-        return F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
-    if kind == "hinge":
-        return -fake_logits.mean()
-    raise _unknown(kind)
+def g_loss(kind: str, fake_logits: torch.Tensor,
+           real_logits: torch.Tensor | None = None) -> torch.Tensor:
+    """G's loss from D's logits on its fakes (and on a real batch: the relativistic losses),
+    (B,) each -> a scalar."""
+    if kind in RELATIVISTIC and real_logits is None:
+        raise ValueError(f"GAN loss {kind!r} is relativistic: G's loss needs D's real logits")
+    return _losses(kind)[1](real_logits, fake_logits)
+
+
+# ---------------------------------------------------------------------------
+# zero-centred gradient penalties (gan.r1_gamma, gan.r2_gamma, gan.penalty_every)
+#
+# R1 (Mescheder et al. 2018) penalises the norm of D's gradient at real images, R2 at
+# fakes: gamma / 2 * E ||grad_x D(x)||^2. R1 alone keeps D from pushing real data off a
+# cliff; R3GAN needs both with RpGAN for its convergence proof. StyleGAN2's lazy
+# regularisation applies them every k-th step only, scaled by k, so their mean weight
+# over a run is gamma / 2 (Karras et al. 2020).
+
+
+def gradient_penalty(logits: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+    """E ||d logits_i / d inputs_i||^2 over the batch, differentiable (create_graph) so that
+    D's update can descend it; `inputs` (B, C, H, W) must require grad."""
+    (grad,) = torch.autograd.grad(logits.sum(), inputs, create_graph=True)
+    return grad.square().flatten(1).sum(1).mean()
+
+
+def penalty_weight(gamma: float, every: int, it: int) -> float:
+    """The lazy schedule: gamma / 2 * every on steps it = every, 2 every, ...; 0 otherwise."""
+    return gamma / 2 * every if gamma > 0 and it % every == 0 else 0.0
 
 
 # ---------------------------------------------------------------------------
