@@ -31,6 +31,7 @@ import lib.metrics.evaluator
 from lib.config import load_config
 from lib.core.checkpoint import load_checkpoint
 from lib.data import ImageData
+from lib.families.ddpm import media_size
 from lib.metrics import Evaluator, MetricsError
 from lib.notebook import find_preset
 from lib.training.loop import train
@@ -144,3 +145,13 @@ def test_reference_features_left_unfinished_are_continued_the_same(tmp_path):
     whole = evaluator("fresh", None)
     assert third.complete and torch.equal(third.real_features, whole.real_features)
     assert third.evaluate(real.images[:10])["fid"] == whole.evaluate(real.images[:10])["fid"]
+
+
+def test_ddpm_final_media_shrink_rows_first_then_sampler_steps():
+    """media_size: the final grid's rows (and the denoising row) at the sampler's steps
+    cost about `fit` of the full media; rows go first, steps only below one row."""
+    assert media_size(8, 20, 1.0, True) == (8, 20)
+    assert media_size(8, 20, 0.5, True) == (3, 20)  # 90 row-steps: 3 rows + the denoising row
+    assert media_size(8, 20, 0.1, True) == (1, 9)  # 18 row-steps: 1 row + denoising, 9 steps
+    assert media_size(8, 20, 0.0, True) == (1, 1)
+    assert media_size(8, 1000, 0.1, False) == (1, 1000)  # the ancestral sampler takes all

@@ -190,7 +190,7 @@ def mean_snapshot(parts) -> dict:
     return {"step": viz.make_grid(mean_sample(parts, 4), nrow=4)}
 
 
-def mean_finish(parts, run, step) -> None:
+def mean_finish(parts, run, fit) -> None:
     viz.save_png(mean_snapshot(parts)["step"], run.media("final_grid.png"))
 
 

@@ -99,7 +99,10 @@ class Family:
     snapshot: Callable[[Parts], dict[str, torch.Tensor]]  # file prefix -> uint8 grid
     # (parts, n, labels (n,) or None, generator) -> (n, C, H, W) in [-1, 1]
     sample: Callable[[Parts, int, torch.Tensor | None, torch.Generator | None], torch.Tensor]
-    finish: Callable[[Parts, RunDir, int], None]  # final_grid.png, the family's own media
+    # (parts, run, fit) -> final_grid.png and the family's own media; `fit` < 1: the share of
+    # their full cost the time budget leaves (fewer images or sampler steps), said in the
+    # returned note (None: full size)
+    finish: Callable[[Parts, RunDir, float], str | None]
     # (parts, x [-1, 1] on the device, y) -> [-1, 1] reconstructions, for models that have them
     reconstruct: Callable[..., torch.Tensor] | None = None
     # (parts, generator) -> (K, M, C, H, W) in [-1, 1]: M fixed noise vectors decoded under

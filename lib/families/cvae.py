@@ -107,7 +107,9 @@ def snapshot(parts: Parts) -> dict[str, torch.Tensor]:
     return {"step": generation_grid(parts), "recon": viz.make_grid(pairs, nrow=half)}
 
 
-def finish(parts: Parts, run: RunDir, step: int) -> None:
+def finish(parts: Parts, run: RunDir, fit: float) -> None:
+    """The GIFs and final_grid.png, whatever `fit`: a decoder's grid costs a fraction of a
+    step."""
     viz.save_gif(run.snapshots("recon"), run.media("reconstruction.gif"))
     viz.save_gif(run.snapshots("step"), run.media("generation.gif"))
     model = unwrap(parts.sampling_weights("model"))

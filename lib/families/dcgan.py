@@ -124,7 +124,8 @@ def snapshot(parts: Parts) -> dict[str, torch.Tensor]:
     return {"step": viz.make_grid(images, nrow=8)}
 
 
-def finish(parts: Parts, run: RunDir, step: int) -> None:
+def finish(parts: Parts, run: RunDir, fit: float) -> None:
+    """final_grid.png, whatever `fit`: one draw of 64 costs a fraction of a step."""
     viz.save_png(snapshot(parts)["step"], run.media("final_grid.png"),
                  scale=max(1, 256 // parts.fixed["noise"].shape[0]))
 

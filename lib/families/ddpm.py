@@ -6,7 +6,6 @@ import tempfile
 from pathlib import Path
 
 import torch
-from PIL import Image
 
 from lib.config import Config
 from lib.core import viz
@@ -77,37 +76,59 @@ def sample(parts: Parts, n: int, labels=None, generator=None) -> torch.Tensor:
                    torch.arange(n), labels)
 
 
-def snapshot(parts: Parts) -> dict[str, torch.Tensor]:
-    images = draw(parts, n=len(parts.fixed["noise"]), labels=parts.fixed.get("labels"),
-                  noise=parts.fixed["noise"], generator=fixed_generator(SNAPSHOT_SEED))
+def snapshot(parts: Parts, rows: int | None = None, steps: int | None = None) -> dict:
+    """The fixed noise's grid (its first `rows` rows of 8), at `steps` sampler steps."""
+    n = len(parts.fixed["noise"]) if rows is None else 8 * rows
+    labels = parts.fixed.get("labels")
+    images = draw(parts, n=n, labels=None if labels is None else labels[:n],
+                  noise=parts.fixed["noise"][:n], steps=steps,
+                  generator=fixed_generator(SNAPSHOT_SEED))
     return {"step": viz.make_grid(images.float(), nrow=8)}
 
 
-def finish(parts: Parts, run: RunDir, step: int) -> None:
-    last = run.snapshots("step")[-1:]
-    if last and viz.step_of(last[0]) == step:  # a grid costs a full sampling run: reuse it
-        grid = Image.open(last[0]).convert("RGB")
-    else:
-        grid = viz.to_pil(snapshot(parts)["step"])
+def finish(parts: Parts, run: RunDir, fit: float) -> str | None:
+    """final_grid.png and denoising.gif; with `fit` < 1 (the share of their full cost the
+    time budget leaves) fewer rows of the grid, then fewer sampler steps: said in the note."""
+    rows = len(parts.fixed["noise"]) // 8
+    model = unwrap(parts.sampling_weights("model"))
+    steps = len(model.timestep_sequence(model.sampler, None)) - 1
+    keep, fewer = media_size(rows, steps, fit, model.sampler != "ddpm")
+    grid = snapshot(parts, keep, fewer)["step"]
     labels = parts.fixed.get("labels")
     if labels is not None and parts.class_names:
-        names = [parts.class_names[i] for i in labels[::8].tolist()]
+        names = [parts.class_names[i] for i in labels[: 8 * keep: 8].tolist()]
         viz.label_rows(grid, names).save(run.media("final_grid.png"))
     else:
-        viz.upscaled(grid, 512).save(run.media("final_grid.png"))
-    save_denoising_gif(parts, run.media("denoising.gif"))
+        viz.save_png(grid, run.media("final_grid.png"), scale=max(1, 512 // grid.shape[-1]))
+    save_denoising_gif(parts, run.media("denoising.gif"), steps=fewer)
+    if (keep, fewer) == (rows, steps):
+        return None
+    return f"final grid {8 * keep} of {8 * rows} images at {fewer} of {steps} sampler steps"
 
 
-def save_denoising_gif(parts: Parts, path: Path, max_frames: int = 40) -> None:
-    """One row of images (one per class when conditional) from x_T to x_0, frame by frame."""
+def media_size(rows: int, steps: int, fit: float, can_skip: bool) -> tuple[int, int]:
+    """Rows of the final grid and sampler steps that cost about `fit` of the full grid and
+    the denoising row (`rows + 1` rows at `steps`): rows first, then steps when the
+    sampler can skip some (the ancestral one takes all)."""
+    budget = fit * (rows + 1) * steps  # row-steps
+    keep = max(1, min(rows, int(budget / steps) - 1))
+    if not can_skip or budget >= (keep + 1) * steps:
+        return keep, steps
+    return keep, max(1, int(budget / (keep + 1)))
+
+
+def save_denoising_gif(parts: Parts, path: Path, max_frames: int = 40,
+                       steps: int | None = None) -> None:
+    """One row of images (one per class when conditional) from x_T to x_0, frame by frame,
+    at `steps` sampler steps (the model's own by default)."""
     model = unwrap(parts.sampling_weights("model"))
     labels = parts.fixed.get("labels")
     labels = labels[::8][:10] if labels is not None else None  # one image per class
     n = len(labels) if labels is not None else 8
-    _, path_x = draw(parts, n=n, labels=labels, noise=parts.fixed["noise"][:n],
+    _, path_x = draw(parts, n=n, labels=labels, noise=parts.fixed["noise"][:n], steps=steps,
                      generator=fixed_generator(SNAPSHOT_SEED), return_trajectory=True)
     # path_x: (steps + 1, n, C, H, W), x_T first
-    times = model.timestep_sequence(model.sampler, None)
+    times = model.timestep_sequence(model.sampler, steps)
     keep = torch.linspace(0, len(path_x) - 1, min(max_frames, len(path_x))).round().long()
     with tempfile.TemporaryDirectory() as tmp:
         frames, captions = [], []

@@ -12,8 +12,6 @@ lib/training/checkpoints.py.
 
 from __future__ import annotations
 
-import os
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,7 +28,9 @@ from lib.training.guard import Guard
 from lib.training.resume import (
     Resumed,
     default_run_name,
+    fetch_caches,
     forget_after,
+    keep_caches,
     open_resume,
     prepare_resume,
     restore_periodic,
@@ -193,9 +193,6 @@ def train(cfg: Config, out_root: str | Path = "outputs", run_dir: str | Path | N
     return run.root
 
 
-CACHE = "cache"  # the run folder's copies of its caches
-
-
 def claim_run(cfg: Config, engine: Engine, out_root: str | Path, run_dir: str | Path | None,
               resume: Resumed | None) -> RunDir:
     """The run folder, claimed and locked by rank 0: a new one (never an existing folder:
@@ -212,44 +209,6 @@ def claim_run(cfg: Config, engine: Engine, out_root: str | Path, run_dir: str | 
     run.checkpoints.mkdir(parents=True, exist_ok=True)
     run.samples.mkdir(exist_ok=True)
     return run
-
-
-def fetch_caches(source: RunDir, cache_dir: Path) -> None:
-    """The caches a run folder keeps (decoded data, reference features, a classifier) into
-    `cache_dir` where it has no file of that name. Each file carries the key it was made
-    under (the data's files or content, the feature network): a stale one is not used."""
-    kept = source.root / CACHE
-    for path in sorted(kept.rglob("*.pt")) if kept.is_dir() else []:
-        target = cache_dir / path.relative_to(kept)
-        if not target.exists():
-            try:
-                _place(path, target)
-            except OSError:  # a read-only cache folder: computed again, as without a copy
-                return
-
-
-def keep_caches(run: RunDir, cache_dir: Path, files: list[Path]) -> None:
-    """Copies of `files` (under `cache_dir`) in the run folder's cache/, so that a resume
-    elsewhere (the next Kaggle session, its output attached read-only) finds them."""
-    for path in files:
-        try:
-            _place(path, run.root / CACHE / path.relative_to(cache_dir))
-        except OSError as e:  # a full disk: the next session computes them again
-            print(f"{path.name} not kept in {run.root / CACHE} ({e.strerror or e}); the next "
-                  f"session computes it again")
-
-
-def _place(path: Path, target: Path) -> None:
-    """`path`'s content at `target`, atomically: a hard link where it can (no second copy
-    of a dataset on the disk), else a copy."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(path, tmp)
-    except OSError:  # another file system, or links not allowed
-        shutil.copyfile(path, tmp)
-    os.replace(tmp, target)
 
 
 def resume(run_dir: str | Path, out_root: str | Path | None = None,

@@ -3,6 +3,8 @@
 A resume loads last.pt once and continues with the checkpoint's config and the
 RESUMABLE fields asked for now; a read-only source is copied whole (or not at all)
 into a new folder; the history and snapshots after the checkpoint's step are redone.
+The run folder keeps copies of its caches (decoded data, reference features) in cache/,
+so the next session - elsewhere, its input read-only - reuses them.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from lib.training.tracking import truncate_history
 # What a resume may change: how the run trains, logs and finds its data. The rest
 # (models, data, optimizers, schedulers) is what the checkpoint's states were made for.
 RESUMABLE = ("name", "trainer", "wandb", "data.root", "data.download", "data.verify_cache")
+CACHE = "cache"  # the run folder's copies of its caches: the next session starts at once
 
 
 def default_run_name(cfg: Config) -> str:
@@ -171,7 +174,7 @@ def _copy_run(src: RunDir, target: Path) -> RunDir:
         if src.samples.is_dir():
             files += [(png, tmp.samples / png.name) for png in src.samples.iterdir()
                       if png.is_file()]
-        cache = src.root / "cache"  # the caches kept with the run (lib.training.loop)
+        cache = src.root / CACHE  # the caches kept with the run (keep_caches)
         files += [(f, tmp.root / f.relative_to(src.root)) for f in cache.rglob("*.pt")
                   if f.is_file()]
         for have, copy in files:
@@ -185,6 +188,48 @@ def _copy_run(src: RunDir, target: Path) -> RunDir:
             run.root.rmdir()
         raise
     return run
+
+
+# ---------------------------------------------------------------------------
+# The caches a run keeps for its next session
+
+
+def fetch_caches(source: RunDir, cache_dir: Path) -> None:
+    """The caches a run folder keeps (decoded data, reference features, a classifier) into
+    `cache_dir` where it has no file of that name. Each file carries the key it was made
+    under (the data's files or content, the feature network): a stale one is not used."""
+    kept = source.root / CACHE
+    for path in sorted(kept.rglob("*.pt")) if kept.is_dir() else []:
+        target = cache_dir / path.relative_to(kept)
+        if not target.exists():
+            try:
+                _place(path, target)
+            except OSError:  # a read-only cache folder: computed again, as without a copy
+                return
+
+
+def keep_caches(run: RunDir, cache_dir: Path, files: list[Path]) -> None:
+    """Copies of `files` (under `cache_dir`) in the run folder's cache/, so that a resume
+    elsewhere (the next Kaggle session, its output attached read-only) finds them."""
+    for path in files:
+        try:
+            _place(path, run.root / CACHE / path.relative_to(cache_dir))
+        except OSError as e:  # a full disk: the next session computes them again
+            print(f"{path.name} not kept in {run.root / CACHE} ({e.strerror or e}); the next "
+                  f"session computes it again")
+
+
+def _place(path: Path, target: Path) -> None:
+    """`path`'s content at `target`, atomically: a hard link where it can (no second copy
+    of a dataset on the disk), else a copy."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(path, tmp)
+    except OSError:  # another file system, or links not allowed
+        shutil.copyfile(path, tmp)
+    os.replace(tmp, target)
 
 
 def restore_periodic(run: RunDir, step: int, save_every: int) -> None:

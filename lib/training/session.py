@@ -37,7 +37,7 @@ CHEAP_S = 2.0  # work that costs less is done whatever the budget: a share is ne
 # Draws of a snapshot's size the end of a session makes: a snapshot, the final grid, the
 # summary's sampling cost, DDPM's denoising row
 FINISH_DRAWS = 4
-PROBE_IMAGES = 16  # sampled to time sampling: a CPU draws 16 images in ~1.3x the time of 2
+PROBE_IMAGES = 16  # sampled to tell the cost per image from the cost per call
 MARGIN_S = 10.0  # kept free for the evolution GIF and the metrics figure (~10 s, busy CPU)
 # A history line at least every this many steps, whatever log_every_step (the snapshots'
 # cadence) says: a session of a few dozen steps draws a loss curve. One device sync each.
@@ -175,7 +175,7 @@ class Session:
         self.clock.reset()
 
     def time_sampling(self) -> None:
-        """sample_setup, sample_call and sample_cost, from a first draw of 2 images with
+        """sample_setup, sample_call and sample_cost, from a first draw of 1 image with
         these weights (set-up included), a second, and a batch of PROBE_IMAGES when the second
         took under a second or that surely costs less than half a budget's share (else all
         is counted per image: a slow draw, as DDPM's on a CPU, grows with its images)."""
@@ -187,12 +187,12 @@ class Session:
             return time.monotonic() - t0
 
         with rng_untouched(self.engine):
-            first, second = draw(2), draw(2)
-            self.sample_cost = second / 2
+            first, second = draw(1), draw(1)
+            self.sample_cost = second
             if second < 1 or self.sample_cost * PROBE_IMAGES < budget_share(self.cfg) / 2:
                 more = max(0.0, draw(PROBE_IMAGES) - second)
-                self.sample_cost = more / (PROBE_IMAGES - 2)
-                self.sample_call = max(0.0, second - 2 * self.sample_cost)
+                self.sample_cost = more / (PROBE_IMAGES - 1)
+                self.sample_call = max(0.0, second - self.sample_cost)
         self.sample_setup = max(0.0, first - second)
 
     def draw_seconds(self, n: int) -> float:
@@ -264,9 +264,25 @@ class Session:
             return False
         now = time.monotonic()
         per_step = (self.trained + now - self.clock.counted) / self.steps_done
-        ending = (self.eval_cost + self.save_cost + self.sample_setup
-                  + FINISH_DRAWS * self.draw_seconds(64) + MARGIN_S)
+        # the media get at most a share: what costs more is drawn smaller (finish)
+        media = min(self.media_seconds(FINISH_DRAWS), budget_share(self.cfg))
+        ending = self.eval_cost + self.save_cost + media + MARGIN_S
         return self.engine.agree(now - self.entered + per_step + ending > self.budget)
+
+    def media_seconds(self, draws: int) -> float:
+        """What the end's media cost at full size: the set-up of new weights and `draws`
+        draws of a snapshot's size."""
+        return self.sample_setup + draws * self.draw_seconds(64)
+
+    def time_left(self) -> float:
+        """Seconds of the budget left for sampling (MARGIN_S kept); inf without a budget."""
+        if not self.budget or not self.sample_cost:
+            return math.inf
+        return max(0.0, self.budget - (time.monotonic() - self.entered) - MARGIN_S)
+
+    def media_fit(self, draws: int) -> float:
+        """The share of media_seconds(draws) the time left affords (1: all, or no budget)."""
+        return min(1.0, self.time_left() / max(self.media_seconds(draws), 1e-9))
 
     def tally(self) -> None:
         """The training time since the last tally into train_seconds (every checkpoint and
@@ -367,10 +383,20 @@ class Session:
                 print(message, file=sys.stderr)
             raise Interrupted(message)
         if engine.is_main:
-            if not run.snapshots("step"):  # a budget stop before any: the GIF gets this one
+            # the final grid and the family's own media: about two draws of a snapshot's size
+            smaller = self.family.finish(self.parts, run, self.media_fit(2))
+            if smaller:
+                print(f"final media: {smaller} this session, to fit the "
+                      f"{self.cfg.trainer.max_minutes:g} min budget")
+            # a budget stop before any snapshot: the GIF gets one at this step, if it fits
+            # (the weights' set-up is paid by now)
+            fixed = len(self.parts.fixed.get("noise", ()))
+            if not run.snapshots("step") and self.draw_seconds(fixed) <= self.time_left():
                 self.snapshot(step)
+            elif not run.snapshots("step"):
+                print(f"evolution.gif: none this session (no snapshot before step {step}, and "
+                      f"the {self.cfg.trainer.max_minutes:g} min budget has no time for one)")
             viz.save_gif(run.snapshots("step"), run.media("evolution.gif"))
-            self.family.finish(self.parts, run, step)
             sampled_with = self.parts.sampled_with(self.family.sampling_net)
             grid = run.media("final_grid.png")
             viz.with_caption(Image.open(grid), f"step {step}, {sampled_with} weights",
