@@ -37,10 +37,11 @@ def args(tmp_path, batch_size=0):
 
 def test_every_variant_builds_a_valid_config_with_its_option(quality, tmp_path):
     configs = {v: quality.ablation_config(v, args(tmp_path), 300) for v in quality.ABLATION}
-    assert len(configs) == 12  # 9 GAN (reference, 5 options, all, preset, +DiffAug) + 3 DDPM
+    assert len(configs) == 14  # 11 GAN (reference, 5 options, all, preset, +DiffAug,
+    # +RpGAN with R1/R2, +RaLSGAN) + 3 DDPM
     gan = {v: c for v, c in configs.items() if c.family == "dcgan"}
     ddpm = {v: c for v, c in configs.items() if c.family == "ddpm"}
-    assert len(gan) == 9 and len(ddpm) == 3
+    assert len(gan) == 11 and len(ddpm) == 3
     # equal compute: the same steps and batch within a family, one snapshot at the end
     assert {(c.total_steps, c.trainer.batch_size, c.trainer.log_every_step)
             for c in gan.values()} == {(300, 128, 300)}
