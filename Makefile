@@ -17,7 +17,7 @@ demo: $(STAMP)
 	$(PY) -m lib demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 --dist loadgroup
+	$(PY) -m pytest -q -n 2
 
 bench: $(STAMP)
 	$(PY) benchmarks/throughput.py

@@ -53,7 +53,6 @@ def stderr_texts(path: Path) -> list[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("suite")
 def test_report_and_exported_notebooks_read_well_in_chromium(tmp_path, executed_suite):
     chromium = require_browser()
     _, out, _, _ = executed_suite  # run with wandb offline: what a student gets without a key
