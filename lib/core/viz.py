@@ -71,7 +71,7 @@ def _font(size: int):
         return ImageFont.load_default()
 
 
-def upscaled(img: Image.Image, min_width: int) -> Image.Image:
+def _upscale(img: Image.Image, min_width: int) -> Image.Image:
     """Nearest-neighbour upscale so that tiny grids (8 px digits) stay legible."""
     scale = max(1, -(-min_width // img.width))
     return img.resize((img.width * scale, img.height * scale), Image.NEAREST)
@@ -79,7 +79,7 @@ def upscaled(img: Image.Image, min_width: int) -> Image.Image:
 
 def with_caption(img: Image.Image, text: str, min_width: int = 256) -> Image.Image:
     """A caption bar above an image, e.g. 'step 1200'."""
-    img = upscaled(img.convert("RGB"), min_width)
+    img = _upscale(img.convert("RGB"), min_width)
     bar = max(14, img.width // 24)
     out = Image.new("RGB", (img.width, img.height + bar + 4), "white")
     out.paste(img, (0, bar + 4))
@@ -87,10 +87,9 @@ def with_caption(img: Image.Image, text: str, min_width: int = 256) -> Image.Ima
     return out
 
 
-def label_rows(grid: torch.Tensor | Image.Image, labels: list[str],
-               min_width: int = 256) -> Image.Image:
+def label_rows(grid: torch.Tensor, labels: list[str], min_width: int = 256) -> Image.Image:
     """A grid with one text label left of each row (class names for class-conditional grids)."""
-    img = upscaled(grid if isinstance(grid, Image.Image) else to_pil(grid), min_width)
+    img = _upscale(to_pil(grid), min_width)
     row_h = img.height / len(labels)
     size = max(10, min(int(row_h * 0.5), 18))
     font = _font(size)

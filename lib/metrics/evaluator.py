@@ -237,7 +237,7 @@ class Evaluator:
         if fake_labels is not None and len(fake_labels) != len(fake):
             raise MetricsError(f"{len(fake_labels)} fake_labels for {len(fake)} generated images")
         notes = list(self.notes)
-        with torch.random.fork_rng(devices=[]), torch.inference_mode():
+        with torch.inference_mode():  # every draw below has its own seeded generator
             fake_features = self.extract(fake)
             fid, fid_std = fid_with_interval(self._reference, fake_features, self.bootstrap,
                                               self.seed)
