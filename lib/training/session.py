@@ -390,12 +390,14 @@ class Session:
                       f"{self.cfg.trainer.max_minutes:g} min budget")
             # a budget stop before any snapshot: the GIF gets one at this step, if it fits
             # (the weights' set-up is paid by now)
-            fixed = len(self.parts.fixed.get("noise", ()))
-            if not run.snapshots("step") and self.draw_seconds(fixed) <= self.time_left():
-                self.snapshot(step)
-            elif not run.snapshots("step"):
-                print(f"evolution.gif: none this session (no snapshot before step {step}, and "
-                      f"the {self.cfg.trainer.max_minutes:g} min budget has no time for one)")
+            if not run.snapshots("step"):
+                fixed = len(self.parts.fixed.get("noise", ()))
+                if self.draw_seconds(fixed) <= self.time_left():
+                    self.snapshot(step)
+                else:
+                    print(f"evolution.gif: none this session (no snapshot before step {step}, "
+                          f"and the {self.cfg.trainer.max_minutes:g} min budget has no time "
+                          f"for one)")
             viz.save_gif(run.snapshots("step"), run.media("evolution.gif"))
             sampled_with = self.parts.sampled_with(self.family.sampling_net)
             grid = run.media("final_grid.png")
