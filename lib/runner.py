@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lib.config import parse_value
+from lib.core import usable_cores
 from lib.core.progress import HEADLESS_ENV
 from lib.notebook.paths import project_root
 
@@ -176,19 +177,25 @@ def run_notebooks(only: list[str] | None = None, preset: str | Path | None = "de
         return execute(name, tags[name], folder, executed, params[name], echo)
 
     with kernel_env(jobs):
-        return together(run, first, jobs) + [run(n) for n in names if n == REPORT]
+        # the suite's later notebooks train the costlier models (the DDPM most): they start
+        # first, and the cheap ones fill the other cores around them
+        return together(run, first, jobs, start=first[::-1]) + [
+            run(n) for n in names if n == REPORT]
 
 
 def side_by_side(n: int) -> int:
-    """Notebooks at once: all n without a GPU, one at a time beside one."""
+    """Notebooks at once: one per core without a GPU (each on one torch thread: more
+    kernels than cores only take turns), one at a time beside a GPU."""
     import torch  # heavy: only to ask for a GPU
 
-    return 1 if torch.cuda.is_available() else max(1, n)
+    return 1 if torch.cuda.is_available() else max(1, min(n, usable_cores()))
 
 
-def together(run: Callable[[str], Result], names: list[str], jobs: int) -> list[Result]:
-    """run(name) for each name, `jobs` at a time; the first failure (in suite order) is
-    raised once the notebooks already running have ended, and none starts after it."""
+def together(run: Callable[[str], Result], names: list[str], jobs: int,
+             start: list[str] | None = None) -> list[Result]:
+    """run(name) for each name, `jobs` at a time in the order `start` (default: names);
+    results and the first failure in names' order, raised once the notebooks already
+    running have ended; none starts after it."""
     if jobs <= 1:  # in this thread: Ctrl-C stops the notebook at once
         return [run(n) for n in names]
     failed = threading.Event()
@@ -203,7 +210,8 @@ def together(run: Callable[[str], Result], names: list[str], jobs: int) -> list[
             raise
 
     with ThreadPoolExecutor(jobs) as pool:
-        futures = [pool.submit(guarded, n) for n in names]
+        submitted = {n: pool.submit(guarded, n) for n in start or names}
+    futures = [submitted[n] for n in names]
     errors = [f.exception() for f in futures if f.exception()]
     if errors:
         raise errors[0]
@@ -214,10 +222,9 @@ def together(run: Callable[[str], Result], names: list[str], jobs: int) -> list[
 def kernel_env(jobs: int):
     """Kernels started inside inherit HEADLESS_ENV (they draw static grids instead of
     sliders) and, when several run at once, their share of the cores as torch threads."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     env = {HEADLESS_ENV: "1"}
     if jobs > 1 and "OMP_NUM_THREADS" not in os.environ:
-        env["OMP_NUM_THREADS"] = str(max(1, (cores or 1) // jobs))
+        env["OMP_NUM_THREADS"] = str(max(1, usable_cores() // jobs))
     previous = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:

@@ -28,6 +28,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from lib.config import TrainerConfig
+from lib.core import usable_cores
 from lib.data import to_float
 
 
@@ -314,9 +315,8 @@ def choose_threads() -> None:
     """
     if "OMP_NUM_THREADS" in os.environ:
         return
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    others = others_running()
-    threads = max(1, min(TORCH_THREADS, (cores or 1) - others))
+    cores, others = usable_cores(), others_running()
+    threads = max(1, min(TORCH_THREADS, cores - others))
     torch.set_num_threads(threads)
     if threads != TORCH_THREADS:
         print(f"torch threads: {threads} instead of {TORCH_THREADS} ({others} other processes "

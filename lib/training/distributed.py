@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from lib.config import Config, load_config
+from lib.core import usable_cores
 from lib.training.resume import check_resume, default_run_name, resumable
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -92,7 +93,7 @@ def launch(config: str | Path | Config, nproc: int,
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT),
                                                           env.get("PYTHONPATH")]))
         # torchrun would set 1 thread per process and warn; CPU ranks share the cores
-        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+        env.setdefault("OMP_NUM_THREADS", str(max(1, usable_cores() // nproc)))
         code, tail = _stream(torchrun_command(train_args, nproc), env)
     if code != 0:
         # `python -m lib` reports a user error as one "error: ..." line per rank
