@@ -170,7 +170,7 @@ def test_demo_samples_are_recognisable_digits(demo_run):
 
     Chance is 10% (and 15 of 50 by chance has p < 1e-3); the threshold of
     30% leaves a wide margin under what this 120-step run reached (74%; at 200
-    steps of 64 images: 98%; the full 600-step preset: 100%).
+    steps of 64 images: 98%; the 400-step preset, batch 32: 98%).
     """
     cfg = json.loads((demo_run / "config.json").read_text())
     real = load_dataset("digits", cfg["data"]["image_size"], root=cfg["data"]["root"])
