@@ -180,7 +180,7 @@ def test_the_demo_preset_runs_the_demo_configs(tmp_path, name):
     from lib.runner import load_preset
 
     layers = load_preset("demo")
-    cfg = notebook_config(name, tmp_path, **{**layers["*"], **layers[name]})
+    cfg = notebook_config(name, tmp_path, **{**layers.get("*", {}), **layers[name]})
     demo = load_config(f"configs/{TRAINING[name]}_demo.json")
     assert without_root(cfg) == without_root(demo)
 

@@ -191,7 +191,7 @@ def test_rescore_scores_the_gan_rows_again_and_keeps_the_rest(quality, tmp_path,
     (folder / "quality.json").write_text(quality.json.dumps(saved))
     quality.rescore([folder], Evaluator(), 6, 0)
     rows = quality.json.loads((folder / "quality.json").read_text())["rows"]
-    assert scored == [(6, 1, 32, 32)]  # the GAN row only, n images
+    assert scored == [(6, 1, 16, 16)]  # the GAN row only, n images
     assert rows["real vs real (half B)"] == other
     new = rows["dcgan reference"]
     assert new["fid"] != -1.0 and new["cpu_s_per_step"] == 0.7 and new["steps"] == 4

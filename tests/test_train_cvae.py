@@ -42,11 +42,11 @@ def test_demo_preset_run_folder_holds_the_contract(tmp_path, tiny_overrides):
     grid = Image.open(run / "final_grid.png")
     step_png = Image.open(run / "samples" / "step_0000004.png")
     assert grid.width > 2 * step_png.width and grid.height > 2 * step_png.height
-    assert step_png.height == 10 * (32 + 2) + 2
+    assert step_png.height == 10 * (16 + 2) + 2
 
     model = rebuild(run, device="cpu").net
     assert load_checkpoint(run / "checkpoints" / "last.pt")["family"] == "cvae"
-    assert model.sample(torch.tensor([3, 7])).shape == (2, 1, 32, 32)
+    assert model.sample(torch.tensor([3, 7])).shape == (2, 1, 16, 16)
 
 
 def test_resume_continues_exactly(tmp_path, tiny_overrides):

@@ -58,10 +58,10 @@ def test_checkpoint_rebuilds_without_the_config(tmp_path, tiny_overrides):
                 progress=False)
     ckpt = load_checkpoint(run / "checkpoints" / "last.pt")
     assert ckpt["step"] == 4 and ckpt["family"] == "dcgan"
-    assert ckpt["models"]["generator"]["args"]["image_size"] == 32  # filled from the data
+    assert ckpt["models"]["generator"]["args"]["image_size"] == 16  # filled from the data
     assert ckpt["models"]["generator"]["args"]["n_channels"] == 1
     G = rebuild(run, device="cpu").net
-    assert G(torch.randn(2, G.latent_dim)).shape == (2, 1, 32, 32)
+    assert G(torch.randn(2, G.latent_dim)).shape == (2, 1, 16, 16)
 
 
 def test_lr_schedule_steps_per_iteration(tmp_path, tiny_overrides):
