@@ -37,7 +37,7 @@ from lib.notebook import find_preset
 from lib.training.loop import train
 from lib.training.tracking import read_history
 
-BUDGET_MIN = 1.0
+BUDGET_MIN = 0.5
 OVERRUN_S = 20  # what a busy 2-core machine may add: one slow step, a slow save
 BATCH = 32
 
