@@ -7,6 +7,7 @@ import inspect
 import json
 import re
 import typing
+import unittest.mock
 from typing import TYPE_CHECKING
 
 from lib.config.parse import INT64_MAX, check_sections, coerce, field_error, show
@@ -108,7 +109,10 @@ def _meta_build(type_name: str, args_json: str) -> tuple[int, str | None]:
     from lib.models import MODEL_TYPES  # heavy (torch): only to check models
 
     try:
-        with torch.device("meta"):
+        # meta weights hold no values: skip the random init, whose meta kernel (a Python
+        # reference) first imports torch._dynamo, 3-4 s of every config check
+        with torch.device("meta"), unittest.mock.patch.object(
+                torch.nn.init, "normal_", lambda tensor, *args, **kwargs: tensor):
             net = MODEL_TYPES[type_name](**json.loads(args_json))
     except (ValueError, TypeError, RuntimeError) as e:
         return 0, str(e)[:300]
