@@ -350,7 +350,7 @@ def test_keeps_only_the_last_periodic_checkpoints(tmp_path):
     run = train(load_config(tiny_config(tmp_path, keep_checkpoints=2)), out_root=tmp_path,
                 progress=False)
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
-        "last.pt", "step_0000008.pt", "step_0000012.pt"]
+        "last.pt", "standing.pt", "step_0000008.pt", "step_0000012.pt"]
 
 
 # ---------------------------------------------------------------------------

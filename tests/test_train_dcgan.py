@@ -187,3 +187,28 @@ def test_channels_last_computes_the_same_losses_and_gradients(preset, mkldnn, th
     for i, (f, p) in enumerate(zip(fast, plain, strict=True)):
         assert p.norm() > 0, f"gradient {i} is zero: the comparison would prove nothing"
         assert relative_error(f, p) < 1e-2, (i, tuple(p.shape), relative_error(f, p))
+
+
+def test_a_rebuild_reuses_the_standing_statistics_of_the_weights_it_loads(tmp_path,
+                                                                        tiny_overrides):
+    """The final grid's standing BatchNorm statistics are kept beside the checkpoints: a
+    notebook's rebuild of those weights draws what measuring them again draws, without the
+    1,024 generator passes; other weights (an earlier checkpoint) are measured afresh."""
+    cfg = load_config("configs/dcgan_demo.json", [*tiny_overrides, "trainer.save_period=1",
+                                                  "gan.standing_stats=64"])
+    run = train(cfg, out_root=tmp_path, progress=False)
+    z = torch.randn(8, cfg.generator.args["latent_dim"], generator=torch.Generator().manual_seed(1))
+    kept = rebuild(run, device="cpu")
+    assert "generator" in kept.parts._standing  # loaded, not measured
+    with torch.inference_mode():
+        reused = kept.net(z)
+    (run / "checkpoints" / "standing.pt").unlink()
+    measured = rebuild(run, device="cpu")
+    assert measured.parts._standing == {}
+    with torch.inference_mode():  # measured in another process, layout and thread count
+        torch.testing.assert_close(measured.net(z), reused, rtol=0, atol=1e-4)
+    train(load_config("configs/dcgan_demo.json", [*tiny_overrides, "trainer.epochs=2",
+                                                  "gan.standing_stats=64"]), resume=run,
+          progress=False)
+    earlier = rebuild(run, "step_0000004.pt", device="cpu")  # standing.pt: step 8's weights
+    assert earlier.parts._standing == {}

@@ -72,6 +72,11 @@ class RunDir:
         return self.root / ".lock"
 
     @property
+    def standing(self) -> Path:
+        """The sampling nets' standing BatchNorm statistics for the last weights drawn with."""
+        return self.root / "checkpoints" / "standing.pt"
+
+    @property
     def sampling_cache(self) -> Path:
         """The report's sampling-time measurement, kept per checkpoint step."""
         return self.root / "sampling.json"

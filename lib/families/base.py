@@ -13,6 +13,7 @@ in the report. lib/families/__init__.py lists them.
 from __future__ import annotations
 
 import copy
+import hashlib
 import inspect
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -64,10 +65,7 @@ class Parts:
         (its forward is a collective, and rank 0 samples alone). With standing statistics
         for `name`, a copy of them whose BatchNorm statistics were recomputed for these
         very weights: made again only when the weights changed."""
-        if self.ema is not None and name in self.ema.averages:
-            net = self.ema.averages[name]
-        else:
-            net = local(self.nets[name])
+        net = self.averaged_or_raw(name)
         if name not in self.standing:
             return net
         key = fingerprint(net)
@@ -78,6 +76,30 @@ class Parts:
                 self.standing[name](standing)
             self._standing[name] = (key, standing.eval().requires_grad_(False))
         return self._standing[name][1]
+
+    def standing_buffers(self) -> dict:
+        """The standing statistics measured so far, with the weights they belong to: kept
+        in the run folder, a rebuild of the same weights need not measure them again."""
+        return {name: {"weights": weights_digest(net),
+                       "buffers": {k: v for k, v in net.state_dict().items()
+                                   if ".running_" in k or "num_batches" in k}}
+                for name, (_, net) in self._standing.items()}
+
+    def load_standing(self, saved: dict) -> None:
+        """Standing statistics from standing_buffers, for the nets whose weights they match."""
+        for name, entry in saved.items():
+            net = self.averaged_or_raw(name)
+            if name in self.standing and weights_digest(net) == entry["weights"]:
+                with torch.inference_mode(False), torch.no_grad():
+                    standing = plain_batchnorm(copy.deepcopy(unwrap(net)))
+                    standing.load_state_dict(entry["buffers"], strict=False)
+                self._standing[name] = (fingerprint(net), standing.eval().requires_grad_(False))
+
+    def averaged_or_raw(self, name: str) -> nn.Module:
+        """`name`'s EMA average when kept, else its own weights (never a DDP wrapper)."""
+        if self.ema is not None and name in self.ema.averages:
+            return self.ema.averages[name]
+        return local(self.nets[name])
 
     def sampled_with(self, name: str) -> str:
         """"ema" or "raw": which weights `sampling_weights(name)` samples with (grids, scores)."""
@@ -242,6 +264,15 @@ def fingerprint(net: nn.Module) -> torch.Tensor:
     """One sum per parameter, on the CPU: changes when the weights change (optimizer steps,
     EMA updates, loaded or rolled-back weights), whatever did it in place."""
     return torch.stack([p.detach().float().sum() for p in net.parameters()]).cpu()
+
+
+def weights_digest(net: nn.Module) -> str:
+    """The weights' exact bytes, hashed: the same in any process, layout or thread count
+    (fingerprint's float sums are not, and serve within one process only)."""
+    digest = hashlib.sha256()
+    for p in net.parameters():
+        digest.update(p.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def plain_batchnorm(net: nn.Module) -> nn.Module:

@@ -71,6 +71,13 @@ def rebuild(run_dir: str | Path, checkpoint: str = "last.pt",
                   class_names=ckpt.get("class_names"))
     family.prepare_sampling(parts, cfg)
     load_weights(ckpt, parts, path)
+    standing = RunDir(run_dir).standing
+    if parts.standing and standing.is_file():  # only where the weights match (else measured)
+        try:
+            parts.load_standing(torch.load(standing, map_location="cpu", weights_only=True))
+        except Exception as e:  # noqa: BLE001 - a damaged file is only a cache
+            warnings.warn(f"{standing}: unreadable ({type(e).__name__}); the standing "
+                          "statistics are measured again", stacklevel=2)
     return Rebuilt(cfg, family, parts, engine, ckpt["step"])
 
 

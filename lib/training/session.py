@@ -385,6 +385,8 @@ class Session:
         if engine.is_main:
             # the final grid and the family's own media: about two draws of a snapshot's size
             smaller = self.family.finish(self.parts, run, self.media_fit(2))
+            if self.parts.standing:  # measured for the final grid: a notebook's rebuild reuses
+                atomic_save(self.parts.standing_buffers(), run.standing)
             if smaller:
                 print(f"final media: {smaller} this session, to fit the "
                       f"{self.cfg.trainer.max_minutes:g} min budget")
