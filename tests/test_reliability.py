@@ -673,3 +673,15 @@ def test_mutated_configs_raise_only_config_errors(case):
         return
     assert cfg.family == "dcgan" and cfg.total_steps >= 1
     assert Config.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg  # round-trips
+
+
+def test_a_generator_not_yet_diverse_has_not_collapsed():
+    """Low diversity before any evaluation read it healthy is a G still drawing its first
+    blobs (the demo's DCGAN: 0.11 at step 100, then 0.56): no event until it falls back."""
+    guard = Guard(load_config(ROOT / "configs" / "dcgan_demo.json").trainer)
+    assert guard.collapse(0.11) is None and guard.collapse(0.2) is None
+    assert guard.collapse(0.56) is None
+    assert guard.collapse(0.1)["event"] == "collapse"
+    resumed = Guard(guard.cfg)
+    resumed.load_state_dict(guard.state_dict())  # a resumed run remembers it was diverse
+    assert resumed.collapse(0.1)["event"] == "collapse"

@@ -4,8 +4,9 @@ The loop hands every step's logged numbers to `Guard.watch` (no GPU sync:
 the values stay on the device) and calls `Guard.check` where it would log or
 save anyway, so the cost is one small transfer per log interval. A
 non-finite value is a divergence; so, optionally, is a collapse seen by evaluation:
-a diversity score below `collapse_fraction` of the real data's (a GAN's mode
-collapse), or a label sensitivity below `label_sensitivity_min` (a conditional
+a diversity score falling below `collapse_fraction` of the real data's after an
+evaluation at or above it (a GAN's mode collapse; a generator still drawing its first
+blobs has not collapsed), or a label sensitivity below `label_sensitivity_min` (a conditional
 generator that ignores its label). The loop then restores the last
 checkpoint and calls `Guard.rolled_back`, which halves the learning rate and
 counts; past `max_rollbacks` it raises `DivergenceError`.
@@ -35,6 +36,7 @@ class Guard:
         self.cfg = cfg
         self.rollbacks = 0
         self.lr_scale = 1.0  # product of every rollback's lr factor so far
+        self.diverse = False  # an evaluation has read diversity at or above collapse_fraction
         self.pending: list[tuple[int, dict]] = []  # (step, logs) not yet checked
 
     # -- losses ------------------------------------------------------------
@@ -71,7 +73,12 @@ class Guard:
     # -- collapse ----------------------------------------------------------
 
     def collapse(self, diversity: float) -> dict | None:
-        """A `collapse` event record when diversity fell below the configured fraction."""
+        """A `collapse` event record when diversity fell below the configured fraction, once
+        an evaluation has read it at or above (the demo's G reads 0.11 at step 100, before it
+        draws digits, then 0.56, 0.68, 0.70)."""
+        if not self.diverse:
+            self.diverse = diversity >= self.cfg.collapse_fraction  # NaN: not yet
+            return None
         return _below("collapse", "diversity", diversity, self.cfg.collapse_fraction,
                       "of the real data's (mode collapse?)")
 
@@ -121,11 +128,12 @@ class Guard:
                 group["lr"] *= relative
 
     def state_dict(self) -> dict:
-        return {"rollbacks": self.rollbacks, "lr_scale": self.lr_scale}
+        return {"rollbacks": self.rollbacks, "lr_scale": self.lr_scale, "diverse": self.diverse}
 
     def load_state_dict(self, state: dict) -> None:
         self.rollbacks = state.get("rollbacks", 0)
         self.lr_scale = state.get("lr_scale", 1.0)  # older checkpoints' loss windows: unused
+        self.diverse = state.get("diverse", False)
         self.pending = []
 
 
