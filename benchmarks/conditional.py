@@ -15,7 +15,7 @@ for the same number of steps each, then scored on one protocol per dataset:
   (half B), and the diversity score.
 
     python benchmarks/conditional.py [--data digits,shapes] [--image-size 16] [--steps 600]
-        [--n 500] [--threads 1] [--out outputs/conditional]
+        [--n 500] [--threads 1] [--out outputs/conditional] [--only ddpm] [--set KEY=VALUE]
 
 Every row saves its final grid and a grid of the scored samples (one class per row) in its
 run folder: look at them before believing a number.
@@ -72,7 +72,7 @@ def variant_config(variant: str, dataset: str, args) -> Config:
         "trainer.epochs=1", f"trainer.iterations_per_epoch={args.steps}",
         "trainer.save_period=1", f"trainer.log_every_step={args.steps}",
         "trainer.eval_samples=0", f"trainer.seed={args.seed}", "wandb.mode=disabled",
-        *options])
+        *options, *args.set])
 
 
 @torch.inference_mode()
@@ -115,7 +115,7 @@ def run_dataset(dataset: str, args) -> dict[str, dict]:
         "class_accuracy": held_out, "note": "class accuracy: the classifier's held-out"}}
     print(f"[{dataset}] classifier held-out accuracy {held_out:.3f}; real vs real FID "
           f"{rows['real vs real (half B)']['fid']:.2f}", flush=True)
-    for variant in VARIANTS:
+    for variant in [v for v in VARIANTS if args.only in v]:
         cfg = variant_config(variant, dataset, args)
         cpu = time.process_time()
         run_dir = train(cfg, out_root=args.out / dataset, progress=False)
@@ -157,6 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=600, help="training steps of every run")
     p.add_argument("--n", type=int, default=500, help="images per side of every FID")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--only", default="", help="the variants whose name contains this")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a config override for every run (repeatable)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
     p.add_argument("--out", type=Path, default=ROOT / "outputs" / "conditional")
     p.add_argument("--data-root", type=Path, default=ROOT / "data")

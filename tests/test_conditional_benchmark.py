@@ -28,7 +28,7 @@ def test_every_benchmark_script_imports(script):
 
 def test_variants_compare_the_label_wiring_at_equal_steps(tmp_path):
     conditional = load("conditional")
-    args = SimpleNamespace(image_size=16, data_root=tmp_path, steps=300, seed=0)
+    args = SimpleNamespace(image_size=16, data_root=tmp_path, steps=300, seed=0, set=[])
     for dataset in ("digits", "shapes"):
         configs = {v: conditional.variant_config(v, dataset, args) for v in conditional.VARIANTS}
         assert {(c.total_steps, c.data.dataset, c.data.image_size, c.trainer.eval_samples)
