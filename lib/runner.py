@@ -99,17 +99,21 @@ def load_preset(preset: str | Path | None) -> dict[str, dict]:
     return raw
 
 
+PYTHON_CONSTANTS = {"True": True, "False": False, "None": None}
+
+
 def parse_overrides(items: list[str]) -> dict[str, dict]:
     """['epochs=1', '02_dcgan.image_size=16'] -> {'*': {'epochs': 1}, '02_dcgan': {...}}.
 
-    Values are JSON when they parse (numbers, true, null), else strings.
+    Values are JSON when they parse (numbers, true, null), Python's True, False and None
+    as papermill's -p reads them (the string "False" would be a true value), else strings.
     """
     out: dict[str, dict] = {}
     for item in items:
         key, sep, text = item.partition("=")
         if not sep or not key.strip():
             raise RunnerError(f"parameter {item!r} must look like key=value or notebook.key=value")
-        value = parse_value(text)
+        value = PYTHON_CONSTANTS.get(text.strip(), parse_value(text))
         notebook, dot, name = key.strip().rpartition(".")
         if dot and notebook not in NOTEBOOKS:
             raise RunnerError(f"parameter {item!r}: {notebook!r} is not a notebook; valid: "

@@ -74,6 +74,14 @@ def test_overrides_go_to_every_declaring_notebook_or_one_by_name():
     assert params["01_data_exploration"] == {}  # it declares neither
 
 
+def test_python_spellings_of_booleans_and_none_are_values_not_strings():
+    """`-p resume=False` as papermill reads it: the string "False" would resume."""
+    parsed = parse_overrides(["resume=False", "dedupe=True", "name=None", "epochs=2",
+                              "02_dcgan.resume=false", "data_path=Falsehood"])
+    assert parsed == {"*": {"resume": False, "dedupe": True, "name": None, "epochs": 2,
+                            "data_path": "Falsehood"}, "02_dcgan": {"resume": False}}
+
+
 def test_unknown_parameter_or_notebook_is_an_error_naming_it():
     with pytest.raises(RunnerError, match="epoch"):
         plan(["02_dcgan"], [parse_overrides(["epoch=2"])], NOTEBOOK_DIR)
