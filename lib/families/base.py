@@ -71,11 +71,16 @@ class Parts:
         key = fingerprint(net)
         cached = self._standing.get(name)
         if cached is None or not torch.equal(cached[0], key):
-            with torch.inference_mode(False), torch.no_grad():  # a copy of plain tensors
-                standing = plain_batchnorm(copy.deepcopy(unwrap(net)))
-                self.standing[name](standing)
-            self._standing[name] = (key, standing.eval().requires_grad_(False))
+            self._set_standing(name, net, key, self.standing[name])
         return self._standing[name][1]
+
+    def _set_standing(self, name: str, net: nn.Module, key: torch.Tensor,
+                      fill: Callable[[nn.Module], None]) -> None:
+        """A plain copy of `net` whose BatchNorm statistics `fill` sets, kept under `key`."""
+        with torch.inference_mode(False), torch.no_grad():  # a copy of plain tensors
+            standing = plain_batchnorm(copy.deepcopy(unwrap(net)))
+            fill(standing)
+        self._standing[name] = (key, standing.eval().requires_grad_(False))
 
     def standing_buffers(self) -> dict:
         """The standing statistics measured so far, with the weights they belong to: kept
@@ -90,10 +95,8 @@ class Parts:
         for name, entry in saved.items():
             net = self.averaged_or_raw(name)
             if name in self.standing and weights_digest(net) == entry["weights"]:
-                with torch.inference_mode(False), torch.no_grad():
-                    standing = plain_batchnorm(copy.deepcopy(unwrap(net)))
-                    standing.load_state_dict(entry["buffers"], strict=False)
-                self._standing[name] = (fingerprint(net), standing.eval().requires_grad_(False))
+                self._set_standing(name, net, fingerprint(net), lambda copy_, b=entry["buffers"]:
+                                   copy_.load_state_dict(b, strict=False))
 
     def averaged_or_raw(self, name: str) -> nn.Module:
         """`name`'s EMA average when kept, else its own weights (never a DDP wrapper)."""

@@ -58,7 +58,8 @@ def rebuild(run_dir: str | Path, checkpoint: str = "last.pt",
     device None: where and how the run's config trains them (trainer.device,
     channels_last), uncompiled; "cpu": plain CPU modules (notebooks, explorers).
     """
-    path = RunDir(run_dir).checkpoint(checkpoint)
+    run = RunDir(run_dir)
+    path = run.checkpoint(checkpoint)
     ckpt = load_checkpoint(path)
     cfg = Config.from_dict(ckpt["config"], f"{path} (its config)")
     family = FAMILIES[cfg.family]
@@ -71,7 +72,7 @@ def rebuild(run_dir: str | Path, checkpoint: str = "last.pt",
                   class_names=ckpt.get("class_names"))
     family.prepare_sampling(parts, cfg)
     load_weights(ckpt, parts, path)
-    standing = RunDir(run_dir).standing
+    standing = run.standing
     if parts.standing and standing.is_file():  # only where the weights match (else measured)
         try:
             parts.load_standing(torch.load(standing, map_location="cpu", weights_only=True))
