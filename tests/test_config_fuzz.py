@@ -23,7 +23,7 @@ from lib.config import Config, ConfigError, load_config
 from lib.core.device import DeviceError, setup_engine
 from lib.data import ImageData
 from lib.families import FAMILIES
-from lib.models import MODEL_TYPES
+from lib.models import MODEL_MODULES, model_class
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -204,18 +204,18 @@ def model_type(rng, raw):
     path = pick(rng, raw, lambda v: isinstance(v, dict) and "type" in v)
     if path is None:
         return raw, [], "nothing left to edit"
-    get(raw, path)["type"] = value = rng.choice([*MODEL_TYPES, "Unet", "generator", ""])
+    get(raw, path)["type"] = value = rng.choice([*MODEL_MODULES, "Unet", "generator", ""])
     return raw, [], f"{path}.type = {value!r}"
 
 
 def model_arg(rng, raw):
     """A constructor argument set to a value of the right type: the accepted-but-wrong hunt."""
-    path = pick(rng, raw, lambda v: isinstance(v, dict) and v.get("type") in MODEL_TYPES)
+    path = pick(rng, raw, lambda v: isinstance(v, dict) and v.get("type") in MODEL_MODULES)
     if path is None:
         return raw, [], "nothing left to edit"
     spec = get(raw, path)
     args = spec.setdefault("args", {})
-    hints = MODEL_TYPES[spec["type"]].__init__.__annotations__
+    hints = model_class(spec["type"]).__init__.__annotations__
     name = rng.choice(sorted(hints.keys() - {"return"}))
     kind = hints[name] if isinstance(hints[name], type) else list
     kind = {"int": int, "float": float, "str": str}.get(str(kind), kind)

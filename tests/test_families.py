@@ -2,6 +2,8 @@
 fourth family, declared here the way docs/architecture.md says, through every generic path."""
 
 import copy
+import inspect
+import typing
 
 import pytest
 import torch
@@ -26,7 +28,7 @@ from lib.families.base import (
     standing_statistics,
     unwrap,
 )
-from lib.models import FAMILY_MODELS, MODEL_TYPES, family_of_type
+from lib.models import FAMILY_MODELS, MODEL_MODULES, family_of_type, model_signature
 from lib.training.evaluation import evaluate_checkpoint, rebuild
 from lib.training.loop import resume, train
 
@@ -36,10 +38,23 @@ def test_the_registry_names_every_model_type_once():
     for name, family in FAMILIES.items():
         assert family.name == name
         for type_name, cls in family.models.items():
-            assert MODEL_TYPES[type_name] is cls and family_of_type(type_name) == name
+            assert cls.__name__ == type_name and family_of_type(type_name) == name
         assert family.sampling_net in family.roles and set(family.averaged) <= set(family.roles)
-    assert len(MODEL_TYPES) == sum(len(f.models) for f in FAMILIES.values())  # no type twice
+    assert len(MODEL_MODULES) == sum(len(f.models) for f in FAMILIES.values())  # no type twice
     assert len({f.color for f in FAMILIES.values()}) == len(FAMILIES)  # told apart in plots
+
+
+@pytest.mark.parametrize("type_name", list(MODEL_MODULES))
+def test_the_signature_read_from_source_is_the_constructors(type_name):
+    """Configs are checked against model_signature (no torch import): it must say what
+    Python says of the imported class, names, types and defaults."""
+    cls = lib.models.model_class(type_name)
+    real = inspect.signature(cls.__init__).parameters
+    hints = typing.get_type_hints(cls.__init__)
+    read = model_signature(type_name).parameters
+    assert list(read) == [name for name in real if name != "self"]
+    for name, param in read.items():
+        assert (param.annotation, param.default) == (hints[name], real[name].default), name
 
 
 def test_chunked_equals_one_call_and_passes_none_through():
@@ -203,7 +218,7 @@ MEAN = Family(name="mean", sampling_net="model", averaged=("model",), color="tab
 def mean_family(monkeypatch):
     """Registered as docs/architecture.md says (its model's type, its sections, its recipe),
     for this test only."""
-    monkeypatch.setitem(lib.models.MODEL_TYPES, "MeanImage", MeanImage)
+    monkeypatch.setitem(lib.models.MODEL_MODULES, "MeanImage", __name__)
     monkeypatch.setitem(lib.models.FAMILY_MODELS, "mean", {"model": "MeanImage"})
     monkeypatch.setitem(lib.families.FAMILIES, "mean", MEAN)
 

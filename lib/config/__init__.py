@@ -31,6 +31,7 @@ from lib.config.parse import (
     set_field,
     too_deep,
 )
+from lib.models import family_of_type
 
 __all__ = [
     "Config",
@@ -163,8 +164,6 @@ class Config:
     @property
     def family(self) -> str:
         """"dcgan", "cvae" or "ddpm": the family that trains its model type (lib.models)."""
-        from lib.models import family_of_type  # heavy (torch): reading a config needs none
-
         return family_of_type((self.generator or self.model).type)
 
     @property

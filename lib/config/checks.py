@@ -6,11 +6,11 @@ import functools
 import inspect
 import json
 import re
-import typing
 import unittest.mock
 from typing import TYPE_CHECKING
 
 from lib.config.parse import INT64_MAX, check_sections, coerce, field_error, show
+from lib.models import FAMILY_MODELS, MODEL_MODULES, model_class, model_signature
 
 if TYPE_CHECKING:
     from lib.config import Config, DataConfig, GanConfig, ModelSpec, OptimizerConfig
@@ -53,26 +53,21 @@ ARG_RULES = {
 
 def check_model_args(spec: ModelSpec, data: DataConfig, source: str, where: str) -> None:
     """Model args must match the model's constructor: names, annotated types, sane values."""
-    from lib.models import FAMILY_MODELS, MODEL_TYPES  # heavy (torch): only to check models
-
-    _check_choice(spec.type, MODEL_TYPES, source, f"{where}.type")
+    _check_choice(spec.type, MODEL_MODULES, source, f"{where}.type")
     # a section takes the types that the families declare for it
-    allowed = [t for t in MODEL_TYPES if any(roles.get(where) == t
-                                             for roles in FAMILY_MODELS.values())]
+    allowed = [t for t in MODEL_MODULES if any(roles.get(where) == t
+                                               for roles in FAMILY_MODELS.values())]
     _check(spec.type in allowed, source, f"{where}.type",
            f"{spec.type!r} cannot be the {where}; it takes {' or '.join(allowed)}")
-    cls = MODEL_TYPES[spec.type]
-    params = inspect.signature(cls.__init__).parameters
-    hints = typing.get_type_hints(cls.__init__)
-    valid = [p for p in params if p != "self"]
+    params = model_signature(spec.type).parameters  # read from the source: no torch yet
     for key, value in spec.args.items():
         dotted = f"{where}.args.{key:.40}"
-        _check(key in valid, source, dotted,
-               f"{spec.type} takes no argument {key!r:.40}; valid: {', '.join(valid)}")
-        if key in hints:
-            spec.args[key] = coerce(hints[key], value, dotted, source)
-        default = params[key].default
-        if hints.get(key) is int and isinstance(default, int) and default >= 0:
+        _check(key in params, source, dotted,
+               f"{spec.type} takes no argument {key!r:.40}; valid: {', '.join(params)}")
+        hint, default = params[key].annotation, params[key].default
+        if hint is not inspect.Parameter.empty:
+            spec.args[key] = coerce(hint, value, dotted, source)
+        if hint is int and isinstance(default, int) and default >= 0:
             low = 1 if default > 0 else 0  # a size that defaults to 0 means "off"
             _check(spec.args[key] >= low, source, dotted, f"must be >= {low}, got {value}")
         if key in ARG_RULES:
@@ -82,13 +77,12 @@ def check_model_args(spec: ModelSpec, data: DataConfig, source: str, where: str)
         _check(spec.args["image_size"] == data.image_size, source, f"{where}.args.image_size",
                f"{spec.args['image_size']} but data.image_size is {data.image_size}; "
                "remove the argument or change data.image_size")
-    check_model_size(cls, spec, data, source, where)
 
 
-def check_model_size(cls, spec: ModelSpec, data: DataConfig, source: str, where: str) -> None:
+def check_model_size(spec: ModelSpec, data: DataConfig, source: str, where: str) -> None:
     """Build the network on the meta device - no memory, no initialisation - so that its
     own argument checks run now and its size is known before any data is loaded."""
-    params = inspect.signature(cls.__init__).parameters
+    params = model_signature(spec.type).parameters
     # what the data fills in at build time; 10 classes stand in for a labelled dataset
     stand_ins = {"image_size": data.image_size, "n_channels": data.channels or 3,
                  "num_classes": 10}
@@ -104,16 +98,14 @@ def check_model_size(cls, spec: ModelSpec, data: DataConfig, source: str, where:
 @functools.lru_cache(maxsize=256)  # configs differing only outside the model reuse the answer
 def _meta_build(type_name: str, args_json: str) -> tuple[int, str | None]:
     """(bytes of weights and buffers, None), or (0, the model's own complaint)."""
-    import torch
-
-    from lib.models import MODEL_TYPES  # heavy (torch): only to check models
+    import torch  # heavy (~3 s): only once every cheaper check has passed
 
     try:
         # meta weights hold no values: skip the random init, whose meta kernel (a Python
         # reference) first imports torch._dynamo, 3-4 s of every config check
         with torch.device("meta"), unittest.mock.patch.object(
                 torch.nn.init, "normal_", lambda tensor, *args, **kwargs: tensor):
-            net = MODEL_TYPES[type_name](**json.loads(args_json))
+            net = model_class(type_name)(**json.loads(args_json))
     except (ValueError, TypeError, RuntimeError) as e:
         return 0, str(e)[:300]
     return sum(t.numel() * t.element_size() for t in [*net.parameters(), *net.buffers()]), None
@@ -129,15 +121,6 @@ def _check_optimizer(opt: OptimizerConfig, source: str, name: str) -> None:
 
 
 def _check_gan(gan: GanConfig, source: str) -> None:
-    # heavy (torch): only to check a GAN's options
-    from lib.models.dcgan import AUGMENT_POLICIES, GAN_LOSSES, parse_policy
-
-    _check_choice(gan.loss, GAN_LOSSES, source, "gan.loss")
-    try:
-        parse_policy(gan.augment)
-    except ValueError:
-        raise field_error(source, "gan.augment", f"{show(gan.augment)} is not a comma-separated "
-                   f"subset of {list(AUGMENT_POLICIES)}, nor '' (none)") from None
     for name in ("r1_gamma", "r2_gamma"):
         gamma = getattr(gan, name)
         _check(0 <= gamma <= MAX_GAMMA, source, f"gan.{name}",
@@ -148,6 +131,15 @@ def _check_gan(gan: GanConfig, source: str) -> None:
     _check(0 <= gan.standing_stats <= MAX_STANDING_STATS, source, "gan.standing_stats",
            f"must be in [0, {MAX_STANDING_STATS}] (0: training's running averages), got "
            f"{gan.standing_stats}")
+    # heavy (torch): the names of the losses and augmentations live with their code
+    from lib.models.dcgan import AUGMENT_POLICIES, GAN_LOSSES, parse_policy
+
+    _check_choice(gan.loss, GAN_LOSSES, source, "gan.loss")
+    try:
+        parse_policy(gan.augment)
+    except ValueError:
+        raise field_error(source, "gan.augment", f"{show(gan.augment)} is not a comma-separated "
+                   f"subset of {list(AUGMENT_POLICIES)}, nor '' (none)") from None
 
 
 def validate(cfg: Config, source: str = "<config>") -> None:
@@ -197,11 +189,14 @@ def validate(cfg: Config, source: str = "<config>") -> None:
         _check(cfg.generator is not None and cfg.discriminator is not None, source,
                "generator" if cfg.generator is None else "discriminator",
                "a GAN config needs both generator and discriminator")
-        check_model_args(cfg.generator, d, source, "generator")
-        check_model_args(cfg.discriminator, d, source, "discriminator")
-        if cfg.gan is not None:
-            _check_gan(cfg.gan, source)
     else:
         _check(cfg.model is not None, source, "model",
                "missing: give generator+discriminator (GAN) or model (CVAE/DDPM)")
-        check_model_args(cfg.model, d, source, "model")
+    specs = {where: getattr(cfg, where) for where in ("generator", "discriminator", "model")
+             if getattr(cfg, where) is not None}
+    for where, spec in specs.items():
+        check_model_args(spec, d, source, where)
+    if cfg.gan is not None:
+        _check_gan(cfg.gan, source)
+    for where, spec in specs.items():  # last: the models' own checks need torch
+        check_model_size(spec, d, source, where)

@@ -35,7 +35,7 @@ from lib.config import (
 from lib.core.device import Engine, make_optimizer
 from lib.core.rundir import RunDir
 from lib.data import ImageData
-from lib.models import FAMILY_MODELS, MODEL_TYPES
+from lib.models import FAMILY_MODELS, MODEL_MODULES, model_class
 
 CHUNK = 256  # images per forward when many are drawn or scored: memory stays bounded
 
@@ -147,7 +147,7 @@ class Family:
     @property
     def models(self) -> dict[str, type[nn.Module]]:
         """Config `type` -> class, for the types this family trains."""
-        return {type_name: MODEL_TYPES[type_name] for type_name in self.roles.values()}
+        return {type_name: model_class(type_name) for type_name in self.roles.values()}
 
     def prepare_sampling(self, parts: Parts, cfg: Config) -> None:
         """What sampling draws from besides the trained nets: EMA averages, standing
@@ -207,14 +207,14 @@ class EMA:
 
 def build_model(type_name: str, args: dict) -> nn.Module:
     """A network from its config `type` and arguments: how checkpoints rebuild theirs."""
-    if type_name not in MODEL_TYPES:
-        raise ConfigError(f"unknown model type {type_name!r}; known: {sorted(MODEL_TYPES)}")
-    return MODEL_TYPES[type_name](**args)
+    if type_name not in MODEL_MODULES:
+        raise ConfigError(f"unknown model type {type_name!r}; known: {sorted(MODEL_MODULES)}")
+    return model_class(type_name)(**args)
 
 
 def resolve_model(spec: ModelSpec, data: ImageData, where: str) -> dict:
     """Fill image_size / n_channels / num_classes from the data; refuse contradictions."""
-    params = inspect.signature(MODEL_TYPES[spec.type].__init__).parameters
+    params = inspect.signature(model_class(spec.type).__init__).parameters
     args = dict(spec.args)
     from_data = {"image_size": data.image_size, "n_channels": data.channels,
                  "num_classes": data.num_classes}
