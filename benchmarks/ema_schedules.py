@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -84,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # kept by training's choose_threads
     schedules = {f"EMA {s}": parse_schedule(s) for s in args.schedules or SCHEDULES}
     cfg = quality.load_config(quality.ROOT / quality.MODELS["dcgan"][0], [
         *quality.base_overrides("ema_schedules", args), *quality.MODELS["dcgan"][1],

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 import time
@@ -499,6 +500,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--data is required (the cat faces folder)")
     if args.threads:
         torch.set_num_threads(args.threads)
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # kept by training's choose_threads
     if args.curve < 1 or any(n % args.curve for n in (args.gan_steps, args.ddpm_steps)):
         p.error(f"--curve {args.curve}: must be >= 1 and divide --gan-steps and --ddpm-steps")
     unknown = sorted(set(args.variants) - set(ABLATION))
