@@ -69,7 +69,7 @@ def test_unknown_schedule_and_sampler_name_the_choices():
     with pytest.raises(ValueError, match="linear"):
         tiny(schedule="quadratic")
     with pytest.raises(ValueError, match="ddim"):
-        tiny(sampler="euler")
+        tiny(sampler="heun")
     with pytest.raises(ValueError, match="divisible"):
         tiny(image_size=28, channel_mults=[1, 2, 2, 2])
     with pytest.raises(ValueError, match="eta"):

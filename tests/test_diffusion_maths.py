@@ -173,7 +173,7 @@ def test_min_snr_with_a_gamma_above_every_snr_is_the_plain_eps_loss():
 
 
 def test_option_names_are_checked_with_the_choices():
-    with pytest.raises(ValueError, match=r"prediction 'x0'.*\['eps', 'v'\]"):
+    with pytest.raises(ValueError, match=r"prediction 'x0'.*\['eps', 'v', 'flow'\]"):
         tiny(prediction="x0")
     with pytest.raises(ValueError, match=r"loss_weighting.*\['none', 'min_snr'\]"):
         tiny(loss_weighting="p2")
@@ -184,7 +184,7 @@ def test_option_names_are_checked_with_the_choices():
     with pytest.raises(ValueError, match="deterministic"):
         tiny().sample(1, sampler="dpm++2m", steps=2, eta=1.0)
     with pytest.raises(ValueError, match="dpm"):
-        tiny(sampler="euler")
+        tiny(sampler="heun")
 
 
 # ---------------------------------------------------------------------------
@@ -331,3 +331,64 @@ def test_matches_diffusers_dpm_solver_multistep(schedule, prediction, steps):
     # measured: 1e-6 apart, but for eps on the cosine schedule (float32 rounding, see EPS_ATOL)
     assert torch.allclose(ours, x.float(), atol=EPS_ATOL[schedule] if prediction == "eps"
                           else 2e-5)
+
+
+# ---------------------------------------------------------------------------
+# Rectified flow (prediction="flow", sampler="euler")
+
+
+class ExactGaussianVelocity(nn.Module):
+    """E[eps - x_0 | x_s] for x_0 ~ N(mu, s^2) on the path x_s = (1 - s) x_0 + s eps."""
+
+    def __init__(self, model: DDPM, mu: float = MU, s: float = S):
+        super().__init__()
+        self.flow_time, self.mu, self.s = model.flow_time, mu, s  # a function, not a submodule
+
+    def forward(self, x, t, labels):
+        time = self.flow_time(t).double().reshape(-1, 1, 1, 1)
+        x, a = x.double(), 1 - time
+        x0 = self.mu + a * self.s**2 / (a**2 * self.s**2 + time**2) * (x - a * self.mu)
+        return ((x - a * x0) / time - x0).float()  # E[eps | x_s] - E[x_0 | x_s]
+
+
+def exact_flow() -> DDPM:
+    model = tiny(prediction="flow", sampler="euler", timesteps=1000, image_size=4,
+                 channel_mults=[1])
+    model.unet = ExactGaussianVelocity(model)
+    return model.eval()
+
+
+def test_flow_loss_is_the_velocity_mse_on_the_straight_path():
+    x = torch.rand(8, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    model = randomize(tiny(timesteps=100, prediction="flow", sampler="euler"))
+    t, noise = draws(model, x, seed=5)
+    s = ((t + 1) / 100).reshape(-1, 1, 1, 1)
+    with torch.no_grad():
+        expected = F.mse_loss(model.unet((1 - s) * x + s * noise, t, None), noise - x)
+        torch.manual_seed(5)
+        assert torch.equal(model(x), expected)
+    assert model.flow_time(99) == 1.0 and model.flow_time(-1) == 0.0  # pure noise .. data
+
+
+def test_euler_on_gaussian_data_converges_to_the_exact_flow_at_first_order():
+    """x_1 is pure noise, so the exact flow maps it to mu + s x_1; Euler's error halves
+    when its steps double (measured, worst pixel: 10 steps 0.137, 20 0.072, 40 0.037)."""
+    model, noise = exact_flow(), noise_batch()
+    errors = [(model.sample(len(noise), noise=noise, steps=n).double()
+               - (MU + S * noise.double())).abs().max().item() for n in (10, 20, 40)]
+    assert errors[2] < 0.05
+    assert 1.6 < errors[0] / errors[1] < 2.4 and 1.6 < errors[1] / errors[2] < 2.4
+
+
+def test_flow_and_its_sampler_go_together():
+    with pytest.raises(ValueError, match="euler"):
+        tiny(prediction="flow")  # the default sampler is DDIM's
+    with pytest.raises(ValueError, match="euler"):
+        tiny(sampler="euler")
+    with pytest.raises(ValueError, match="loss_weighting"):
+        tiny(prediction="flow", sampler="euler", loss_weighting="min_snr")
+    model = exact_flow()
+    with pytest.raises(ValueError, match="cannot sample"):
+        model.sample(2, sampler="dpm++2m")
+    with pytest.raises(ValueError, match="deterministic"):
+        model.sample(2, eta=1.0)

@@ -288,6 +288,16 @@ def test_seed_sliders_step_through_seeds_a_drag_can_land_on(generator, ddpm):
             assert (slider.max - slider.min) / slider.step <= track_px / 2, slider.description
 
 
+def test_a_flow_models_explorer_uses_its_euler_solver():
+    torch.manual_seed(0)
+    flow = DDPM(image_size=8, n_channels=3, num_classes=3, base_channels=8, channel_mults=[1, 2],
+                num_res_blocks=1, timesteps=20, dropout=0.0, prediction="flow",
+                sampler="euler").eval()
+    explorer = ddpm_explorer(flow)
+    assert explorer.controls["steps"].description == "euler steps"
+    assert changes(explorer, "seed", 3)
+
+
 def test_ddpm_explorer_on_the_cpu_draws_one_image_at_few_steps(ddpm, monkeypatch):
     calls = []
     sample = ddpm.sample

@@ -1,13 +1,17 @@
-"""DDPM: a small UNet that predicts the noise (or v), its schedules, and three samplers.
+"""DDPM: a small UNet that predicts the noise (or v, or a flow's velocity), its schedules,
+and four samplers.
 
 Ho et al. 2020 ("Denoising Diffusion Probabilistic Models") for the training
 objective and the ancestral sampler, Nichol & Dhariwal 2021 for the cosine
 schedule, Song et al. 2021 (DDIM) for the strided sampler, Ho & Salimans 2021
 for classifier-free guidance, Salimans & Ho 2022 for v-prediction, Hang et al.
 2023 for min-SNR-gamma loss weighting, Lu et al. 2022 (DPM-Solver++) for the
-few-step ODE sampler. The layout follows lucidrains'
-denoising-diffusion-pytorch: the maths lives in short named functions and
-methods (`q_sample`, `q_posterior`, `p_sample`, `ddim_step`, `dpm_solver_step`),
+few-step ODE sampler, Liu et al. 2022 (rectified flow; Lipman et al.'s flow matching) for
+prediction="flow": x_s = (1 - s) x_0 + s eps on a straight line, the UNet regresses its
+velocity eps - x_0, and sampler="euler" integrates it from noise (s = 1) to data (s = 0);
+its time s = (t + 1) / T on the same timestep indices. The layout follows lucidrains'
+denoising-diffusion-pytorch: the maths lives in short named functions and methods
+(`q_sample`, `q_posterior`, `p_sample`, `ddim_step`, `dpm_solver_step`, `euler_step`),
 the network in small modules (lib/models/unet.py), the schedules in
 lib/models/schedules.py, and the trainer (EMA, grids, GIFs) stays outside
 this file.
@@ -29,8 +33,8 @@ from torch import nn
 from lib.models.schedules import beta_schedule, default, exists, extract
 from lib.models.unet import UNet
 
-SAMPLERS = ("ddim", "ddpm", "dpm++2m")
-PREDICTIONS = ("eps", "v")
+SAMPLERS = ("ddim", "ddpm", "dpm++2m", "euler")
+PREDICTIONS = ("eps", "v", "flow")
 LOSS_WEIGHTINGS = ("none", "min_snr")
 SPACINGS = ("uniform", "quadratic")
 
@@ -62,8 +66,9 @@ class DDPM(nn.Module):
     noise (magnifying eps's errors). loss_weighting="min_snr"
     weights each image's MSE so that the implied x_0 loss is weighted by
     min(SNR_t, min_snr_gamma) (Hang et al.): the nearly clean timesteps, easy
-    and dominant in the plain loss, stop crowding out the rest. With
-    `num_classes` > 0 the UNet is class-conditional and, with probability
+    and dominant in the plain loss, stop crowding out the rest. prediction="flow"
+    trains a rectified flow instead (the module's docstring; the schedule then goes
+    unused). With `num_classes` > 0 the UNet is class-conditional and, with probability
     `cond_drop_prob`, sees the null class instead, so that one network learns
     both the conditional and the unconditional model that classifier-free
     guidance mixes at sampling time. `sampler`, `sample_steps`, `eta` and
@@ -108,6 +113,13 @@ class DDPM(nn.Module):
             raise ValueError(f"DDPM: min_snr_gamma must be positive (Hang et al. use 5), "
                              f"got {min_snr_gamma}")
         self.prediction = _check_choice("prediction", prediction, PREDICTIONS)
+        if prediction == "flow" and loss_weighting != "none":
+            raise ValueError("DDPM: prediction 'flow' takes loss_weighting 'none' (min-SNR weights "
+                             "a diffusion's noise levels, not a flow's times)")
+        if (prediction == "flow") != (sampler == "euler"):
+            raise ValueError("DDPM: prediction 'flow' (rectified flow) samples with sampler "
+                             f"'euler' and only it; got prediction={prediction!r}, "
+                             f"sampler={sampler!r}")
         self.loss_weighting = _check_choice("loss_weighting", loss_weighting, LOSS_WEIGHTINGS)
         self.min_snr_gamma = min_snr_gamma
         self.image_size, self.n_channels, self.num_classes = image_size, n_channels, num_classes
@@ -208,6 +220,9 @@ class DDPM(nn.Module):
         # drawn in (B, C, H, W) order, then laid out like x: randn_like fills memory order,
         # which gave a channels_last batch other noise than the same batch laid out plainly
         noise = torch.empty_like(x).copy_(torch.randn(x.shape, device=x.device, dtype=x.dtype))
+        if self.prediction == "flow":  # the straight path from x_0 (s = 0) to noise (s = 1)
+            s = self.flow_time(t).view(-1, *[1] * (x.ndim - 1))
+            return F.mse_loss(self.unet((1 - s) * x + s * noise, t, labels), noise - x)
         out = self.unet(self.q_sample(x, t, noise), t, labels)
         target = noise if self.prediction == "eps" else self.v_target(x, t, noise)
         if self.loss_weighting == "none":
@@ -235,20 +250,34 @@ class DDPM(nn.Module):
         raw output, eps or v alike: for a fixed x_t both are affine in eps, so
         mixing v is mixing eps.
         """
-        if exists(labels) and guidance_scale != 1.0:
-            null = torch.full_like(labels, self.num_classes)
-            out_cond, out_null = self.unet(
-                torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([labels, null])
-            ).chunk(2)
-            out = out_null + guidance_scale * (out_cond - out_null)
-        else:
-            out = self.unet(x_t, t, labels)
+        out = self.guided_output(x_t, t, labels, guidance_scale)
         if self.prediction == "eps":
             x0 = self.predict_x0_from_eps(x_t, t, out)
         else:
             x0 = self.predict_x0_from_v(x_t, t, out)
         x0 = x0.clamp(-1.0, 1.0)
         return self.predict_eps_from_x0(x_t, t, x0), x0
+
+    def guided_output(self, x_t, t, labels, guidance_scale: float) -> torch.Tensor:
+        """The UNet's output at (x_t, t), mixed with the null class's by `guidance_scale`."""
+        if exists(labels) and guidance_scale != 1.0:
+            null = torch.full_like(labels, self.num_classes)
+            out_cond, out_null = self.unet(
+                torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([labels, null])
+            ).chunk(2)
+            return out_null + guidance_scale * (out_cond - out_null)
+        return self.unet(x_t, t, labels)
+
+    def flow_time(self, t: torch.Tensor | int) -> torch.Tensor | float:
+        """Rectified flow's time s in (0, 1] of timestep index t; index -1 ("done") is 0."""
+        return (t + 1) / self.timesteps
+
+    def euler_step(self, x_t, t: int, t_prev: int, labels, guidance_scale: float):
+        """x_s -> x_{s_prev} along the predicted velocity (x_s = (1 - s) x_0 + s eps, whose
+        velocity is eps - x_0): one Euler step of the flow's ODE (Liu et al. 2022)."""
+        tt = torch.full((x_t.shape[0],), t, device=x_t.device, dtype=torch.long)
+        velocity = self.guided_output(x_t, tt, labels, guidance_scale)
+        return x_t + (self.flow_time(t_prev) - self.flow_time(t)) * velocity
 
     def p_sample(self, x_t, t: int, labels, guidance_scale: float, generator=None):
         """One ancestral step x_t -> x_{t-1} ~ p(x_{t-1} | x_t) = q(x_{t-1} | x_t, x0_hat)."""
@@ -332,7 +361,7 @@ class DDPM(nn.Module):
                     f"steps={steps}; for fewer, use sampler='dpm++2m' or 'ddim' (eta=1.0 "
                     f"makes DDIM stochastic)")
             return list(range(self.timesteps - 1, -2, -1))
-        if sampler in ("ddim", "dpm++2m"):
+        if sampler in ("ddim", "dpm++2m", "euler"):
             steps = default(steps, min(self.sample_steps, self.timesteps))
             if not 1 <= steps <= self.timesteps:
                 raise ValueError(f"DDPM: steps must be in [1, {self.timesteps}], got {steps}")
@@ -383,8 +412,11 @@ class DDPM(nn.Module):
         `timestep_sequence`), by default the sampler's own.
         """
         sampler = default(sampler, self.sampler)
-        if sampler == "dpm++2m" and eta not in (None, 0.0):
-            raise ValueError(f"DDPM: sampler 'dpm++2m' is deterministic (an ODE solver), got "
+        if (sampler == "euler") != (self.prediction == "flow"):
+            raise ValueError(f"DDPM: sampler {sampler!r} cannot sample a model trained with "
+                             f"prediction={self.prediction!r}; use its own, {self.sampler!r}")
+        if sampler in ("dpm++2m", "euler") and eta not in (None, 0.0):
+            raise ValueError(f"DDPM: sampler {sampler!r} is deterministic (an ODE solver), got "
                              f"eta={eta}; leave eta unset, or use sampler='ddim' for eta > 0")
         guidance_scale = default(guidance_scale, self.guidance_scale)
         eta = _check_eta(default(eta, self.eta))
@@ -403,6 +435,8 @@ class DDPM(nn.Module):
                 x = self.p_sample(x, t, labels, guidance_scale, generator)
             elif sampler == "ddim":
                 x = self.ddim_step(x, t, t_prev, labels, guidance_scale, eta, generator)
+            elif sampler == "euler":
+                x = self.euler_step(x, t, t_prev, labels, guidance_scale)
             else:
                 x, previous = self.dpm_solver_step(x, t, t_prev, labels, guidance_scale,
                                                    previous)

@@ -321,20 +321,26 @@ FAST_SAMPLER, FAST_STEPS = "dpm++2m", 10
 CPU_STEPS = 5
 
 
+def fast_sampler(model: nn.Module) -> str:
+    """DPM-Solver++(2M) for a diffusion model; Euler, its only solver, for a flow model."""
+    return "euler" if model.prediction == "flow" else FAST_SAMPLER
+
+
 def ddpm_images(model: nn.Module, seed: int = 0, n: int = 4, steps: int | None = FAST_STEPS,
                 guidance_scale: float = 1.0, label: int | None = None,
-                sampler: str = FAST_SAMPLER, eta: float | None = None) -> torch.Tensor:
+                sampler: str | None = None, eta: float | None = None) -> torch.Tensor:
     """Samples from the noise a seed stands for -> (n, C, H, W) in [-1, 1] on the CPU.
 
     The seed fixes every random draw (x_T and the sampler's noise). label None or
     ALL_CLASSES cycles over the classes of a conditional model. steps: None for samplers
-    that take every timestep ("ddpm"); eta: None for the model's own.
+    that take every timestep ("ddpm"); sampler: None for `fast_sampler(model)`; eta: None
+    for the model's own.
     """
     labels = None
     if model.num_classes > 0 and label is not None and label != ALL_CLASSES:
         labels = torch.full((n,), int(label), dtype=torch.long)
     with eval_mode(model):
-        out = model.sample(n, labels=labels, sampler=sampler,
+        out = model.sample(n, labels=labels, sampler=sampler or fast_sampler(model),
                            steps=None if steps is None else int(steps), eta=eta,
                            guidance_scale=float(guidance_scale),
                            generator=torch.Generator().manual_seed(int(seed)))
@@ -343,7 +349,7 @@ def ddpm_images(model: nn.Module, seed: int = 0, n: int = 4, steps: int | None =
 
 def ddpm_grid(model: nn.Module, seed: int = 0, n: int = 8, steps: int = FAST_STEPS,
               guidance_scales: Sequence[float] = (1.0,), label: int | None = None,
-              sampler: str = FAST_SAMPLER) -> torch.Tensor:
+              sampler: str | None = None) -> torch.Tensor:
     """One row per guidance scale, the same starting noise in every row."""
     images = torch.cat([ddpm_images(model, seed, n, steps, w, label, sampler)
                         for w in guidance_scales])
@@ -352,7 +358,7 @@ def ddpm_grid(model: nn.Module, seed: int = 0, n: int = 8, steps: int = FAST_STE
 
 def guidance_grid(model: nn.Module, seed: int = 0, n: int = 8, steps: int = FAST_STEPS,
                   guidance_scales: Sequence[float] = (1.0,),
-                  class_names: Sequence[str] | None = None, sampler: str = FAST_SAMPLER):
+                  class_names: Sequence[str] | None = None, sampler: str | None = None):
     """`ddpm_grid` with its rows labelled by guidance scale -> a PIL image; the columns of a
     conditional model cycle over the classes (named in the first row's caption)."""
     grid = ddpm_grid(model, seed, n, steps, guidance_scales, sampler=sampler)

@@ -29,7 +29,6 @@ from lib.families.base import device_of
 from lib.notebook.explore import (
     ALL_CLASSES,
     CPU_STEPS,
-    FAST_SAMPLER,
     FAST_STEPS,
     Directions,
     class_grid,
@@ -37,6 +36,7 @@ from lib.notebook.explore import (
     cvae_images,
     ddpm_grid,
     ddpm_images,
+    fast_sampler,
     ganspace_directions,
     generate,
     guidance_grid,
@@ -229,7 +229,7 @@ def class_explorer(cvae: nn.Module, images: torch.Tensor, labels: torch.Tensor,
 
 
 def ddpm_explorer(model: nn.Module, n_samples: int | None = None, steps: int | None = None,
-                  max_steps: int = 100, sampler: str = FAST_SAMPLER, eta: float | None = None,
+                  max_steps: int = 100, sampler: str | None = None, eta: float | None = None,
                   class_names: list[str] | None = None, display_size: int = 128,
                   cache_size: int = 64) -> Explorer:
     """A diffusion model's samples: seed, sampler steps, guidance scale (and class if
@@ -237,7 +237,7 @@ def ddpm_explorer(model: nn.Module, n_samples: int | None = None, steps: int | N
 
     Each update runs `steps` UNet passes, so sliders update on release, not while dragging;
     the last `cache_size` renders are kept, so going back to a setting is instant.
-    sampler: any of the model's samplers, by default DPM-Solver++(2M); one that
+    sampler: any of the model's samplers, by default `fast_sampler(model)`; one that
     takes every timestep ("ddpm") fixes the steps slider. eta: the sampler's noise (None:
     the model's; "dpm++2m" has none).
     controls: "seed", "steps", "guidance_scale", and "label" for a conditional model
@@ -247,6 +247,7 @@ def ddpm_explorer(model: nn.Module, n_samples: int | None = None, steps: int | N
     benchmarks/widgets.py measures both).
     """
     on_gpu = device_of(model).type == "cuda"
+    sampler = sampler or fast_sampler(model)
     if n_samples is None:
         n_samples = 4 if on_gpu else 1
     if steps is None:
