@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -50,8 +51,14 @@ VARIANTS = {
     "cvae, label at every decoder stage (default)": ("configs/cvae_demo.json", []),
     "ddpm class-conditional": ("configs/ddpm_demo.json", []),
 }
-# the DDPM's weights are sampled again at each of these classifier-free guidance scales
-GUIDANCE = {"no guidance (scale 1)": 1.0, "guidance 2 (the preset's)": 2.0}
+
+
+def guidance_scales(cfg: Config, more: list[float]) -> dict[str, float]:
+    """Row label -> the classifier-free guidance scale the DDPM's weights are sampled at:
+    none, the preset's, and any asked for."""
+    preset = cfg.model.args.get("guidance_scale", 1.0)
+    return {"no guidance (scale 1)": 1.0, f"guidance {preset:g} (the preset's)": preset,
+            **{f"guidance {scale:g}": scale for scale in more}}
 
 
 def split(data: ImageData, n: int, seed: int) -> tuple[ImageData, ImageData]:
@@ -123,7 +130,7 @@ def run_dataset(dataset: str, args) -> dict[str, dict]:
                  "steps": cfg.total_steps, "batch": cfg.trainer.batch_size,
                  "run_dir": str(run_dir)}
         if cfg.family == "ddpm":
-            for label, scale in GUIDANCE.items():
+            for label, scale in guidance_scales(cfg, args.guidance).items():
                 rows[f"{variant}, {label}"] = {
                     **score(run_dir, evaluator, classifier, args.n, args.seed + 2, scale,
                             tag=f"_guidance{scale:g}"), **extra}
@@ -160,12 +167,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", default="", help="the variants whose name contains this")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="a config override for every run (repeatable)")
+    p.add_argument("--guidance", type=float, action="append", default=[], metavar="SCALE",
+                   help="a further guidance scale to score the DDPM at (repeatable)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
     p.add_argument("--out", type=Path, default=ROOT / "outputs" / "conditional")
     p.add_argument("--data-root", type=Path, default=ROOT / "data")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # kept by training's choose_threads
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     results, text = {}, []

@@ -38,7 +38,8 @@ def test_variants_compare_the_label_wiring_at_equal_steps(tmp_path):
         assert sorted(stages.values()) == [False, True]
         ddpm = [c for c in configs.values() if c.family == "ddpm"]
         assert len(ddpm) == 1 and ddpm[0].model.args["cond_drop_prob"] > 0  # CFG can apply
-    assert set(conditional.GUIDANCE.values()) == {1.0, 2.0}
+        assert conditional.guidance_scales(ddpm[0], [2.0]) == {
+            "no guidance (scale 1)": 1.0, "guidance 1.5 (the preset's)": 1.5, "guidance 2": 2.0}
 
 
 def test_a_toy_run_scores_every_row_with_class_accuracy(tmp_path):
@@ -51,7 +52,7 @@ def test_a_toy_run_scores_every_row_with_class_accuracy(tmp_path):
                           "cvae, label at the decoder input only",
                           "cvae, label at every decoder stage (default)",
                           "ddpm class-conditional, no guidance (scale 1)",
-                          "ddpm class-conditional, guidance 2 (the preset's)"]
+                          "ddpm class-conditional, guidance 1.5 (the preset's)"]
     assert rows["real vs real (half B)"]["class_accuracy"] > 0.8  # the classifier's ceiling
     for name, row in rows.items():
         assert 0 <= row["class_accuracy"] <= 1 and row["fid"] >= 0
@@ -59,8 +60,8 @@ def test_a_toy_run_scores_every_row_with_class_accuracy(tmp_path):
         assert row["protocol"]["features"] == "classifier"
     for name in list(rows)[1:]:
         assert Path(rows[name]["run_dir"]).is_dir() and rows[name]["steps"] == 2
-    ddpm_run = Path(rows["ddpm class-conditional, guidance 2 (the preset's)"]["run_dir"])
+    ddpm_run = Path(rows["ddpm class-conditional, guidance 1.5 (the preset's)"]["run_dir"])
     assert {p.name for p in ddpm_run.glob("scored*.png")} == {"scored_guidance1.png",
-                                                              "scored_guidance2.png"}
+                                                              "scored_guidance1.5.png"}
     text = (tmp_path / "out" / "conditional.md").read_text()
     assert "FID protocol: classifier" in text and "| class accuracy |" in text

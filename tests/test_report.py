@@ -268,7 +268,7 @@ def test_without_a_gpu_the_notebook_names_the_settings_that_fit_a_cpu(monkeypatc
     assert note.count("\n") == 1 and note.startswith("no GPU")
     assert "cats at 64 px, 100,000 steps" in note and 'preset="dcgan_demo"' in note
     nb.device_note(load_config(nb.find_preset("ddpm_demo")))
-    assert "digits at 16 px, 400 steps fit it" in capsys.readouterr().out
+    assert "digits at 16 px, 250 steps fit it" in capsys.readouterr().out
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     nb.device_note(gpu_preset)
