@@ -171,13 +171,31 @@ def test_label_sensitivity_is_clearly_positive_for_a_decoder_that_uses_it():
     with torch.no_grad():  # z barely moves the image: the label decides it
         model.from_latent.weight[:, :1].mul_(0.01)
     assert label_sensitivity(label_grid_of(model)) > 1.0
-    # the definition on hand-made grids of flat images, one grey level each: (label, noise)
-    k, m = torch.arange(3)[:, None], torch.arange(3)[None, :]
+    # the definition on hand-made grids: label i and noise j each add a random +-1 pattern
+    # (independent, so nearly orthogonal over 32 x 32 pixels) to a grey image
+    gen = torch.Generator().manual_seed(0)
+    label_part, noise_part = (torch.randint(0, 2, (3, 1, 32, 32), generator=gen) * 2 - 1
+                              for _ in range(2))
 
-    def flat(levels: torch.Tensor) -> torch.Tensor:  # (K, M) -> (K, M, 1, 2, 2) uint8
-        return levels.expand(3, 3)[:, :, None, None, None].expand(3, 3, 1, 2, 2).to(torch.uint8)
+    def made(a: float, b: float) -> torch.Tensor:  # (3, 3, 1, 32, 32) uint8
+        return (128 + a * label_part[:, None] + b * noise_part[None, :]).to(torch.uint8)
 
-    assert label_sensitivity(flat(60 * m)) == 0.0  # only the noise moves the image
-    assert label_sensitivity(flat(60 * k)) == float("inf")  # only the label does
-    assert label_sensitivity(flat(60 * k + 60 * m)) == pytest.approx(1.0)  # both, equally
-    assert label_sensitivity(flat(80 * k + 40 * m)) == pytest.approx(2.0)
+    assert label_sensitivity(made(0, 40)) == 0.0  # only the noise moves the image
+    assert label_sensitivity(made(40, 0)) == float("inf")  # only the label does
+    assert label_sensitivity(made(40, 40)) == pytest.approx(1.0, abs=0.1)  # both, equally
+    assert label_sensitivity(made(60, 30)) == pytest.approx(2.0, abs=0.2)
+
+
+def test_label_sensitivity_does_not_count_a_label_that_only_tints():
+    """issue 27: a CVAE on RGB photos whose label only coloured the same layout read 0.28 in
+    raw pixels, above the watch's 0.1. Here a tint-only grid reads 0.01 (0.77 in raw
+    pixels); a label that moves the layout reads ~1 with the same tints on top."""
+    gen = torch.Generator().manual_seed(0)
+    layouts = torch.rand(6, 1, 16, 16, generator=gen)  # one per noise vector, grey
+    tints = torch.rand(4, 3, 1, 1, generator=gen)  # one per label: a colour, a contrast
+    gains = 0.5 + torch.rand(4, 3, 1, 1, generator=gen)
+    tinted = tints[:, None] * 0.25 + gains[:, None] * 0.5 * layouts[None]  # within [0, 1]
+    grid = (tinted * 255).round().to(torch.uint8)  # (4 labels, 6 noises, 3, 16, 16)
+    assert label_sensitivity(grid) < 0.05  # what is left is the rounding to uint8
+    moved = torch.stack([grid[i].roll(4 * i, dims=-1) for i in range(4)])  # the label shifts it
+    assert label_sensitivity(moved) > 0.5

@@ -111,22 +111,31 @@ def mean_pairwise_distance(features: torch.Tensor) -> float:
     return float(dist.sum() / (n * (n - 1)))
 
 
+# a channel flatter than this (in [0, 1] units) is standardised by this instead of its std
+FLAT_CHANNEL_STD = 0.02
+
+
 def label_sensitivity(grid: torch.Tensor) -> float:
-    """How much a conditional generator's output follows its label, z held fixed.
+    """How much a conditional generator's output follows its label, z held fixed, in
+    structure: what a label does to a channel's brightness or contrast alone (a tint) counts
+    for nothing.
 
     `grid` (K, M, C, H, W) uint8: the decodes of M fixed noise vectors under each of K
-    labels. The mean pixel distance between decodes of one z under different labels, over
-    the mean pixel distance between decodes of different z under one label: ~0 when the
-    label is ignored, ~1 when changing the label moves an image as far as changing its
-    noise does, and above 1 when the label decides more than the noise.
+    labels. Each image's channels are standardised (mean 0, std 1); then the mean distance
+    between decodes of one z under different labels, over the mean distance between decodes
+    of different z under one label: ~0 when the label is ignored or only tints the image,
+    ~1 when changing the label moves an image as far as changing its noise does, and above
+    1 when the label decides more than the noise.
     """
     k, m = grid.shape[:2]
     if k < 2 or m < 2:
         raise MetricsError(f"label sensitivity needs >= 2 labels and >= 2 noise vectors, "
                            f"got a grid of {k} x {m}")
-    pixels = to_unit(grid).flatten(2).double()  # (K, M, C*H*W) in [0, 1]
-    across_labels = sum(mean_pairwise_distance(pixels[:, j]) for j in range(m)) / m
-    across_noise = sum(mean_pairwise_distance(pixels[i]) for i in range(k)) / k
+    x = to_unit(grid).double()  # (K, M, C, H, W) in [0, 1]
+    mean, std = x.mean(dim=(-2, -1), keepdim=True), x.std(dim=(-2, -1), keepdim=True)
+    shapes = ((x - mean) / std.clamp(min=FLAT_CHANNEL_STD)).flatten(2)  # (K, M, C*H*W)
+    across_labels = sum(mean_pairwise_distance(shapes[:, j]) for j in range(m)) / m
+    across_noise = sum(mean_pairwise_distance(shapes[i]) for i in range(k)) / k
     if across_noise == 0:  # the noise moves nothing: the label is all there is (or nothing)
         return math.inf if across_labels > 0 else 0.0
     return across_labels / across_noise
