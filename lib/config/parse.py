@@ -23,8 +23,8 @@ INT64_MAX = 2**63 - 1
 
 
 # The config's two layouts (DESIGN.md's JSON contract): the sections each reads; any other
-# one would be silently ignored. Here, not read from lib.models.FAMILY_MODELS, so that a
-# stray section is named before torch is imported (a config error prints in a second).
+# one would be silently ignored. lib.models.FAMILY_MODELS says which model type each
+# network section holds.
 GAN_SECTIONS = ("generator", "discriminator", "generator_optimizer", "discriminator_optimizer",
                 "generator_lr_scheduler", "discriminator_lr_scheduler", "gan")
 MODEL_SECTIONS = ("model", "optimizer", "lr_scheduler")
