@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import inspect
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -35,7 +34,7 @@ from lib.config import (
 from lib.core.device import Engine, make_optimizer
 from lib.core.rundir import RunDir
 from lib.data import ImageData
-from lib.models import FAMILY_MODELS, MODEL_MODULES, model_class
+from lib.models import FAMILY_MODELS, MODEL_MODULES, model_class, model_signature
 
 CHUNK = 256  # images per forward when many are drawn or scored: memory stays bounded
 
@@ -214,7 +213,7 @@ def build_model(type_name: str, args: dict) -> nn.Module:
 
 def resolve_model(spec: ModelSpec, data: ImageData, where: str) -> dict:
     """Fill image_size / n_channels / num_classes from the data; refuse contradictions."""
-    params = inspect.signature(model_class(spec.type).__init__).parameters
+    params = model_signature(spec.type).parameters
     args = dict(spec.args)
     from_data = {"image_size": data.image_size, "n_channels": data.channels,
                  "num_classes": data.num_classes}

@@ -116,10 +116,6 @@ class DDPM(nn.Module):
         if prediction == "flow" and loss_weighting != "none":
             raise ValueError("DDPM: prediction 'flow' takes loss_weighting 'none' (min-SNR weights "
                              "a diffusion's noise levels, not a flow's times)")
-        if (prediction == "flow") != (sampler == "euler"):
-            raise ValueError("DDPM: prediction 'flow' (rectified flow) samples with sampler "
-                             f"'euler' and only it; got prediction={prediction!r}, "
-                             f"sampler={sampler!r}")
         self.loss_weighting = _check_choice("loss_weighting", loss_weighting, LOSS_WEIGHTINGS)
         self.min_snr_gamma = min_snr_gamma
         self.image_size, self.n_channels, self.num_classes = image_size, n_channels, num_classes
@@ -344,16 +340,20 @@ class DDPM(nn.Module):
                           spacing: str | None = None) -> list[int]:
         """The timesteps a sampler visits, from T - 1 down to -1 ("done"): steps + 1 entries.
 
-        "ddpm" walks all `timesteps`; "ddim" and "dpm++2m" take `steps` of them
+        "ddpm" walks all `timesteps`; "ddim", "dpm++2m" and "euler" (a flow's) take `steps` of them
         (default: the model's `sample_steps`, at most `timesteps`), spaced by
         `spacing`: "uniform" in t, or "quadratic" (t + 1 = T (i / steps)^2),
         denser at low noise where a few-step solver makes its largest error
         (the DDIM paper's choice for CIFAR-10; DPM-Solver's authors recommend
         steps denser at low noise for small images too). Default: "quadratic"
-        for "dpm++2m", "uniform" for "ddim".
+        for "dpm++2m", "uniform" for "ddim" and "euler".
         """
         if exists(spacing):
             _check_choice("spacing", spacing, SPACINGS)
+        if (sampler == "euler") != (self.prediction == "flow"):
+            raise ValueError(f"DDPM: sampler {sampler!r} cannot sample a model trained with "
+                             f"prediction={self.prediction!r}: a rectified flow ('flow') "
+                             "samples with 'euler', and 'euler' samples only a flow")
         if sampler == "ddpm":
             if default(steps, self.timesteps) != self.timesteps:
                 raise ValueError(
@@ -398,7 +398,8 @@ class DDPM(nn.Module):
         sampler, steps, eta, guidance_scale: default to the model's
         `sampler`, `sample_steps`, `eta` and `guidance_scale`. sampler: "ddpm"
         (ancestral, all timesteps), "ddim" or "dpm++2m" (DPM-Solver++(2M), an
-        ODE solver, second order: for few steps). eta is DDIM's
+        ODE solver, second order: for few steps); "euler" for a flow model, and only
+        for one. eta is DDIM's
         noise: 0 is deterministic, 1 the ancestral (DDPM) posterior; a short
         training gives cleaner images at 1, as noise corrects earlier errors
         that the deterministic path carries to the end. "dpm++2m" is
@@ -412,9 +413,6 @@ class DDPM(nn.Module):
         `timestep_sequence`), by default the sampler's own.
         """
         sampler = default(sampler, self.sampler)
-        if (sampler == "euler") != (self.prediction == "flow"):
-            raise ValueError(f"DDPM: sampler {sampler!r} cannot sample a model trained with "
-                             f"prediction={self.prediction!r}; use its own, {self.sampler!r}")
         if sampler in ("dpm++2m", "euler") and eta not in (None, 0.0):
             raise ValueError(f"DDPM: sampler {sampler!r} is deterministic (an ODE solver), got "
                              f"eta={eta}; leave eta unset, or use sampler='ddim' for eta > 0")
